@@ -71,6 +71,9 @@ bin/dit-sample: $(BUILD)/tools/dit-sample.o $(RT_OBJ)
 bin/dit-info: $(BUILD)/tools/dit-info.o $(RT_OBJ)
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+bin/bench/%: $(BUILD)/bench/%.o $(RT_OBJ)
+	@mkdir -p bin/bench
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 bin/tests/%: $(BUILD)/tests/%.o $(RT_OBJ)
 	@mkdir -p bin/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
@@ -84,7 +87,7 @@ sample: bin/dit-sample
 quality: bin/dit-sample
 	@sh tools/quality.sh
 
-bench: $(PROGRAMS)
+bench: $(PROGRAMS) $(patsubst bench/%.c,bin/bench/%,$(wildcard bench/*.c))
 	@sh bench/bench.sh
 
 clean:
