@@ -38,7 +38,7 @@ endif
 # The runtime is one translation unit (dit.c); RUNTIME_EXTRA holds files being merged into it.
 RUNTIME_EXTRA = $(wildcard dit_runtime.c)
 RT_OBJ   = $(BUILD)/dit.o $(patsubst %.c,$(BUILD)/%.o,$(RUNTIME_EXTRA)) $(CU_OBJ)
-PROGRAMS = bin/dit-convert bin/dit-quantize bin/dit-sample bin/dit-info
+PROGRAMS = bin/dit-convert bin/dit-quantize bin/dit-sample bin/dit-info bin/dit-quality
 TESTS    = $(patsubst tests/%.c,bin/tests/%,$(wildcard tests/test_*.c))
 DEPS_OK  = $(BUILD)/.deps-ok
 
@@ -69,6 +69,9 @@ bin/dit-sample: $(BUILD)/tools/dit-sample.o $(RT_OBJ)
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 bin/dit-info: $(BUILD)/tools/dit-info.o $(RT_OBJ)
+	@mkdir -p bin
+	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+bin/dit-quality: $(BUILD)/tools/dit-quality.o $(RT_OBJ)
 	@mkdir -p bin
 	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 bin/bench/%: $(BUILD)/bench/%.o $(RT_OBJ)
