@@ -18,7 +18,7 @@ static void check_error(const char *path) {
     FUZZ_ASSERT(strstr(e, path) != NULL);
     int clean = 1;   /* one printable line: no newline, no terminal escape from the file's bytes */
     for (const char *q = e; *q; q++) clean &= (unsigned char)*q >= 0x20 && *q != 0x7f;
-    if (!clean || !strstr(e, path)) fprintf(stderr, "fuzz: message: %s\n", e);
+    if ((!clean && !getenv("FUZZ_KNOWN")) || !strstr(e, path)) fprintf(stderr, "fuzz: message: %s\n", e);
     FUZZ_ASSERT(clean || getenv("FUZZ_KNOWN"));   /* lax: until dit_set_error escapes control bytes */
 }
 
@@ -70,8 +70,8 @@ static void walk(dit_gguf *g, const uint8_t *data, size_t size) {
         for (int d = 0; d < 4; d++) FUZZ_ASSERT(t->ne[d] >= 0 && (d < t->n_dims || t->ne[d] == 1));
         FUZZ_ASSERT(t->ne[0] % blck == 0);
         /* nbytes recomputed in 128-bit: an overflow in the reader would show here */
-        unsigned __int128 bytes = (unsigned __int128)(t->ne[0] / blck) * nb;
-        for (int d = 1; d < 4; d++) bytes = bytes > ((unsigned __int128)1 << 100) ? bytes : bytes * (uint64_t)t->ne[d];
+        unsigned __int128 bytes = (unsigned __int128)(t->ne[0] / blck) * nb, cap = (unsigned __int128)1 << 100;
+        for (int d = 1; d < 4; d++) bytes = t->ne[d] == 0 ? 0 : bytes > cap ? cap : bytes * (uint64_t)t->ne[d];
         FUZZ_ASSERT(bytes == t->nbytes);
         FUZZ_ASSERT(t->offset == expect && t->offset % a == 0);
         FUZZ_ASSERT(doff + t->offset + t->nbytes <= size);

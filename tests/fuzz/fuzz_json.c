@@ -17,7 +17,7 @@ static void check_error(void) {
     FUZZ_ASSERT(code == DIT_ERR_INPUT || code == DIT_ERR_NOMEM);
     int clean = 1;
     for (const char *q = e; *q; q++) clean &= (unsigned char)*q >= 0x20 && *q != 0x7f;
-    if (!clean || !strstr(e, PATH)) fprintf(stderr, "fuzz: message: %s\n", e);
+    if ((!clean && !getenv("FUZZ_KNOWN")) || !strstr(e, PATH)) fprintf(stderr, "fuzz: message: %s\n", e);
     FUZZ_ASSERT(strstr(e, PATH) != NULL);
     FUZZ_ASSERT(clean || getenv("FUZZ_KNOWN"));
 }
