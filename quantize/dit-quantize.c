@@ -283,10 +283,7 @@ static void parse_args(int argc, char **argv, options *o) {
             pos[npos++] = a;
         }
     }
-    if (npos < 3) {
-        usage(stderr);
-        die(2, "expected IN.gguf OUT.gguf TYPE");
-    }
+    if (npos < 3) die(2, "expected IN.gguf OUT.gguf TYPE (see --help)");
     o->in = pos[0], o->out = pos[1];
     o->type = parse_type(pos[2]);
     if (o->type < 0) die(2, "%s: unknown type (f32, f16, bf16, q8_0, q5_0, q4_0)", pos[2]);

@@ -2,15 +2,19 @@
    vectors (tests/fixtures/quant/, made by tests/ref/quant_vectors.py from the documented formulas; the
    format is in tests/fixtures/quant/README.md), plus error bounds derived from the block formats.
 
-   Also a fixture maker for tests/test_quantize.sh (not a test):
+   Also helpers for tests/test_quantize.sh (not tests):
      bin/tests/test_quant --make-gguf OUT.gguf [--xl] [--type f32|f16|bf16|q8_0|...]
-   writes a DiT-shaped GGUF with random weights: a small one (dit_s-like names and shapes, a few
-   vae.* tensors) or, with --xl, the DiT-XL/2 256x256 shapes (675M values, 2.7 GB in f32). */
+       writes a DiT-shaped GGUF with random weights: a small one (DiT block names and shapes, hidden 64,
+       2 blocks, a few vae.* tensors, one tensor with 48-wide rows) or, with --xl, the DiT-XL/2 256x256
+       shapes (675M values, 2.7 GB in f32). --type applies where the rows fit, f32 elsewhere.
+     bin/tests/test_quant --list FILE.gguf        KVs and tensors (type, dims, crc32 of the data)
+     bin/tests/test_quant --compare REF.npy X.npy rmse, max |diff|, PSNR over the range of REF */
 #include "dit.h"
 #include <math.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <zlib.h>
 
 static int failures;
 static void check(int cond, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -429,7 +433,7 @@ static int make_gguf(const char *path, int xl, int type) {
     dit_gguf_set_u32(w, "dit.hidden_size", (uint32_t)D);
     dit_gguf_set_u32(w, "dit.patch_size", (uint32_t)p);
     dit_gguf_set_str(w, "test.note", "random weights; made by bin/tests/test_quant --make-gguf");
-    struct { char name[64]; int nd; int64_t ne[4]; } t[256];
+    struct { char name[64]; int nd; int64_t ne[4]; } t[512];   /* XL: 292 */
     int nt = 0;
 #define ADD(nm, n_d, a, b, c, e) do { snprintf(t[nt].name, 64, "%s", nm); t[nt].nd = n_d; \
         t[nt].ne[0] = a, t[nt].ne[1] = b, t[nt].ne[2] = c, t[nt].ne[3] = e; nt++; } while (0)
@@ -493,7 +497,50 @@ fail:
     return 1;
 }
 
+/* --list FILE: one line per KV ("kv KEY = VALUE") and per tensor ("tensor NAME TYPE [ne] crc32"). */
+static int list_gguf(const char *path) {
+    dit_gguf *g = dit_gguf_open(path);
+    if (!g) { fprintf(stderr, "%s\n", dit_last_error()); return dit_last_error_code(); }
+    char buf[512];
+    for (int64_t i = 0; i < dit_gguf_n_kv(g); i++) {
+        dit_gguf_kv_format(g, i, buf, sizeof buf);
+        printf("kv %s = %s\n", dit_gguf_kv_key(g, i), buf);
+    }
+    for (int64_t i = 0; i < dit_gguf_n_tensors(g); i++) {
+        const dit_gguf_tensor *t = dit_gguf_tensor_at(g, i);
+        printf("tensor %s %s [", t->name, dit_type_name(t->type));
+        for (int d = 0; d < t->n_dims; d++) printf("%s%lld", d ? "," : "", (long long)t->ne[d]);
+        printf("] %08lx\n", crc32(0, t->data, (unsigned)t->nbytes));
+    }
+    dit_gguf_close(g);
+    return 0;
+}
+
+/* --compare REF.npy X.npy: rmse, max |diff| and PSNR = 20 log10((max(ref) - min(ref)) / rmse). */
+static int compare_npy(const char *a, const char *b) {
+    int na, nb;
+    int64_t sa[8], sb[8];
+    float *x, *y;
+    if (dit_npy_read(a, &na, sa, &x) || dit_npy_read(b, &nb, sb, &y)) { fprintf(stderr, "%s\n", dit_last_error()); return 2; }
+    int64_t n = 1, m = 1;
+    for (int i = 0; i < na; i++) n *= sa[i];
+    for (int i = 0; i < nb; i++) m *= sb[i];
+    if (n != m || n == 0) { fprintf(stderr, "shape mismatch\n"); return 2; }
+    double se = 0, mx = 0, lo = INFINITY, hi = -INFINITY;
+    for (int64_t i = 0; i < n; i++) {
+        const double e = (double)y[i] - x[i];
+        se += e * e, mx = fmax(mx, fabs(e)), lo = fmin(lo, x[i]), hi = fmax(hi, x[i]);
+        if (!isfinite(y[i])) mx = INFINITY;
+    }
+    const double rmse = sqrt(se / n);
+    printf("rmse %.6g max %.6g psnr %.2f\n", rmse, mx, rmse > 0 ? 20 * log10((hi - lo) / rmse) : INFINITY);
+    free(x), free(y);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--list")) return list_gguf(argv[2]);
+    if (argc == 4 && !strcmp(argv[1], "--compare")) return compare_npy(argv[2], argv[3]);
     if (argc >= 3 && !strcmp(argv[1], "--make-gguf")) {
         int xl = 0, type = DIT_TYPE_F32;
         for (int i = 3; i < argc; i++) {
