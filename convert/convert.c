@@ -27,7 +27,7 @@
 typedef struct {
     const char *ckpt, *vae, *out, *name, *class_names;
     int outtype;          /* -1: keep (f32, or f16/bf16 for f16/bf16 weights) */
-    int heads, cfg_channels, use_model, verbose;
+    int heads, cfg_channels, use_model, verbose, raw;
 } options;
 
 /* one tensor of the output file */
@@ -66,6 +66,8 @@ static void usage(FILE *f) {
         "  --use-model              from a train.py checkpoint take \"model\" instead of \"ema\"\n"
         "  --class-names FILE       class names, one per line (default: ImageNet names for 1000 classes)\n"
         "  --cfg-channels N         channels guided by CFG (default: 3 when in_channels is 4, else all)\n"
+        "  --raw                    write every tensor of the state_dict as it is, without DiT checks or dit.*\n"
+        "                           KVs (general.architecture \"raw\"; for inspection, not loadable by dit-sample)\n"
         "  -v, --verbose            list every tensor\n"
         "  -h, --help               this help\n");
 }
@@ -576,7 +578,12 @@ static int vae_open(const char *arg, vae_src *v, const options *opt, out_list *o
     for (size_t i = 0; i < raw.n && !*prefix; i++)
         if (!strncmp(raw.e[i].name, "vae.", 4)) prefix = "vae.";
     size_t pl = strlen(prefix);
-    int ldm = 0, nb_ldm = 0;
+    int ldm = 0, nb_ldm = 0, has_decoder = 0;
+    for (size_t i = 0; i < raw.n; i++) has_decoder |= !strncmp(raw.e[i].name, prefix, pl) && !strncmp(raw.e[i].name + pl, "decoder.", 8);
+    if (!has_decoder) {
+        free(raw.e);
+        return CK_ERR(DIT_ERR_INPUT, "%s: no VAE decoder found (no %sdecoder.* tensors)", path, prefix);
+    }
     for (size_t i = 0; i < raw.n; i++) {
         const char *k = raw.e[i].name;
         if (strncmp(k, prefix, pl)) continue;
@@ -863,6 +870,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) opt.verbose = 1;
         else if (!strcmp(a, "--use-model")) opt.use_model = 1;
+        else if (!strcmp(a, "--raw")) opt.raw = 1;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) { NEEDVAL(); opt.out = val; }
         else if (!strcmp(a, "--vae")) { NEEDVAL(); opt.vae = val; }
         else if (!strcmp(a, "--name")) { NEEDVAL(); opt.name = val; }
@@ -914,8 +922,14 @@ int main(int argc, char **argv) {
     tensor_set set = {0};
     dit_cfg dc;
     out_list o = {0};
-    if (select_state_dict(opt.ckpt, root, opt.use_model, &sd, &which) < 0 || collect(opt.ckpt, f, sd, &set, opt.verbose) < 0 ||
-        dit_infer(&set, &opt, &dc) < 0 || dit_validate(&o, &set, &dc, &opt) < 0)
+    if (select_state_dict(opt.ckpt, root, opt.use_model, &sd, &which) < 0 || collect(opt.ckpt, f, sd, &set, opt.verbose) < 0)
+        return fail_exit();
+    if (opt.raw) {   /* every tensor as it is */
+        memset(&dc, 0, sizeof dc);
+        for (size_t i = 0; i < set.n; i++)
+            if (expect(&o, &set, set.e[i].name, set.e[i].name, set.e[i].t->ndim, set.e[i].t->size, 0, &opt, "") < 0)
+                return fail_exit();
+    } else if (dit_infer(&set, &opt, &dc) < 0 || dit_validate(&o, &set, &dc, &opt) < 0)
         return fail_exit();
     if (opt.verbose && which) fprintf(stderr, PROG ": %s: using the \"%s\" state_dict\n", opt.ckpt, which);
     if (opt.verbose) {
@@ -928,7 +942,8 @@ int main(int argc, char **argv) {
     /* class names */
     char **cls = NULL;
     int ncls = 0;
-    if (opt.class_names) {
+    if (opt.raw) {
+    } else if (opt.class_names) {
         if (read_class_names(opt.class_names, &cls, &ncls) < 0) return fail_exit();
         if (ncls != dc.num_classes) {
             dit_set_error(DIT_ERR_INPUT, "%s: has %d names, the model has %d classes", opt.class_names, ncls, dc.num_classes);
@@ -952,13 +967,13 @@ int main(int argc, char **argv) {
 
     /* VAE */
     vae_src vae = {0};
-    if (opt.vae && vae_open(opt.vae, &vae, &opt, &o, &dc) < 0) return fail_exit();
+    if (opt.vae && vae_open(opt.vae, &vae, &opt, &o, opt.raw ? NULL : &dc) < 0) return fail_exit();
 
     /* KVs */
     dit_gguf_writer *w = dit_gguf_writer_new();
     if (!w) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return fail_exit(); }
     char namebuf[PATH_MAX];
-    dit_gguf_set_str(w, "general.architecture", "dit");
+    dit_gguf_set_str(w, "general.architecture", opt.raw ? "raw" : "dit");
     dit_gguf_set_str(w, "general.name", opt.name ? opt.name : stem_of(opt.ckpt, namebuf, sizeof namebuf));
     /* general.file_type (llama_ftype): by the type holding most elements of the 2-D+ weights */
     uint64_t by_type[3] = {0};
@@ -975,6 +990,7 @@ int main(int argc, char **argv) {
     else if (by_type[2] > by_type[0] && by_type[2] > by_type[1]) ftype = 32;
     dit_gguf_set_u32(w, "general.file_type", ftype);
     dit_gguf_set_u32(w, "general.alignment", DIT_GGUF_ALIGNMENT);
+    if (!opt.raw) {
     dit_gguf_set_u32(w, "dit.depth", (uint32_t)dc.depth);
     dit_gguf_set_u32(w, "dit.hidden_size", (uint32_t)dc.hidden);
     dit_gguf_set_u32(w, "dit.num_heads", (uint32_t)dc.heads);
@@ -987,6 +1003,7 @@ int main(int argc, char **argv) {
     dit_gguf_set_u32(w, "dit.mlp_hidden", (uint32_t)dc.mlp_hidden);
     dit_gguf_set_u32(w, "dit.cfg_channels", (uint32_t)dc.cfg_channels);
     if (cls) dit_gguf_set_arr_str(w, "dit.class_names", (const char *const *)cls, ncls);
+    }
     if (opt.vae) {
         uint32_t bo[DIT_VAE_MAX_BLOCKS];
         for (int i = 0; i < vae.cfg.n_blocks; i++) bo[i] = (uint32_t)vae.cfg.block_out[i];
@@ -1022,16 +1039,19 @@ int main(int argc, char **argv) {
                     dit_type_name(x->type));
         }
     }
-    fprintf(stderr, PROG ": DiT depth %d, hidden %d, heads %d, patch %d, input %d, channels %d -> %d%s, %d classes%s",
-            dc.depth, dc.hidden, dc.heads, dc.patch, dc.input_size, dc.in_ch, dc.out_ch, dc.learn_sigma ? " (learn_sigma)" : "",
-            dc.num_classes, cls ? (opt.class_names ? " (names from --class-names)" : " (ImageNet names)") : "");
+    if (opt.raw) fprintf(stderr, PROG ": raw: %zu tensors of the state_dict, unchecked", set.n);
+    else
+        fprintf(stderr, PROG ": DiT depth %d, hidden %d, heads %d, patch %d, input %d, channels %d -> %d%s, %d classes%s",
+                dc.depth, dc.hidden, dc.heads, dc.patch, dc.input_size, dc.in_ch, dc.out_ch,
+                dc.learn_sigma ? " (learn_sigma)" : "", dc.num_classes,
+                cls ? (opt.class_names ? " (names from --class-names)" : " (ImageNet names)") : "");
     if (opt.vae) {
         fprintf(stderr, "; VAE [");
         for (int i = 0; i < vae.cfg.n_blocks; i++) fprintf(stderr, i ? ",%d" : "%d", vae.cfg.block_out[i]);
         fprintf(stderr, "] x%d, latent %d%s", vae.cfg.layers + 1, vae.cfg.latent, vae.cfgpath[0] ? " (config.json)" : "");
     }
     fprintf(stderr, "\n");
-    if (!opt.vae && dc.in_ch == 4)
+    if (!opt.vae && !opt.raw && dc.in_ch == 4)
         fprintf(stderr, PROG ": note: no --vae given: the file holds no VAE decoder (dit-sample will need one)\n");
 
     int rc = dit_gguf_writer_begin(w, opt.out);

@@ -318,8 +318,8 @@ typedef struct {
 static pv NONE_V = {.kind = PV_NONE};
 
 static int fail(pk *p, const char *what) {
-    return CK_ERR(DIT_ERR_INPUT, "%s: bad pickle: %s (opcode 0x%02x at pickle offset %llu)", p->path,
-                         what, p->op, (unsigned long long)p->op_at);
+    return CK_ERR(DIT_ERR_INPUT, "%s: bad pickle: %s at pickle offset %llu (opcode 0x%02x)", p->path, what,
+                  (unsigned long long)p->op_at, p->op);
 }
 
 static pv *newv(pk *p, int kind) {
@@ -905,12 +905,9 @@ pv *pk_load(ck_reader *r, ck_arena *a, pk_persistent_fn fn, void *user, int allo
             rc = memo_get(p, idx);
             break;
         }
-        default: {
-            char m[96];
-            snprintf(m, sizeof m, "unsupported pickle opcode 0x%02x", op);
-            fail(p, m);
+        default:
+            fail(p, "unsupported opcode");
             goto out;
-        }
         }
         if (rc < 0) goto out;
     }
