@@ -96,3 +96,61 @@ write("npy", "seed-v2.npy", npy("<f4", [1, 1, 2], struct.pack("<2f", 1, 2), vers
 write("npy", "seed-i8-wrong-dtype.npy", npy("<i8", [2], struct.pack("<2q", 1, 2)))
 write("npy", "seed-fortran.npy", npy("<f4", [2, 2], struct.pack("<4f", 1, 2, 3, 4), fortran=True))
 write("npy", "seed-big-endian.npy", npy(">f4", [2], struct.pack(">2f", 1, 2)))
+
+# ---- tiny DiT models (tests/corpus/model): every tensor dit_model_load binds, small enough to fuzz
+def dit_model(D=8, heads=1, p=1, L=2, C=1, sigma=True, ncls=2, depth=1, wtype=0, vae=None, names=False):
+    out = C * (2 if sigma else 1)
+    g = L // p
+    kvs = [kv("general.architecture", 8, "dit"), kv("general.name", 8, "tiny"),
+           kv("dit.depth", 4, depth), kv("dit.hidden_size", 4, D), kv("dit.num_heads", 4, heads),
+           kv("dit.patch_size", 4, p), kv("dit.input_size", 4, L), kv("dit.in_channels", 4, C),
+           kv("dit.learn_sigma", 7, 1 if sigma else 0), kv("dit.num_classes", 4, ncls)]
+    if names:
+        kvs.append(kv("dit.class_names", 9, ["tench, Tinca tinca", "goldfish"][:ncls] + [f"c{i}" for i in range(2, ncls)], 8))
+    T = []
+    def lin(pre, o, i, t=wtype):
+        T.append((pre + ".weight", t if i % BLK[t][0] == 0 else 0, [i, o]))
+        T.append((pre + ".bias", 0, [o]))
+    T.append(("pos_embed", 0, [D, g * g, 1]))
+    T.append(("x_embedder.proj.weight", 0, [p, p, C, D]))
+    T.append(("x_embedder.proj.bias", 0, [D]))
+    lin("t_embedder.mlp.0", D, 256)
+    lin("t_embedder.mlp.2", D, D)
+    T.append(("y_embedder.embedding_table.weight", 0, [D, ncls + 1]))
+    for l in range(depth):
+        lin(f"blocks.{l}.attn.qkv", 3 * D, D)
+        lin(f"blocks.{l}.attn.proj", D, D)
+        lin(f"blocks.{l}.mlp.fc1", 4 * D, D)
+        lin(f"blocks.{l}.mlp.fc2", D, 4 * D)
+        lin(f"blocks.{l}.adaLN_modulation.1", 6 * D, D)
+    lin("final_layer.adaLN_modulation.1", 2 * D, D)
+    lin("final_layer.linear", p * p * out, D)
+    if vae:
+        ch, grp = vae
+        kvs += [kv("vae.block_out_channels", 9, [ch], 4), kv("vae.layers_per_block", 4, 0),
+                kv("vae.norm_num_groups", 4, grp), kv("vae.latent_channels", 4, C), kv("vae.out_channels", 4, 1),
+                kv("vae.scaling_factor", 6, 0.5)]
+        def conv(pre, o, i, k):
+            T.append((pre + ".weight", 0, [k, k, i, o])); T.append((pre + ".bias", 0, [o]))
+        def norm(pre, c):
+            T.append((pre + ".weight", 0, [c])); T.append((pre + ".bias", 0, [c]))
+        def resnet(pre, i, o):
+            norm(pre + ".norm1", i); conv(pre + ".conv1", o, i, 3); norm(pre + ".norm2", o); conv(pre + ".conv2", o, o, 3)
+            if i != o: conv(pre + ".conv_shortcut", o, i, 1)
+        conv("vae.post_quant_conv", C, C, 1)
+        conv("vae.decoder.conv_in", ch, C, 3)
+        resnet("vae.decoder.mid_block.resnets.0", ch, ch)
+        resnet("vae.decoder.mid_block.resnets.1", ch, ch)
+        norm("vae.decoder.mid_block.attentions.0.group_norm", ch)
+        for n in ("to_q", "to_k", "to_v", "to_out.0"):
+            lin("vae.decoder.mid_block.attentions.0." + n, ch, ch, 0)
+        resnet("vae.decoder.up_blocks.0.resnets.0", ch, ch)
+        norm("vae.decoder.conv_norm_out", ch)
+        conv("vae.decoder.conv_out", 1, ch, 3)
+    return gguf(kvs, T)
+
+write("model", "seed-tiny.gguf", dit_model())
+write("model", "seed-tiny-names.gguf", dit_model(D=8, heads=2, p=2, L=4, C=2, sigma=False, ncls=3, names=True))
+write("model", "seed-tiny-q8.gguf", dit_model(D=32, wtype=8))
+write("model", "seed-tiny-f16-depth2.gguf", dit_model(D=8, depth=2, wtype=1))
+write("model", "seed-tiny-vae.gguf", dit_model(vae=(2, 1)))

@@ -81,7 +81,7 @@ maxlen() {
     case $1 in
         npy|json) echo 16384 ;;
         pickle) echo 32768 ;;
-        ckpt) echo 65536 ;;
+        ckpt|model) echo 65536 ;;
         *) echo 16384 ;;
     esac
 }
@@ -94,16 +94,22 @@ run_one() {
     dict=
     [ -f tests/fuzz/$name.dict ] && dict=-dict=tests/fuzz/$name.dict
     if [ "$secs" = 0 ]; then
-        files=$(ls tests/corpus/$name/* 2>/dev/null)
-        if [ -z "$files" ]; then echo "fuzz $name: no corpus files"; return 0; fi
-        # shellcheck disable=SC2086
-        if FUZZ_HEAP_STATS=1 $exe -rss_limit_mb=2048 -timeout=20 $files >"$log" 2>&1; then
-            echo "fuzz $name: replayed $(echo "$files" | wc -l) inputs, no crash ($(grep -a 'fuzz-heap' "$log" | tail -1 | sed 's/fuzz-heap: //'))"
-            return 0
-        fi
-        echo "fuzz $name: CRASH while replaying tests/corpus/$name (log: $log)"
-        grep -a -m3 -E 'ERROR|runtime error|invariant|fuzz-heap|Running:' "$log" | sed 's/^/    /'
-        return 1
+        n=0 bad=0
+        : >"$log"
+        for f in tests/corpus/$name/*; do
+            [ -f "$f" ] || continue
+            n=$((n + 1))
+            if ! FUZZ_HEAP_STATS=1 $exe -rss_limit_mb=2048 -timeout=5 "$f" >"$log.one" 2>&1; then
+                bad=$((bad + 1))
+                echo "fuzz $name: CRASH on $f: $(grep -a -m1 -E 'runtime error|invariant failed|ERROR: [A-Za-z]+Sanitizer|ERROR: libFuzzer|fuzz-heap: [0-9]' "$log.one" | cut -c1-160)"
+            fi
+            cat "$log.one" >>"$log"
+        done
+        rm -f "$log.one"
+        heap=$(grep -a 'fuzz-heap: worst' "$log" | sed 's/.*(\([0-9.]*\) x.*/\1/' | sort -g | tail -1)
+        echo "fuzz $name: replayed $n inputs, $bad crashed (largest peak heap: ${heap:-?} x (input + 4 KiB))"
+        [ "$bad" = 0 ]
+        return
     fi
     seed "$name"
     # shellcheck disable=SC2086
