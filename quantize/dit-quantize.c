@@ -54,8 +54,8 @@ typedef struct {
 
 typedef struct { double se, sx, maxe; int64_t nonfinite; } stats;
 
-static volatile sig_atomic_t interrupted;
-static void on_signal(int sig) { (void)sig; interrupted = 1; }
+static volatile sig_atomic_t interrupted;   /* the signal number */
+static void on_signal(int sig) { interrupted = sig; }
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -405,7 +405,7 @@ int main(int argc, char **argv) {
         counts[otype[i]]++;
         if (interrupted) {
             dit_gguf_writer_free(w);
-            die(1, "%s: interrupted; no output written", o.out);
+            die(128 + interrupted, "%s: interrupted; no output written", o.out);
         }
     }
     const double t1 = now();

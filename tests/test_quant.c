@@ -8,7 +8,8 @@
        2 blocks, a few vae.* tensors, one tensor with 48-wide rows) or, with --xl, the DiT-XL/2 256x256
        shapes (675M values, 2.7 GB in f32). --type applies where the rows fit, f32 elsewhere.
      bin/tests/test_quant --list FILE.gguf        KVs and tensors (type, dims, crc32 of the data)
-     bin/tests/test_quant --compare REF.npy X.npy rmse, max |diff|, PSNR over the range of REF */
+     bin/tests/test_quant --compare REF.npy X.npy rmse, max |diff|, PSNR over the range of REF
+     bin/tests/test_quant --sample MODEL.gguf OUT.npy   DDIM-10 latents, seed 7, labels 1 and 3, CFG 4 */
 #include "dit.h"
 #include <math.h>
 #include <stdarg.h>
@@ -516,7 +517,8 @@ static int list_gguf(const char *path) {
     return 0;
 }
 
-/* --compare REF.npy X.npy: rmse, max |diff| and PSNR = 20 log10((max(ref) - min(ref)) / rmse). */
+/* --compare REF.npy X.npy: rms(ref), rmse, rel = rmse / rms(ref), max |diff| and
+   PSNR = 20 log10((max(ref) - min(ref)) / rmse). */
 static int compare_npy(const char *a, const char *b) {
     int na, nb;
     int64_t sa[8], sb[8];
@@ -526,19 +528,44 @@ static int compare_npy(const char *a, const char *b) {
     for (int i = 0; i < na; i++) n *= sa[i];
     for (int i = 0; i < nb; i++) m *= sb[i];
     if (n != m || n == 0) { fprintf(stderr, "shape mismatch\n"); return 2; }
-    double se = 0, mx = 0, lo = INFINITY, hi = -INFINITY;
+    double se = 0, sx = 0, mx = 0, lo = INFINITY, hi = -INFINITY;
     for (int64_t i = 0; i < n; i++) {
         const double e = (double)y[i] - x[i];
-        se += e * e, mx = fmax(mx, fabs(e)), lo = fmin(lo, x[i]), hi = fmax(hi, x[i]);
+        se += e * e, sx += (double)x[i] * x[i], mx = fmax(mx, fabs(e)), lo = fmin(lo, x[i]), hi = fmax(hi, x[i]);
         if (!isfinite(y[i])) mx = INFINITY;
     }
     const double rmse = sqrt(se / n);
-    printf("rmse %.6g max %.6g psnr %.2f\n", rmse, mx, rmse > 0 ? 20 * log10((hi - lo) / rmse) : INFINITY);
+    printf("rms(ref) %.4g rmse %.4g rel %.4g max %.4g psnr %.2f\n", sqrt(sx / n), rmse, rmse / sqrt(fmax(sx / n, 1e-300)),
+           mx, rmse > 0 ? 20 * log10((hi - lo) / rmse) : INFINITY);
     free(x), free(y);
     return 0;
 }
 
+/* --sample MODEL.gguf OUT.npy: the fixed quality run of tests/test_quantize.sh through the library
+   (what dit-sample --save-latent does): DDIM 10 steps (spacing "ddim10"), eta 0, CFG 4, seed 7,
+   labels {1, 3}, CPU backend; writes the (2, C, L, L) latents. */
+static int sample_latents(const char *model, const char *out) {
+    dit_model *m = dit_model_load(model);
+    if (!m) { fprintf(stderr, "%s\n", dit_last_error()); return dit_last_error_code(); }
+    int labels[2] = {1, 3};
+    dit_sample_params p = dit_sample_params_default();
+    p.sampler = DIT_SAMPLER_DDIM, p.steps = 10, p.spacing = "ddim10", p.eta = 0, p.cfg_scale = 4.0f;
+    p.seed = 7, p.n = 2, p.labels = labels, p.backend = DIT_BACKEND_CPU, p.threads = 1;   /* tiny models: 1 thread is fastest */
+    const size_t nl = dit_latent_floats(m);
+    float *lat = malloc(2 * nl * sizeof(float));
+    int rc = dit_sample(m, &p, lat);
+    if (!rc) {
+        const int64_t shape[4] = {2, m->cfg.in_channels, m->cfg.input_size, m->cfg.input_size};
+        rc = dit_npy_write(out, 4, shape, lat);
+    }
+    if (rc) fprintf(stderr, "%s\n", dit_last_error());
+    free(lat);
+    dit_model_free(m);
+    return rc;
+}
+
 int main(int argc, char **argv) {
+    if (argc == 4 && !strcmp(argv[1], "--sample")) return sample_latents(argv[2], argv[3]);
     if (argc == 3 && !strcmp(argv[1], "--list")) return list_gguf(argv[2]);
     if (argc == 4 && !strcmp(argv[1], "--compare")) return compare_npy(argv[2], argv[3]);
     if (argc >= 3 && !strcmp(argv[1], "--make-gguf")) {

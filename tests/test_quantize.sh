@@ -1,7 +1,7 @@
 #!/bin/sh
 # bin/dit-quantize end to end (CPU, a few seconds): per-tensor type rules, KVs, the independent GGUF
 # check, refusals and exit codes, no partial output; then sampled latents of the quantized fixture
-# model against its f32 output (needs bin/dit-convert, tests/fixtures/dit_s.pt and bin/dit-sample).
+# models against their f32 output (needs bin/dit-convert).
 # Run from the repo root (tests/run.sh does). Helpers: bin/tests/test_quant --make-gguf/--list/--compare.
 Q=$(pwd)/bin/dit-quantize
 T=$(pwd)/bin/tests/test_quant
@@ -176,36 +176,55 @@ check "upper-case TYPE (llama-quantize spelling) and -t 1 give the same file as 
     [ "$(cat $D/upper.list)" = "$(cat $D/q8_0.list)" ]
 
 # ---------------------------------------------------------------- sampled output vs f32 (quality table)
-# DDIM 10 steps, fixed seed and labels; latents compared with RMSE and PSNR over the f32 latent range.
-# Tolerances (PSNR floors, dB) were set from the measured values with a margin, see DEVELOPMENT.md.
-SAMPLE=bin/dit-sample
+# The fixture models (tests/fixtures/dit_s.pt: hidden 144, so with block types only mlp.fc2 (ne0 576)
+# fits 32-blocks; dit_px.pt: hidden 64, every block weight quantized) converted to GGUF, quantized to
+# each type, sampled with DDIM 10 steps (eta 0, CFG 4, seed 7, labels 1 and 3, 1 CPU thread) through
+# the library (bin/tests/test_quant --sample = what dit-sample --save-latent writes), and compared with
+# the f32 latents: rel = rmse / rms(f32 latents), PSNR over the f32 latent range.
+# These random-weight models give latents of rms ~100 (DDIM's x0 = (x - sqrt(1-a) eps) / sqrt(a) is
+# large when eps is not a trained prediction), so rel is the meaningful figure.
+# Limits on rel: about 3x the values measured when the test was written (see DEVELOPMENT.md); not
+# derived from the format, but far below what a wrong quantizer gives (rel ~ 1).
 CONVERT=bin/dit-convert
-PT=tests/fixtures/dit_s.pt
-if [ ! -x $SAMPLE ] || [ ! -x $CONVERT ] || [ ! -f $PT ]; then
-    ok "sampled latents of quantized dit_s vs f32 # SKIP needs $SAMPLE, $CONVERT and $PT"
-elif ! $CONVERT $PT $D/dit_s.gguf > $D/convert.log 2>&1; then
-    sed 's/^/#   /' $D/convert.log | tail -2
-    ok "sampled latents of quantized dit_s vs f32 # SKIP bin/dit-convert could not convert $PT"
-elif ! $SAMPLE --help 2>&1 | grep -q -- '--save-latent'; then
-    ok "sampled latents of quantized dit_s vs f32 # SKIP bin/dit-sample has no --save-latent yet"
+if [ ! -x $CONVERT ]; then
+    ok "sampled latents of quantized fixture models vs f32 # SKIP needs $CONVERT"
 else
-    sample() { $SAMPLE -m "$1" --sampler ddim --steps 10 --seed 7 --class 1,3 --cfg-scale 4 --backend cpu \
-        --save-latent "$2" -o $D/img.png > $D/sample.log 2>&1; }
-    if ! sample $D/dit_s.gguf $D/lat_f32.npy; then
-        sed 's/^/#   /' $D/sample.log | tail -2; notok "dit-sample on the f32 dit_s model"
-    else
-        for pair in f16:60 bf16:40 q8_0:40 q5_0:25 q4_0:20; do
-            ty=${pair%:*}; floor=${pair#*:}
-            if $Q $D/dit_s.gguf $D/dit_s_$ty.gguf $ty > /dev/null 2>&1 && sample $D/dit_s_$ty.gguf $D/lat_$ty.npy; then
-                r=$($T --compare $D/lat_f32.npy $D/lat_$ty.npy)
-                psnr=$(echo "$r" | sed 's/.*psnr //')
-                echo "# quality $ty: $r"
-                check "$ty dit_s sampled latents vs f32: PSNR >= $floor dB ($r)" \
-                    awk -v p="$psnr" -v f="$floor" 'BEGIN { exit !(p + 0 >= f + 0) }'
+    for mh in dit_s:2 dit_px:1; do
+        m=${mh%:*}
+        if ! $CONVERT tests/fixtures/$m.pt -o $D/$m.gguf --heads ${mh#*:} > $D/convert.log 2>&1; then
+            sed 's/^/#   /' $D/convert.log | tail -2; notok "$m: dit-convert"; continue
+        fi
+        if ! $T --sample $D/$m.gguf $D/${m}_f32.npy 2> $D/sample.err; then
+            sed 's/^/#   /' $D/sample.err | tail -2; notok "$m: sample the f32 model"; continue
+        fi
+        for pair in f16:0.002 bf16:0.01 q8_0:0.02 q5_0:0.1 q4_0:0.2; do
+            ty=${pair%:*}; lim=${pair#*:}
+            if $Q $D/$m.gguf $D/${m}_$ty.gguf $ty > /dev/null 2>&1 && $T --sample $D/${m}_$ty.gguf $D/${m}_$ty.npy 2> $D/sample.err
+            then
+                r=$($T --compare $D/${m}_f32.npy $D/${m}_$ty.npy)
+                rel=$(echo "$r" | sed 's/.* rel \([^ ]*\) .*/\1/')
+                echo "# quality $m $ty: $r"
+                check "$m $ty: DDIM-10 latents vs f32, rmse/rms <= $lim ($r)" \
+                    awk -v r="$rel" -v l="$lim" 'BEGIN { exit !(r + 0 <= l + 0 && r == r + 0) }'
             else
-                sed 's/^/#   /' $D/sample.log | tail -2; notok "$ty: quantize and sample dit_s"
+                sed 's/^/#   /' $D/sample.err | tail -2; notok "$m $ty: quantize and sample"
             fi
         done
+    done
+fi
+# The same through bin/dit-sample (the user's path), once it exists: q8_0 dit_s latents must equal the
+# library run above bit for bit (same code, same seed).
+SAMPLE=bin/dit-sample
+if [ ! -x $SAMPLE ] || ! $SAMPLE --help 2>&1 | grep -q -- '--save-latent'; then
+    ok "bin/dit-sample --save-latent on a quantized model # SKIP $SAMPLE with --save-latent not built yet"
+elif [ -f $D/dit_s_q8_0.gguf ]; then
+    if $SAMPLE -m $D/dit_s_q8_0.gguf --sampler ddim --steps 10 --seed 7 --labels 1,3 --cfg-scale 4 -t 1 \
+        --save-latent $D/cli.npy -o $D/cli.png > $D/cli.log 2>&1; then
+        r=$($T --compare $D/dit_s_q8_0.npy $D/cli.npy)
+        check "bin/dit-sample --save-latent on dit_s q8_0 equals the library run ($r)" sh -c "echo '$r' | grep -q ' rmse 0 '"
+    else
+        sed 's/^/#   /' $D/cli.log | tail -2
+        ok "bin/dit-sample --save-latent on a quantized model # SKIP dit-sample did not accept the assumed flags"
     fi
 fi
 
