@@ -43,12 +43,14 @@ ONED="x_embedder.proj.bias t_embedder.mlp.0.bias blocks.0.attn.qkv.bias blocks.1
 with() { for n in $1; do printf '%s=%s ' "$n" "$2"; done; }
 
 GGUF_CHECK=tests/gguf_check.mjs
-gguf_check() { # gguf_check FILE what
-    if [ -f $GGUF_CHECK ] && command -v node >/dev/null; then
-        if node $GGUF_CHECK "$1" > $D/check.log 2>&1; then ok "$2: tests/gguf_check.mjs accepts it"
-        else sed 's/^/#   /' $D/check.log | head -5; notok "$2: tests/gguf_check.mjs accepts it"; fi
+gguf_check() { # gguf_check FILE what: the independent parser (@huggingface/gguf) + layout + dit-info --json
+    if [ -f $GGUF_CHECK ] && [ -x bin/dit-info ] && command -v node >/dev/null; then
+        node $GGUF_CHECK bin/dit-info "$1" > $D/check.log 2>&1; rc=$?
+        if grep -q '# SKIP' $D/check.log; then ok "$2: independent GGUF check # SKIP $(grep -m1 '# SKIP' $D/check.log | sed 's/.*# SKIP //')"
+        elif [ $rc -eq 0 ] && ! grep -q '^not ok' $D/check.log; then ok "$2: tests/gguf_check.mjs accepts it ($(grep -c '^ok' $D/check.log) checks)"
+        else grep -v '^ok' $D/check.log | sed 's/^/#   /' | head -5; notok "$2: tests/gguf_check.mjs accepts it"; fi
     else
-        ok "$2: independent GGUF check # SKIP $GGUF_CHECK or node missing"
+        ok "$2: independent GGUF check # SKIP $GGUF_CHECK, bin/dit-info or node missing"
     fi
 }
 
