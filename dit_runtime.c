@@ -48,6 +48,14 @@ static int n_threads(int threads)
 #endif
 }
 
+/* Threads worth using for an op of `work` flops (or element operations): a parallel region costs microseconds,
+   and a time slice when the machine is oversubscribed, so small ops run on the calling thread. */
+static int threads_for(int nt, double work)
+{
+    int t = (int)(work / 4e6);
+    return t < 1 ? 1 : t < nt ? t : nt;
+}
+
 static int64_t tensor_numel(const dit_tensor *t)
 {
     return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3];
@@ -57,21 +65,7 @@ static int64_t tensor_numel(const dit_tensor *t)
    (the loader checked that every row length used here is). */
 static void tensor_read(const dit_tensor *t, int64_t e0, int64_t n, float *dst)
 {
-    const uint8_t *src = (const uint8_t *)t->data + dit_row_bytes(t->type, e0);
-    switch (t->type) {
-    case DIT_TYPE_F32:
-        memcpy(dst, src, (size_t)n * sizeof(float));
-        break;
-    case DIT_TYPE_F16:
-        for (int64_t i = 0; i < n; i++) dst[i] = dit_fp16_to_fp32(((const uint16_t *)src)[i]);
-        break;
-    case DIT_TYPE_BF16:
-        for (int64_t i = 0; i < n; i++) dst[i] = dit_bf16_to_fp32(((const uint16_t *)src)[i]);
-        break;
-    default:
-        dit_dequantize_row(t->type, src, dst, n);
-        break;
-    }
+    dit_dequantize_row(t->type, (const uint8_t *)t->data + dit_row_bytes(t->type, e0), dst, n);
 }
 
 /* Whole tensor as a malloc'd float32 array (for the small ones: biases, norms, pos_embed). NULL: no memory. */
@@ -155,6 +149,7 @@ static int matmul_taps(float *out, const float *a, int64_t M, const dit_tensor *
     const int64_t N = w->ne[w->n_dims - 1], K = tensor_numel(w) / N;
     float *bias = NULL;
     if (b && b->data && !(bias = tensor_f32(b))) return dit_set_error(DIT_ERR_NOMEM, "out of memory (bias)");
+    nt = threads_for(nt, 2.0 * M * N * K);
     const int64_t n_panels = (N + MM_NR - 1) / MM_NR;
     /* enough items for every thread; row blocks only when there are few panels (small N or one thread) */
     int64_t n_mblk = (n_panels >= 4 * nt) ? 1 : (4 * nt + n_panels - 1) / n_panels;
@@ -226,7 +221,7 @@ static void timestep_freq_embedding(float t, float *emb)
 static void layernorm_modulate(float *y, const float *x, int B, int T, int D, const float *mod, int64_t mod_stride,
                                const int *uidx, int shift_chunk, int scale_chunk, int nt)
 {
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(threads_for(nt, 10.0 * B * T * D)) schedule(static)
     for (int64_t r = 0; r < (int64_t)B * T; r++) {
         const float *xr = x + r * D;
         const float *mu = mod + uidx[r / T] * mod_stride;
@@ -255,6 +250,7 @@ static int attention(float *out, int64_t ldo, int64_t bso, const float *q, const
     const int QB = 32, nqb = (T + QB - 1) / QB;
     const int64_t items = (int64_t)B * H * nqb;
     int err = 0;
+    nt = threads_for(nt, 4.0 * B * H * T * T * hd);
 #pragma omp parallel num_threads(nt)
     {
         int tid = 0, nth = 1;
@@ -315,7 +311,7 @@ static int attention(float *out, int64_t ldo, int64_t bso, const float *q, const
 static void gated_residual(float *x, const float *o, int B, int T, int D, const float *mod, int64_t mod_stride,
                            const int *uidx, int gate_chunk, int nt)
 {
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(threads_for(nt, 2.0 * B * T * D)) schedule(static)
     for (int64_t r = 0; r < (int64_t)B * T; r++) {
         const float *gate = mod + uidx[r / T] * mod_stride + (int64_t)gate_chunk * D;
         for (int i = 0; i < D; i++) x[r * D + i] += gate[i] * o[r * D + i];
@@ -422,7 +418,7 @@ static int forward_rows(const dit_model *m, const float *x, const float *t, cons
         /* x = x + gate_mlp * fc2(GELU_tanh(fc1(modulate(LN(x), shift_mlp, scale_mlp)))) */
         layernorm_modulate(xn, h, B, T, D, mod, 6 * D, uidx, 3, 4, nt);
         if ((rc = matmul(f, xn, BT, &bl->fc1_w, &bl->fc1_b, nt))) goto done;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(threads_for(nt, 30.0 * BT * F)) schedule(static)
         for (int64_t i = 0; i < BT * F; i++) f[i] = gelu_tanh(f[i]);
         if ((rc = matmul(o, f, BT, &bl->fc2_w, &bl->fc2_b, nt))) goto done;
         gated_residual(h, o, B, T, D, mod, 6 * D, uidx, 5, nt);
@@ -948,6 +944,9 @@ void dit_model_free(dit_model *m)
     }
     free((void *)m->name);
     free(m->w.blocks);
+#ifdef DIT_CUDA
+    dit_cuda_free(m);
+#endif
     dit_gguf_close(m->file);
     free(m);
 }
@@ -1281,6 +1280,7 @@ static int group_norm(float *y, const float *x, int64_t HW, int C, int G, const 
                       int act, int nt)
 {
     const int cg = C / G;
+    nt = threads_for(nt, 10.0 * HW * C);
     double *part = calloc((size_t)nt * G, sizeof(double)), *mean = calloc(G, sizeof(double));
     float *gamma = tensor_f32(gw), *beta = tensor_f32(gb), *fm = malloc(C * sizeof(float)), *fr = malloc(C * sizeof(float));
     int rc = DIT_OK;
@@ -1343,7 +1343,7 @@ static int conv3x3(float *out, const float *in, int H, int W, int cin, const dit
     int rc = DIT_OK;
     for (int64_t p0 = 0; p0 < HW && !rc; p0 += chunk) {
         const int64_t mc = HW - p0 < chunk ? HW - p0 : chunk;
-#pragma omp parallel for num_threads(nt) schedule(static)
+#pragma omp parallel for num_threads(threads_for(nt, (double)mc * K)) schedule(static)
         for (int64_t r = 0; r < mc; r++) {
             const int y = (int)((p0 + r) / W), x = (int)((p0 + r) % W);
             float *dst = col + r * K;
