@@ -1,0 +1,264 @@
+// common.cuh - shared by every ggml-cuda/*.cu of dit.c: error checks, fp16/bf16 helpers, warp
+// reductions, and the backend state (struct dit_cuda).
+//
+// Errors: CUDA_CHECK / CUBLAS_CHECK stringify the call and report file, line and function through
+// dit_set_error(DIT_ERR_DEVICE, ...), then `return DIT_ERR_DEVICE` from the enclosing function (which
+// must return int). The library never exits. LAUNCH_CHECK() follows every <<<>>>.
+//
+// Letters as dit.h: B = network batch rows (2N with CFG), N = images, T = tokens, D = hidden,
+// H = heads, hd = head dim, F = mlp hidden, M = B*T rows of a GEMM, R = conditioning rows.
+#pragma once
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <cublasLt.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#include "dit.h"
+#include "ggml-cuda/dit-cuda.h"
+
+int dit_cuda_error_(const char *file, int line, const char *func, const char *stmt, const char *msg);
+const char *dit_cublas_status_name(cublasStatus_t s);
+
+#define CUDA_CHECK(call)                                                                        \
+    do {                                                                                        \
+        cudaError_t err_ = (call);                                                              \
+        if (err_ != cudaSuccess)                                                                \
+            return dit_cuda_error_(__FILE__, __LINE__, __func__, #call, cudaGetErrorString(err_)); \
+    } while (0)
+#define CUBLAS_CHECK(call)                                                                      \
+    do {                                                                                        \
+        cublasStatus_t st_ = (call);                                                            \
+        if (st_ != CUBLAS_STATUS_SUCCESS)                                                       \
+            return dit_cuda_error_(__FILE__, __LINE__, __func__, #call, dit_cublas_status_name(st_)); \
+    } while (0)
+#define LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+// propagate an int error code from a checked entry point
+#define TRY(call)                  \
+    do {                           \
+        int rc_ = (call);          \
+        if (rc_ != DIT_OK) return rc_; \
+    } while (0)
+
+#define WARP 32
+static inline int cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
+
+// ---------------------------------------------------------------- element types
+// GEMM operands ("compute type", ct) are __half or __nv_bfloat16; everything else is float.
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+// SiLU with an accurate exp (fast-math expf is fine here: relative error ~1e-7 at these ranges)
+__device__ __forceinline__ float silu_f(float x) { return x / (1.0f + expf(-x)); }
+
+// ---------------------------------------------------------------- step state on the device
+// Read by the kernels of the captured step graph, so that one graph serves every step.
+typedef struct {
+    int step;           // sampler loop iteration i (k = K-1-i)
+    int mod_row;        // first row of this step in the modulation cache (step - chunk start) * B
+    int nonfinite_step; // first iteration whose latents were not finite, INT_MAX if none
+    unsigned int done;  // blocks of the sampler kernel finished (last one advances the step)
+} dit_cuda_state;
+
+// ---------------------------------------------------------------- weights
+// One Linear layer: y = x W^T + b, W (n_out, n_in) row-major (PyTorch [out, in] = ggml ne {in, out}).
+typedef struct {
+    int type;            // DIT_TYPE_F32 (fp32 path), F16, BF16, or a ggml block type (raw blocks)
+    int64_t n_out, n_in;
+    void *w;
+    float *b;            // (n_out) fp32, may be NULL
+} dit_cuda_lin;
+
+typedef struct {
+    dit_cuda_lin qkv, proj, fc1, fc2, ada;
+} dit_cuda_block;
+
+// VAE: convolutions are GEMMs over im2col columns; weights (cout, cin*kh*kw) in ct.
+typedef struct {
+    dit_cuda_lin w;      // n_out = cout, n_in = cin*k*k; type F32: direct convolution (thin convs)
+    int cin, cout, k;
+} dit_cuda_conv;
+typedef struct {
+    float *n1_w, *n1_b, *n2_w, *n2_b;
+    dit_cuda_conv c1, c2, sc;  // sc.w.w NULL when in == out
+} dit_cuda_resnet;
+
+enum { EPI_NONE = 0, EPI_BIAS = 1, EPI_GELU_BIAS = 2 };
+
+// cuBLASLt plans, cached by shape
+typedef struct {
+    int a_type, x_type, y_type, epi;   // x_type holds (transa << 1) | transb
+    int64_t M, N, K, lda, ldb, ldc, sa, sb, sc;
+    int batch, ok;     // ok = 0: no algorithm (cached negative answer)
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t la, lb, lc;
+    cublasLtMatmulAlgo_t algo;
+} dit_gemm_plan;
+#define DIT_MAX_PLANS 256
+
+typedef struct {
+    const char *name;
+    int layer;
+    cudaEvent_t e0, e1;
+} dit_prof_event;
+
+struct dit_cuda {
+    int device;
+    char device_name[64];
+    cudaStream_t stream;
+    cublasLtHandle_t lt;
+    void *lt_ws;
+    size_t lt_ws_bytes;
+    dit_gemm_plan plans[DIT_MAX_PLANS];
+    int n_plans;
+    int ct;              // DIT_TYPE_F16 or DIT_TYPE_BF16
+    int gelu_epilogue;
+    double probe_err_tanh, probe_err_erf;   // GELU epilogue probe: max |error| against each form
+    int cfg_ch;          // eps channels guided by CFG
+    int use_graph;
+
+    // model shape
+    int D, H, hd, F, depth, C, L, p, g, T, oc, pp_oc, n_classes;
+
+    // weights: one allocation
+    char *wbuf;
+    size_t wbytes, wused;
+    float *x_emb_w, *x_emb_b, *pos, *y_table;   // (D, C*p*p), (D), (T, D), (n_classes+1, D)
+    dit_cuda_lin t1, t2;                          // fp32: (D, 256), (D, D)
+    dit_cuda_block *blocks;
+    dit_cuda_lin final_ada, final_lin;
+    size_t deq_elems;                             // largest quantized weight (elements)
+
+    // VAE weights (uploaded on the first decode)
+    int vae_ready;
+    char *vbuf;
+    size_t vbytes, vused;
+    dit_cuda_conv pq, conv_in, up_conv[DIT_VAE_MAX_BLOCKS], conv_out;
+    dit_cuda_resnet mid[2], up[DIT_VAE_MAX_BLOCKS][DIT_VAE_MAX_RESNETS];
+    float *attn_n_w, *attn_n_b, *out_n_w, *out_n_b;
+    dit_cuda_lin attn_q, attn_k, attn_v, attn_o;
+
+    // arena: activations for B rows, conditioning for R rows, modulation cache, scratch
+    char *arena;
+    size_t arena_bytes;
+    int arena_B, arena_R, arena_N;
+    float *h, *y;             // (B*T, D) residual stream, GEMM fp32 output
+    void *xin, *qkv, *att, *mlp;  // ct: (B*T, D), (B*T, 3D), (B*T, D), (B*T, F)
+    void *deq;                // ct scratch for a dequantized weight
+    float *fout;              // (B*T, p*p*oc)
+    float *lat, *lat_out;     // (N, C, L, L) latents, network output (B, oc, L, L)
+    float *tsin, *cond, *cond2; // (R, 256), (R, D), (R, D)
+    void *scond;              // ct (R, D) SiLU(c)
+    float *mod, *fmod;        // (depth, R, 6D), (R, 2D)
+    float *coef;              // (K, 8) sampler coefficients
+    float *noise;             // optional user step noise (K, N, C, L, L)
+    int noise_K;
+    dit_cuda_state *state;
+    int *d_labels;            // (B)
+    int coef_K;
+
+    // graph
+    cudaGraphExec_t graph;
+    int graph_B, graph_N, graph_sampler;
+
+    // profiling
+    int profiling;
+    dit_prof_event *prof;
+    int n_prof, cap_prof;
+    int prof_layer;
+};
+
+int dit_arena_reserve(struct dit_cuda *c, size_t bytes);
+
+// ---------------------------------------------------------------- entry points of the op files
+// Each returns DIT_OK or DIT_ERR_DEVICE; pointers are device pointers; all work goes to `st`.
+
+// gemm.cu: y (M, n_out) = x (M, n_in) W^T (+ b) (GELU); x type = ct (or f32 for an f32 layer),
+// y_type DIT_TYPE_F32 or ct. Quantized W is first dequantized into c->deq.
+int dit_op_linear(struct dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, void *y, int y_type,
+                  int epi, cudaStream_t st);
+// strided batched GEMM on ct/f32 operands for the VAE attention: C_i = alpha A_i B_i^T style
+int dit_op_gemm_raw(struct dit_cuda *c, int type, int y_type, int transa, int transb, int64_t m, int64_t n,
+                    int64_t k, const void *A, int64_t lda, int64_t sa, const void *Bm, int64_t ldb, int64_t sb,
+                    void *Cm, int64_t ldc, int64_t sc, int batch, float alpha, cudaStream_t st);
+int dit_gemm_probe_gelu(struct dit_cuda *c, int *is_tanh);
+void dit_gemm_free_plans(struct dit_cuda *c);
+
+// quant.cu: raw ggml blocks (rows, cols) -> ct or f32 row-major
+int dit_op_dequant(int type, const void *blocks, int64_t rows, int64_t cols, void *out, int out_type,
+                   cudaStream_t st);
+
+// norm.cu
+// out = ct(LN(h) * (1 + scale) + shift); when y != NULL first h += gate * y (and h is written back).
+// gate/shift/scale rows: mod pointers + (state->mod_row + row / T) * stride.
+int dit_op_resid_ln_mod(const float *y, float *h, void *out, int ct, int64_t M, int D, int T,
+                        const float *gate, int64_t gate_stride, const float *shift, const float *scale,
+                        int64_t mod_stride, const dit_cuda_state *state, cudaStream_t st);
+// VAE GroupNorm (+SiLU): x (N, C, HW) -> out (same layout), fp32
+// out type DIT_TYPE_F32 or ct
+int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int N, int C, int HW,
+                      int groups, float eps, int silu, cudaStream_t st);
+
+// attention.cu: o (B*T, H*hd) = softmax(q k^T / sqrt(hd)) v per (b, head); qkv (B*T, 3*H*hd); ct
+int dit_op_attention(const void *qkv, void *o, int ct, int B, int T, int H, int hd, cudaStream_t st);
+
+// embed.cu
+int dit_op_patch_embed(const float *x, int n_img, const float *w, const float *b, const float *pos, float *h,
+                       int B, int C, int L, int p, int D, cudaStream_t st);
+// c (R, D) += y_table[labels[r % B]]; also writes ct SiLU(c) into sc
+int dit_op_cond_finish(float *c, const float *y_table, const int *labels, int B, void *sc, int ct, int R,
+                       int D, cudaStream_t st);
+int dit_op_silu_inplace(float *x, int64_t n, cudaStream_t st);
+// out (B, oc, L, L) from fout (B*T, p*p*oc)
+int dit_op_unpatchify(const float *fout, float *out, int B, int oc, int L, int p, cudaStream_t st);
+int dit_op_to_ct(const float *x, void *out, int ct, int64_t n, cudaStream_t st);
+
+// sampler.cu
+typedef struct {
+    int sampler, N, C, L, p, oc, cfg_ch, K, clip, learn_sigma;
+    float cfg_scale, eta;
+    uint64_t seed;
+} dit_sampler_args;
+int dit_op_sampler_step(const dit_sampler_args *a, const float *fout, float *lat, const float *coef,
+                        const float *noise, dit_cuda_state *state, cudaStream_t st);
+int dit_op_state_set(dit_cuda_state *s, int step, int mod_row, int reset_nonfinite, cudaStream_t st);
+int dit_op_randn(uint64_t seed, int n_img, uint32_t step, float *out, int64_t per_image, cudaStream_t st);
+
+// conv.cu (VAE)
+int dit_op_im2col3(const void *src, int src_type, void *cols, int ct, int C, int H, int W, int y0, int rows, int up,
+                   cudaStream_t st);
+int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y, int cin, int cout, int H, int W,
+                       int k, cudaStream_t st);
+int dit_op_bias_add_nchw(float *y, const float *b, const float *res, int C, int HW, cudaStream_t st);
+int dit_op_to_tokens(const float *x, void *out, int ct, int C, int HW, cudaStream_t st);
+int dit_op_add_transposed(float *x, const float *y, int C, int HW, cudaStream_t st);
+int dit_op_softmax_rows(const float *x, void *out, int ct, int64_t rows, int cols, float scale, cudaStream_t st);
+
+// weight upload passes (dit-cuda.cu): the first pass (dry) only sums the sizes
+typedef struct {
+    struct dit_cuda *c;
+    char *buf;
+    size_t used;
+    int dry;
+} dit_wpass;
+enum { WP_CT = 0, WP_F32 = 1, WP_CT_ONLY = 2 };   // ct or raw ggml blocks / fp32 / ct, never blocks
+int dit_wp_f32(dit_wpass *w, const dit_tensor *t, float **out);
+int dit_wp_lin(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, int mode, dit_cuda_lin *L);

@@ -1,0 +1,978 @@
+// dit-cuda.cu - the CUDA backend: weight upload, arena, the DiT forward pass, the sampler loop
+// (adaLN precompute, CUDA graph replay), profiling and the bench harness. Op kernels live in the other
+// .cu files of this folder; the VAE decoder in vae.cu.
+//
+// One sampler step (B = 2N network rows, M = B*T token rows; shapes PyTorch order):
+//   h     = patch_embed(x[b % N]) + pos                         (B, T, D)   fp32 residual stream
+//   per block l, mod_l = precomputed Linear(SiLU(c)) rows of this step (shift, scale, gate) x (msa, mlp):
+//     xin = ct(LN(h) (1 + scale_msa) + shift_msa)                 (fused with the previous gate-residual)
+//     qkv = xin Wqkv^T + b                                        (B, T, 3D)  ct
+//     att = attention(qkv)                                        (B, T, D)   ct
+//     y   = att Wproj^T + b                                       (B, T, D)   fp32
+//     h  += gate_msa y;  xin = ct(LN(h) (1 + scale_mlp) + shift_mlp)
+//     mlp = GELU_tanh(xin Wfc1^T + b)                             (B, T, F)   ct
+//     y   = mlp Wfc2^T + b;  h += gate_mlp y  (fused into the next LayerNorm)
+//   fout = ct(LN(h) (1 + scale_f) + shift_f) Wfinal^T + b        (B, T, p*p*oc) fp32
+//   x    = sampler_step(fout, x)                                  CFG + DDPM/DDIM + noise, one kernel
+// The modulation depends only on (t, y): for a chunk of steps it is computed up front with one GEMM
+// per block over all (step, row) pairs and kept in the arena; kernels find their rows through the
+// device step state, so one captured graph is replayed for every step.
+#include "common.cuh"
+#include "ggml-cuda/vae.cuh"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DIT_CUDA_WORKSPACE (32u << 20)   // cuBLASLt workspace (NVIDIA's Hopper recommendation)
+#define DIT_CUDA_ALIGN 256
+
+int dit_cuda_error_(const char *file, int line, const char *func, const char *stmt, const char *msg) {
+    const char *f = strrchr(file, '/');
+    return dit_set_error(DIT_ERR_DEVICE, "cuda: %s:%d %s: %s: %s", f ? f + 1 : file, line, func, stmt, msg);
+}
+
+const char *dit_cublas_status_name(cublasStatus_t s) {
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "CUBLAS_STATUS_UNKNOWN";
+    }
+}
+
+int dit_cuda_available(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();   // no driver / no device: not an error for the caller
+        return 0;
+    }
+    return n;
+}
+
+// ---------------------------------------------------------------- profiling (op by op, eager)
+static void prof_begin(dit_cuda *c, const char *name) {
+    if (!c->profiling) return;
+    if (c->n_prof == c->cap_prof) {
+        int cap = c->cap_prof ? 2 * c->cap_prof : 1024;
+        dit_prof_event *p = (dit_prof_event *)realloc(c->prof, cap * sizeof(*p));
+        if (!p) return;
+        c->prof = p;
+        c->cap_prof = cap;
+    }
+    dit_prof_event *e = &c->prof[c->n_prof];
+    e->name = name;
+    e->layer = c->prof_layer;
+    if (cudaEventCreate(&e->e0) != cudaSuccess) return;
+    if (cudaEventCreate(&e->e1) != cudaSuccess) { cudaEventDestroy(e->e0); return; }
+    cudaEventRecord(e->e0, c->stream);
+    c->n_prof++;
+}
+static void prof_end(dit_cuda *c) {
+    if (!c->profiling || c->n_prof == 0) return;
+    cudaEventRecord(c->prof[c->n_prof - 1].e1, c->stream);
+}
+#define OP(c, name, call)        \
+    do {                         \
+        prof_begin((c), (name)); \
+        int rc__ = (call);       \
+        prof_end((c));           \
+        if (rc__ != DIT_OK) return rc__; \
+    } while (0)
+
+// ---------------------------------------------------------------- weight upload
+// Two passes over the model: the first (c->wbuf == NULL) only sums the sizes, the second copies.
+typedef dit_wpass wpass;
+
+static void *wp_alloc(wpass *w, size_t bytes) {
+    void *p = w->dry ? NULL : w->buf + w->used;
+    w->used += (bytes + DIT_CUDA_ALIGN - 1) / DIT_CUDA_ALIGN * DIT_CUDA_ALIGN;
+    return p;
+}
+
+static int64_t t_numel(const dit_tensor *t) { return t->ne[0] * t->ne[1] * t->ne[2] * t->ne[3]; }
+static int is_block_type(int type) {
+    return type == DIT_TYPE_Q8_0 || type == DIT_TYPE_Q4_0 || type == DIT_TYPE_Q5_0 || type == DIT_TYPE_Q4_1 ||
+           type == DIT_TYPE_Q5_1;
+}
+
+// any tensor -> malloc'd fp32 copy (host)
+static float *host_f32(const dit_tensor *t) {
+    const int64_t n = t_numel(t);
+    float *f = (float *)malloc((size_t)n * sizeof(float));
+    if (!f) { dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory for %s", t->name ? t->name : "tensor"); return NULL; }
+    const uint16_t *h = (const uint16_t *)t->data;
+    switch (t->type) {
+    case DIT_TYPE_F32: memcpy(f, t->data, (size_t)n * sizeof(float)); break;
+    case DIT_TYPE_F16: for (int64_t i = 0; i < n; i++) f[i] = dit_fp16_to_fp32(h[i]); break;
+    case DIT_TYPE_BF16: for (int64_t i = 0; i < n; i++) f[i] = dit_bf16_to_fp32(h[i]); break;
+    default:
+        if (dit_type_block_size(t->type) <= 0) {
+            free(f);
+            dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: %s: unsupported type %d", t->name ? t->name : "tensor", t->type);
+            return NULL;
+        }
+        {   // row by row: rows of ne[0] elements
+            const int64_t rows = n / t->ne[0];
+            const size_t rb = dit_row_bytes(t->type, t->ne[0]);
+            for (int64_t r = 0; r < rows; r++)
+                dit_dequantize_row(t->type, (const char *)t->data + r * rb, f + r * t->ne[0], t->ne[0]);
+        }
+    }
+    return f;
+}
+
+static int wp_copy(wpass *w, void *dst, const void *src, size_t bytes) {
+    if (w->dry) return DIT_OK;
+    CUDA_CHECK(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice));
+    return DIT_OK;
+}
+
+// fp32 tensor on the device (embeddings, biases, norms); NULL tensor data -> NULL
+int dit_wp_f32(wpass *w, const dit_tensor *t, float **out) {
+    *out = NULL;
+    if (!t->data) return DIT_OK;
+    const int64_t n = t_numel(t);
+    float *d = (float *)wp_alloc(w, (size_t)n * sizeof(float));
+    if (w->dry) return DIT_OK;
+    float *f = host_f32(t);
+    if (!f) return dit_last_error_code();
+    int rc = wp_copy(w, d, f, (size_t)n * sizeof(float));
+    free(f);
+    *out = d;
+    return rc;
+}
+
+// Linear weight (n_out = rows, n_in = ne[0] * ne[1] * ne[2]) in ct, or raw blocks, or fp32 when f32
+int dit_wp_lin(wpass *w, const dit_tensor *wt, const dit_tensor *bt, int mode, dit_cuda_lin *L) {
+    dit_cuda *c = w->c;
+    memset(L, 0, sizeof(*L));
+    if (!wt->data) return dit_set_error(DIT_ERR_INPUT, "cuda: missing weight %s", wt->name ? wt->name : "?");
+    const int64_t n = t_numel(wt);
+    L->n_in = wt->ne[0] * wt->ne[1] * wt->ne[2];
+    L->n_out = n / L->n_in;
+    if (mode == WP_F32) {
+        L->type = DIT_TYPE_F32;
+        L->w = wp_alloc(w, (size_t)n * 4);
+        if (!w->dry) {
+            float *f = host_f32(wt);
+            if (!f) return dit_last_error_code();
+            int rc = wp_copy(w, L->w, f, (size_t)n * 4);
+            free(f);
+            TRY(rc);
+        }
+    } else if (wt->type == c->ct) {
+        L->type = c->ct;
+        L->w = wp_alloc(w, (size_t)n * 2);
+        TRY(wp_copy(w, L->w, wt->data, (size_t)n * 2));
+    } else if (mode == WP_CT && is_block_type(wt->type) && wt->ne[0] % 32 == 0) {
+        const size_t bytes = dit_row_bytes(wt->type, wt->ne[0]) * (size_t)(n / wt->ne[0]);
+        L->type = wt->type;
+        L->w = wp_alloc(w, bytes);
+        TRY(wp_copy(w, L->w, wt->data, bytes));
+        if ((size_t)n > c->deq_elems) c->deq_elems = (size_t)n;
+    } else {
+        // f32 (uploaded as f16), the other half type, or a block type the GPU does not decode
+        L->type = c->ct;
+        L->w = wp_alloc(w, (size_t)n * 2);
+        if (!w->dry) {
+            float *f = host_f32(wt);
+            if (!f) return dit_last_error_code();
+            uint16_t *hb = (uint16_t *)malloc((size_t)n * 2);
+            if (!hb) { free(f); return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory"); }
+            for (int64_t i = 0; i < n; i++) hb[i] = c->ct == DIT_TYPE_BF16 ? dit_fp32_to_bf16(f[i]) : dit_fp32_to_fp16(f[i]);
+            int rc = wp_copy(w, L->w, hb, (size_t)n * 2);
+            free(hb);
+            free(f);
+            TRY(rc);
+        }
+    }
+    if (bt && bt->data) TRY(dit_wp_f32(w, bt, &L->b));
+    return DIT_OK;
+}
+
+static int upload_dit(dit_cuda *c, const dit_model *m, wpass *w) {
+    const dit_weights *W = &m->w;
+    TRY(dit_wp_f32(w, &W->x_emb_w, &c->x_emb_w));
+    TRY(dit_wp_f32(w, &W->x_emb_b, &c->x_emb_b));
+    TRY(dit_wp_f32(w, &W->pos_embed, &c->pos));
+    TRY(dit_wp_f32(w, &W->y_table, &c->y_table));
+    TRY(dit_wp_lin(w, &W->t_fc1_w, &W->t_fc1_b, WP_F32, &c->t1));
+    TRY(dit_wp_lin(w, &W->t_fc2_w, &W->t_fc2_b, WP_F32, &c->t2));
+    for (int l = 0; l < c->depth; l++) {
+        const dit_block *b = &W->blocks[l];
+        dit_cuda_block *o = &c->blocks[l];
+        TRY(dit_wp_lin(w, &b->qkv_w, &b->qkv_b, WP_CT, &o->qkv));
+        TRY(dit_wp_lin(w, &b->proj_w, &b->proj_b, WP_CT, &o->proj));
+        TRY(dit_wp_lin(w, &b->fc1_w, &b->fc1_b, WP_CT, &o->fc1));
+        TRY(dit_wp_lin(w, &b->fc2_w, &b->fc2_b, WP_CT, &o->fc2));
+        TRY(dit_wp_lin(w, &b->ada_w, &b->ada_b, WP_CT, &o->ada));
+    }
+    TRY(dit_wp_lin(w, &W->final_ada_w, &W->final_ada_b, WP_CT, &c->final_ada));
+    TRY(dit_wp_lin(w, &W->final_w, &W->final_b, WP_CT, &c->final_lin));
+    return DIT_OK;
+}
+
+// GEMM operand type: bf16 when the file's big weights are bf16 (and none is f16), else f16
+static int pick_compute_type(const dit_model *m) {
+    int nf16 = 0, nbf16 = 0;
+    for (int l = 0; l < m->cfg.depth; l++) {
+        const dit_tensor *ts[4] = { &m->w.blocks[l].qkv_w, &m->w.blocks[l].proj_w, &m->w.blocks[l].fc1_w,
+                                    &m->w.blocks[l].fc2_w };
+        for (int i = 0; i < 4; i++) {
+            nf16 += ts[i]->type == DIT_TYPE_F16;
+            nbf16 += ts[i]->type == DIT_TYPE_BF16;
+        }
+    }
+    return nbf16 > 0 && nf16 == 0 ? DIT_TYPE_BF16 : DIT_TYPE_F16;
+}
+
+static int check_shapes(const dit_model *m) {
+    const dit_config *k = &m->cfg;
+    if (k->depth < 1 || k->hidden <= 0 || k->heads <= 0 || k->hidden % k->heads || k->patch <= 0 ||
+        k->input_size % k->patch)
+        return dit_set_error(DIT_ERR_INPUT, "cuda: bad model config (depth %d hidden %d heads %d patch %d size %d)",
+                             k->depth, k->hidden, k->heads, k->patch, k->input_size);
+    const int hd = k->hidden / k->heads;
+    if (hd != 64 && hd != 72)
+        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: head dim %d (the CUDA attention supports 64 and 72)", hd);
+    if (k->hidden % 8) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: hidden size %d is not a multiple of 8", k->hidden);
+    if (k->hidden > 2048) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: hidden size %d > 2048", k->hidden);
+    if (!m->w.blocks) return dit_set_error(DIT_ERR_INPUT, "cuda: model has no blocks");
+    return DIT_OK;
+}
+
+static int cuda_setup(dit_cuda *c, int device) {
+    c->device = device;
+    CUDA_CHECK(cudaSetDevice(device));
+    cudaDeviceProp prop;
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+    snprintf(c->device_name, sizeof(c->device_name), "%.63s", prop.name);
+    CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CUBLAS_CHECK(cublasLtCreate(&c->lt));
+    c->lt_ws_bytes = DIT_CUDA_WORKSPACE;
+    CUDA_CHECK(cudaMalloc(&c->lt_ws, c->lt_ws_bytes));
+    return DIT_OK;
+}
+
+static void cuda_teardown(dit_cuda *c) {
+    if (c->graph) cudaGraphExecDestroy(c->graph);
+    dit_gemm_free_plans(c);
+    for (int i = 0; i < c->n_prof; i++) {
+        cudaEventDestroy(c->prof[i].e0);
+        cudaEventDestroy(c->prof[i].e1);
+    }
+    free(c->prof);
+    cudaFree(c->arena);
+    cudaFree(c->wbuf);
+    cudaFree(c->vbuf);
+    cudaFree(c->lt_ws);
+    if (c->lt) cublasLtDestroy(c->lt);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c->blocks);
+    free(c);
+}
+
+static int init_impl(dit_cuda *c, dit_model *m, int device) {
+    TRY(check_shapes(m));
+    TRY(cuda_setup(c, device));
+    const dit_config *k = &m->cfg;
+    c->D = k->hidden; c->H = k->heads; c->hd = k->hidden / k->heads; c->depth = k->depth;
+    c->C = k->in_channels; c->L = k->input_size; c->p = k->patch; c->g = c->L / c->p; c->T = c->g * c->g;
+    c->oc = k->out_channels; c->pp_oc = c->p * c->p * c->oc; c->n_classes = k->num_classes;
+    c->F = (int)m->w.blocks[0].fc1_w.ne[1];
+    c->ct = pick_compute_type(m);
+    const char *ev = getenv("DIT_CUDA_GRAPH");
+    c->use_graph = !(ev && ev[0] == '0');
+    c->blocks = (dit_cuda_block *)calloc((size_t)c->depth, sizeof(dit_cuda_block));
+    if (!c->blocks) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
+
+    wpass w = { c, NULL, 0, 1 };
+    TRY(upload_dit(c, m, &w));
+    c->wbytes = w.used;
+    cudaError_t e = cudaMalloc((void **)&c->wbuf, c->wbytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return dit_set_error(DIT_ERR_DEVICE, "cuda: cannot allocate %.1f MB for the weights: %s", c->wbytes / 1e6,
+                             cudaGetErrorString(e));
+    }
+    wpass w2 = { c, c->wbuf, 0, 0 };
+    TRY(upload_dit(c, m, &w2));
+    c->wused = w2.used;
+
+    // cuBLASLt's GELU epilogue must be the tanh form (§1.8) to be used for fc1
+    int is_tanh = 0;
+    if (dit_gemm_probe_gelu(c, &is_tanh) != DIT_OK) is_tanh = 0;
+    c->gelu_epilogue = is_tanh;
+    return DIT_OK;
+}
+
+int dit_cuda_init(dit_model *m, int device) {
+    if (m->cuda) return DIT_OK;
+    if (dit_cuda_available() <= device)
+        return dit_set_error(DIT_ERR_DEVICE, "cuda: no GPU %d (%d visible)", device, dit_cuda_available());
+    dit_cuda *c = (dit_cuda *)calloc(1, sizeof(dit_cuda));
+    if (!c) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
+    int rc = init_impl(c, m, device);
+    if (rc != DIT_OK) {
+        cuda_teardown(c);
+        return rc;
+    }
+    m->cuda = c;
+    return DIT_OK;
+}
+
+void dit_cuda_free(dit_model *m) {
+    if (!m || !m->cuda) return;
+    cudaStreamSynchronize(m->cuda->stream);
+    cuda_teardown(m->cuda);
+    m->cuda = NULL;
+}
+
+int dit_cuda_get_info(const dit_model *m, dit_cuda_info *info) {
+    memset(info, 0, sizeof(*info));
+    if (!m->cuda) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
+    const dit_cuda *c = m->cuda;
+    info->compute_type = c->ct;
+    info->gelu_epilogue = c->gelu_epilogue;
+    info->graph = c->use_graph;
+    info->weight_bytes = c->wbytes + c->vbytes;
+    info->arena_bytes = c->arena_bytes + c->lt_ws_bytes;
+    snprintf(info->device_name, sizeof(info->device_name), "%s", c->device_name);
+    return DIT_OK;
+}
+
+// ---------------------------------------------------------------- arena
+// B network rows, N latent images, R conditioning rows (chunk of steps x B), K sampler steps,
+// noise_K steps of user noise. Grows (never shrinks); a new arena invalidates the captured graph.
+typedef struct {
+    size_t off;
+} aplan;
+static size_t ap_take(aplan *a, size_t bytes) {
+    size_t o = a->off;
+    a->off += (bytes + DIT_CUDA_ALIGN - 1) / DIT_CUDA_ALIGN * DIT_CUDA_ALIGN;
+    return o;
+}
+
+// at least `bytes` of arena; a new allocation invalidates the captured graph and the DiT layout
+// (the VAE decoder borrows the same memory: the DiT buffers are idle while it runs)
+int dit_arena_reserve(dit_cuda *c, size_t bytes) {
+    if (c->arena && bytes <= c->arena_bytes) return DIT_OK;
+    if (c->graph) { cudaGraphExecDestroy(c->graph); c->graph = NULL; }
+    if (c->arena) { CUDA_CHECK(cudaStreamSynchronize(c->stream)); cudaFree(c->arena); c->arena = NULL; }
+    c->arena_B = c->arena_N = c->arena_R = c->coef_K = c->noise_K = 0;
+    c->arena_bytes = 0;
+    cudaError_t e = cudaMalloc((void **)&c->arena, bytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return dit_set_error(DIT_ERR_DEVICE, "cuda: cannot allocate a %.1f MB arena: %s", bytes / 1e6,
+                             cudaGetErrorString(e));
+    }
+    c->arena_bytes = bytes;
+    return DIT_OK;
+}
+
+static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
+    if (c->arena_B && B <= c->arena_B && N <= c->arena_N && R <= c->arena_R && K <= c->coef_K &&
+        noise_K <= c->noise_K)
+        return DIT_OK;
+    B = B > c->arena_B ? B : c->arena_B;
+    N = N > c->arena_N ? N : c->arena_N;
+    R = R > c->arena_R ? R : c->arena_R;
+    K = K > c->coef_K ? K : c->coef_K;
+    noise_K = noise_K > c->noise_K ? noise_K : c->noise_K;
+    const size_t M = (size_t)B * c->T, D = c->D, es = 2;
+    const size_t lat = (size_t)c->C * c->L * c->L;
+    aplan a = { 0 };
+    size_t o_h = ap_take(&a, M * D * 4), o_y = ap_take(&a, M * D * 4);
+    size_t o_xin = ap_take(&a, M * D * es), o_qkv = ap_take(&a, M * 3 * D * es), o_att = ap_take(&a, M * D * es);
+    size_t o_mlp = ap_take(&a, M * c->F * es), o_deq = ap_take(&a, c->deq_elems * es);
+    size_t o_fout = ap_take(&a, M * c->pp_oc * 4);
+    size_t o_lat = ap_take(&a, (size_t)(N > B ? N : B) * lat * 4);
+    size_t o_lout = ap_take(&a, (size_t)B * c->oc * c->L * c->L * 4);
+    size_t o_tsin = ap_take(&a, (size_t)R * 256 * 4), o_cond = ap_take(&a, (size_t)R * D * 4);
+    size_t o_cond2 = ap_take(&a, (size_t)R * D * 4), o_scond = ap_take(&a, (size_t)R * D * es);
+    size_t o_mod = ap_take(&a, (size_t)c->depth * R * 6 * D * 4), o_fmod = ap_take(&a, (size_t)R * 2 * D * 4);
+    size_t o_coef = ap_take(&a, (size_t)(K > 0 ? K : 1) * 16 * 4);
+    size_t o_noise = ap_take(&a, (size_t)noise_K * N * lat * 4);
+    size_t o_state = ap_take(&a, sizeof(dit_cuda_state)), o_lab = ap_take(&a, (size_t)(R > B ? R : B) * 4);
+
+    TRY(dit_arena_reserve(c, a.off));
+    char *p = c->arena;
+    c->h = (float *)(p + o_h); c->y = (float *)(p + o_y);
+    c->xin = p + o_xin; c->qkv = p + o_qkv; c->att = p + o_att; c->mlp = p + o_mlp; c->deq = p + o_deq;
+    c->fout = (float *)(p + o_fout); c->lat = (float *)(p + o_lat); c->lat_out = (float *)(p + o_lout);
+    c->tsin = (float *)(p + o_tsin); c->cond = (float *)(p + o_cond); c->cond2 = (float *)(p + o_cond2);
+    c->scond = p + o_scond; c->mod = (float *)(p + o_mod); c->fmod = (float *)(p + o_fmod);
+    c->coef = (float *)(p + o_coef); c->noise = noise_K ? (float *)(p + o_noise) : NULL;
+    c->state = (dit_cuda_state *)(p + o_state); c->d_labels = (int *)(p + o_lab);
+    c->arena_B = B; c->arena_N = N; c->arena_R = R; c->coef_K = K; c->noise_K = noise_K;
+    return DIT_OK;
+}
+
+// ---------------------------------------------------------------- conditioning and modulation
+// Sinusoidal timestep features (§1.3), exactly as the CPU path: freqs_k = fp32 exp(fp32(-ln 1e4) k / 128),
+// args = fp32(t * freqs_k), emb = [cos(args), sin(args)] evaluated in double and rounded to fp32.
+static void timestep_features(float t, float *out) {
+    const float a = (float)-log(10000.0);
+    for (int k = 0; k < 128; k++) {
+        const float fr = expf(a * (float)k / 128.0f);
+        const float arg = t * fr;
+        out[k] = (float)cos((double)arg);
+        out[128 + k] = (float)sin((double)arg);
+    }
+}
+
+// rows r < R: tsin (R, 256) and labels (B) uploaded by the caller -> c->mod, c->fmod
+static int precompute_modulation(dit_cuda *c, int R, int B) {
+    cudaStream_t st = c->stream;
+    const int D = c->D;
+    c->prof_layer = -1;
+    OP(c, "t_fc1", dit_op_linear(c, &c->t1, c->tsin, R, c->cond2, DIT_TYPE_F32, EPI_BIAS, st));
+    OP(c, "t_silu", dit_op_silu_inplace(c->cond2, (int64_t)R * D, st));
+    OP(c, "t_fc2", dit_op_linear(c, &c->t2, c->cond2, R, c->cond, DIT_TYPE_F32, EPI_BIAS, st));
+    OP(c, "cond_label_silu", dit_op_cond_finish(c->cond, c->y_table, c->d_labels, B, c->scond, c->ct, R, D, st));
+    for (int l = 0; l < c->depth; l++) {
+        c->prof_layer = l;
+        OP(c, "adaLN_all_steps", dit_op_linear(c, &c->blocks[l].ada, c->scond, R,
+                                               c->mod + (size_t)l * c->arena_R * 6 * D, DIT_TYPE_F32, EPI_BIAS, st));
+    }
+    c->prof_layer = c->depth;
+    OP(c, "final_adaLN_all_steps", dit_op_linear(c, &c->final_ada, c->scond, R, c->fmod, DIT_TYPE_F32, EPI_BIAS, st));
+    return DIT_OK;
+}
+
+// ---------------------------------------------------------------- the network
+// lat (n_img, C, L, L) -> c->fout (B*T, p*p*oc); modulation rows from the device state
+static int run_network(dit_cuda *c, int B, int n_img) {
+    cudaStream_t st = c->stream;
+    const int D = c->D, T = c->T;
+    const int64_t M = (int64_t)B * T;
+    const size_t ms = (size_t)c->arena_R * 6 * D;   // one block's modulation cache
+    const int64_t S6 = 6 * D, S2 = 2 * D;
+    c->prof_layer = -1;
+    OP(c, "patch_embed", dit_op_patch_embed(c->lat, n_img, c->x_emb_w, c->x_emb_b, c->pos, c->h, B, c->C, c->L, c->p,
+                                            D, st));
+    for (int l = 0; l < c->depth; l++) {
+        const dit_cuda_block *bl = &c->blocks[l];
+        const float *mod = c->mod + l * ms, *prev = l > 0 ? c->mod + (l - 1) * ms : NULL;
+        c->prof_layer = l;
+        // h += gate_mlp(l-1) * y;  xin = modulate(LN(h), shift_msa, scale_msa)
+        OP(c, "resid_ln_mod", dit_op_resid_ln_mod(l > 0 ? c->y : NULL, c->h, c->xin, c->ct, M, D, T,
+                                                  prev ? prev + 5 * D : NULL, S6, mod + 0 * D, mod + 1 * D, S6,
+                                                  c->state, st));
+        OP(c, "qkv", dit_op_linear(c, &bl->qkv, c->xin, M, c->qkv, c->ct, EPI_BIAS, st));
+        OP(c, "attention", dit_op_attention(c->qkv, c->att, c->ct, B, T, c->H, c->hd, st));
+        OP(c, "proj", dit_op_linear(c, &bl->proj, c->att, M, c->y, DIT_TYPE_F32, EPI_BIAS, st));
+        // h += gate_msa * y;  xin = modulate(LN(h), shift_mlp, scale_mlp)
+        OP(c, "resid_ln_mod", dit_op_resid_ln_mod(c->y, c->h, c->xin, c->ct, M, D, T, mod + 2 * D, S6, mod + 3 * D,
+                                                  mod + 4 * D, S6, c->state, st));
+        OP(c, "fc1_gelu", dit_op_linear(c, &bl->fc1, c->xin, M, c->mlp, c->ct, EPI_GELU_BIAS, st));
+        OP(c, "fc2", dit_op_linear(c, &bl->fc2, c->mlp, M, c->y, DIT_TYPE_F32, EPI_BIAS, st));
+    }
+    c->prof_layer = c->depth;
+    const float *last = c->mod + (size_t)(c->depth - 1) * ms;
+    OP(c, "final_resid_ln_mod", dit_op_resid_ln_mod(c->y, c->h, c->xin, c->ct, M, D, T, last + 5 * D, S6, c->fmod,
+                                                    c->fmod + D, S2, c->state, st));
+    OP(c, "final_linear", dit_op_linear(c, &c->final_lin, c->xin, M, c->fout, DIT_TYPE_F32, EPI_BIAS, st));
+    return DIT_OK;
+}
+
+static int check_labels(const dit_cuda *c, const int *y, int n) {
+    for (int i = 0; i < n; i++)
+        if (y[i] < 0 || y[i] > c->n_classes)
+            return dit_set_error(DIT_ERR_INPUT, "cuda: label %d out of range [0, %d]", y[i], c->n_classes);
+    return DIT_OK;
+}
+
+int dit_cuda_forward(dit_model *m, const float *x, const float *t, const int *y, int B, float *out) {
+    dit_cuda *c = m->cuda;
+    if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
+    if (B <= 0) return dit_set_error(DIT_ERR_INPUT, "cuda: batch %d", B);
+    TRY(check_labels(c, y, B));
+    CUDA_CHECK(cudaSetDevice(c->device));
+    TRY(arena_plan(c, B, B, B, 1, 0));
+    cudaStream_t st = c->stream;
+    const size_t lat = (size_t)c->C * c->L * c->L;
+    float *tsin = (float *)malloc((size_t)B * 256 * sizeof(float));
+    if (!tsin) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
+    for (int b = 0; b < B; b++) timestep_features(t[b], tsin + (size_t)b * 256);
+    cudaError_t e = cudaMemcpyAsync(c->tsin, tsin, (size_t)B * 256 * 4, cudaMemcpyHostToDevice, st);
+    free(tsin);
+    CUDA_CHECK(e);
+    CUDA_CHECK(cudaMemcpyAsync(c->d_labels, y, (size_t)B * sizeof(int), cudaMemcpyHostToDevice, st));
+    CUDA_CHECK(cudaMemcpyAsync(c->lat, x, (size_t)B * lat * 4, cudaMemcpyHostToDevice, st));
+    TRY(dit_op_state_set(c->state, 0, 0, 1, st));
+    TRY(precompute_modulation(c, B, B));
+    TRY(run_network(c, B, B));
+    OP(c, "unpatchify", dit_op_unpatchify(c->fout, c->lat_out, B, c->oc, c->L, c->p, st));
+    CUDA_CHECK(cudaMemcpyAsync(out, c->lat_out, (size_t)B * c->oc * c->L * c->L * 4, cudaMemcpyDeviceToHost, st));
+    CUDA_CHECK(cudaStreamSynchronize(st));
+    return DIT_OK;
+}
+
+// ---------------------------------------------------------------- sampler
+enum { CO_SR, CO_SRM1, CO_C1, CO_C2, CO_LOGB, CO_PLVC, CO_SABP, CO_S2, CO_SIGMA, CO_MASK, CO_FIXED, CO_STRIDE = 16 };
+
+// per loop iteration i (k = K-1-i): the float64 schedule rounded once to fp32 (GD:870)
+static void sampler_coefs(const dit_schedule *s, int sampler, float eta, float *co) {
+    for (int i = 0; i < s->K; i++) {
+        const int k = s->K - 1 - i;
+        float *q = co + (size_t)i * CO_STRIDE;
+        memset(q, 0, CO_STRIDE * sizeof(float));
+        q[CO_SR] = (float)s->sqrt_recip_alphas_cumprod[k];
+        q[CO_SRM1] = (float)s->sqrt_recipm1_alphas_cumprod[k];
+        q[CO_C1] = (float)s->posterior_mean_coef1[k];
+        q[CO_C2] = (float)s->posterior_mean_coef2[k];
+        q[CO_LOGB] = (float)log(s->betas[k]);
+        q[CO_PLVC] = (float)s->posterior_log_variance_clipped[k];
+        const double ab = s->alphas_cumprod[k], abp = s->alphas_cumprod_prev[k];
+        const double sigma = sampler == DIT_SAMPLER_DDIM ? eta * sqrt((1 - abp) / (1 - ab)) * sqrt(1 - ab / abp) : 0.0;
+        q[CO_SABP] = (float)sqrt(abp);
+        q[CO_S2] = (float)sqrt(1 - abp - sigma * sigma);
+        q[CO_SIGMA] = (float)sigma;
+        q[CO_MASK] = k != 0 ? 1.0f : 0.0f;
+        // learn_sigma = 0: FIXED_LARGE, log(append(post_var[1], betas[1:]))[k]
+        const double var1 = s->K > 1 ? s->betas[1] * (1.0 - s->alphas_cumprod_prev[1]) / (1.0 - s->alphas_cumprod[1])
+                                     : s->betas[0];
+        q[CO_FIXED] = (float)log(k == 0 ? var1 : s->betas[k]);
+    }
+}
+
+typedef struct {
+    int N, B, K, S;              // images, rows, steps, steps per modulation chunk
+    dit_sampler_args sa;
+    const dit_schedule *s;
+    const int *labels;           // N
+    const float *noise;          // user step noise on the device (K, N, C, L, L), or NULL: Philox
+} sample_job;
+
+static int modulation_chunk_steps(const dit_cuda *c, int B, int K) {
+    const char *ev = getenv("DIT_CUDA_MOD_MB");
+    const double budget = (ev && atof(ev) > 0 ? atof(ev) : 256.0) * 1048576.0;
+    const double per_row = ((double)c->depth * 6 * c->D + 2.0 * c->D) * 4 + (256.0 + 2 * c->D) * 4 + 2.0 * c->D;
+    int S = (int)(budget / (per_row * B));
+    if (S < 1) S = 1;
+    return S < K ? S : K;
+}
+
+// upload conditioning rows for steps [i0, i0 + n) and precompute their modulation
+static int prepare_chunk(dit_cuda *c, const sample_job *j, int i0, int n) {
+    const int R = n * j->B;
+    float *tsin = (float *)malloc((size_t)R * 256 * sizeof(float));
+    if (!tsin) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
+    for (int s = 0; s < n; s++) {
+        const int k = j->K - 1 - (i0 + s);
+        timestep_features((float)j->s->timestep_map[k], tsin + (size_t)s * j->B * 256);
+        for (int b = 1; b < j->B; b++)
+            memcpy(tsin + ((size_t)s * j->B + b) * 256, tsin + (size_t)s * j->B * 256, 256 * sizeof(float));
+    }
+    cudaError_t e = cudaMemcpyAsync(c->tsin, tsin, (size_t)R * 256 * 4, cudaMemcpyHostToDevice, c->stream);
+    free(tsin);
+    CUDA_CHECK(e);
+    TRY(precompute_modulation(c, R, j->B));
+    TRY(dit_op_state_set(c->state, i0, 0, 0, c->stream));
+    return DIT_OK;
+}
+
+static int run_step(dit_cuda *c, const sample_job *j) {
+    TRY(run_network(c, j->B, j->N));
+    c->prof_layer = c->depth + 1;
+    OP(c, "sampler_step", dit_op_sampler_step(&j->sa, c->fout, c->lat, c->coef, j->noise, c->state, c->stream));
+    return DIT_OK;
+}
+
+static int capture_step(dit_cuda *c, const sample_job *j) {
+    if (c->graph) { cudaGraphExecDestroy(c->graph); c->graph = NULL; }
+    cudaGraph_t g;
+    CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
+    int rc = run_step(c, j);
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    if (rc != DIT_OK) {
+        if (e == cudaSuccess) cudaGraphDestroy(g);
+        return rc;
+    }
+    CUDA_CHECK(e);
+    e = cudaGraphInstantiate(&c->graph, g, 0);
+    cudaGraphDestroy(g);
+    CUDA_CHECK(e);
+    return DIT_OK;
+}
+
+// everything before the loop: arena, coefficients, labels, noise, latents
+static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_schedule *s, sample_job *j) {
+    memset(j, 0, sizeof(*j));
+    if (p->n <= 0 || !p->labels) return dit_set_error(DIT_ERR_INPUT, "cuda: sample: n = %d", p->n);
+    if (s->K <= 0 || s->K > DIT_MAX_STEPS) return dit_set_error(DIT_ERR_INPUT, "cuda: sample: %d steps", s->K);
+    if (p->sampler != DIT_SAMPLER_DDPM && p->sampler != DIT_SAMPLER_DDIM)
+        return dit_set_error(DIT_ERR_INPUT, "cuda: sample: unknown sampler %d", p->sampler);
+    TRY(check_labels(c, p->labels, p->n));
+    j->N = p->n; j->B = 2 * p->n; j->K = s->K; j->s = s; j->labels = p->labels;
+    j->S = modulation_chunk_steps(c, j->B, j->K);
+    dit_sampler_args *a = &j->sa;
+    a->sampler = p->sampler; a->N = j->N; a->C = c->C; a->L = c->L; a->p = c->p; a->oc = c->oc; a->K = j->K;
+    a->cfg_ch = c->cfg_ch; a->cfg_scale = p->cfg_scale; a->eta = p->eta; a->seed = p->seed;
+    a->clip = p->clip_denoised;
+    a->learn_sigma = c->oc >= 2 * c->C;
+
+    CUDA_CHECK(cudaSetDevice(c->device));
+    TRY(arena_plan(c, j->B, j->N, j->S * j->B, j->K, p->step_noise ? j->K : 0));
+    if (p->step_noise && !c->noise) return dit_set_error(DIT_ERR_DEVICE, "cuda: no room for the step noise");
+    cudaStream_t st = c->stream;
+    const size_t lat = (size_t)c->C * c->L * c->L;
+
+    float *co = (float *)malloc((size_t)j->K * CO_STRIDE * sizeof(float));
+    int *lab = (int *)malloc((size_t)j->B * sizeof(int));
+    if (!co || !lab) { free(co); free(lab); return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory"); }
+    sampler_coefs(s, p->sampler, p->eta, co);
+    for (int n = 0; n < j->N; n++) { lab[n] = p->labels[n]; lab[j->N + n] = c->n_classes; }   // [labels; null]
+    cudaError_t e1 = cudaMemcpyAsync(c->coef, co, (size_t)j->K * CO_STRIDE * 4, cudaMemcpyHostToDevice, st);
+    cudaError_t e2 = cudaMemcpyAsync(c->d_labels, lab, (size_t)j->B * sizeof(int), cudaMemcpyHostToDevice, st);
+    cudaStreamSynchronize(st);   // the host buffers are freed next
+    free(co);
+    free(lab);
+    CUDA_CHECK(e1);
+    CUDA_CHECK(e2);
+    if (p->step_noise)
+        CUDA_CHECK(cudaMemcpyAsync(c->noise, p->step_noise, (size_t)j->K * j->N * lat * 4, cudaMemcpyHostToDevice, st));
+    if (p->init_noise)
+        CUDA_CHECK(cudaMemcpyAsync(c->lat, p->init_noise, (size_t)j->N * lat * 4, cudaMemcpyHostToDevice, st));
+    else
+        OP(c, "init_noise", dit_op_randn(p->seed, j->N, 0, c->lat, (int64_t)lat, st));
+    TRY(dit_op_state_set(c->state, 0, 0, 1, st));
+    j->noise = p->step_noise ? c->noise : NULL;
+    return DIT_OK;
+}
+
+// steps [0, K): modulation chunk by chunk, step 0 of each capture eager (it creates the GEMM plans),
+// then graph replays. progress(i + 1, K) is called a few steps behind the GPU to keep it fed.
+static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params *p) {
+    enum { LAG = 4 };
+    cudaEvent_t ev[LAG];
+    for (int i = 0; i < LAG; i++) CUDA_CHECK(cudaEventCreateWithFlags(&ev[i], cudaEventDisableTiming));
+    int rc = DIT_OK, reported = 0;
+    const int graph = c->use_graph && !c->profiling;
+    int captured = 0;
+    for (int i = 0; i < j->K && rc == DIT_OK; i++) {
+        if (i % j->S == 0) {
+            const int n = j->K - i < j->S ? j->K - i : j->S;
+            rc = prepare_chunk(c, j, i, n);
+            if (rc != DIT_OK) break;
+        }
+        if (graph && captured) {
+            cudaError_t e = cudaGraphLaunch(c->graph, c->stream);
+            if (e != cudaSuccess) rc = dit_cuda_error_(__FILE__, __LINE__, __func__, "cudaGraphLaunch", cudaGetErrorString(e));
+        } else {
+            rc = run_step(c, j);
+            if (rc == DIT_OK && graph && i + 1 < j->K) {
+                rc = capture_step(c, j);
+                captured = rc == DIT_OK;
+            }
+        }
+        if (rc != DIT_OK) break;
+        cudaEventRecord(ev[i % LAG], c->stream);
+        if (p && p->progress && i >= LAG - 1) {
+            cudaEventSynchronize(ev[(i - LAG + 1) % LAG]);
+            p->progress(++reported, j->K, p->progress_user);
+        }
+    }
+    if (rc == DIT_OK) {
+        cudaError_t e = cudaStreamSynchronize(c->stream);
+        if (e != cudaSuccess) rc = dit_cuda_error_(__FILE__, __LINE__, __func__, "cudaStreamSynchronize", cudaGetErrorString(e));
+    }
+    while (rc == DIT_OK && p && p->progress && reported < j->K) p->progress(++reported, j->K, p->progress_user);
+    for (int i = 0; i < LAG; i++) cudaEventDestroy(ev[i]);
+    return rc;
+}
+
+int dit_cuda_sample(dit_model *m, const dit_sample_params *p, const dit_schedule *s, float *out) {
+    dit_cuda *c = m->cuda;
+    if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
+    c->cfg_ch = m->cfg.cfg_channels;
+    sample_job j;
+    TRY(sample_setup(c, p, s, &j));
+    TRY(sample_loop(c, &j, p));
+    dit_cuda_state st;
+    CUDA_CHECK(cudaMemcpy(&st, c->state, sizeof(st), cudaMemcpyDeviceToHost));
+    if (st.nonfinite_step != INT_MAX)
+        return dit_set_error(DIT_ERR_NUMERIC, "cuda: NaN/Inf in the latents at step %d of %d (k = %d)",
+                             st.nonfinite_step + 1, j.K, j.K - 1 - st.nonfinite_step);
+    CUDA_CHECK(cudaMemcpy(out, c->lat, (size_t)j.N * c->C * c->L * c->L * 4, cudaMemcpyDeviceToHost));
+    return DIT_OK;
+}
+
+// ---------------------------------------------------------------- decode
+int dit_cuda_decode(dit_model *m, const float *latents, int n, float *images) {
+    dit_cuda *c = m->cuda;
+    if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
+    CUDA_CHECK(cudaSetDevice(c->device));
+    return dit_vae_decode_cuda(c, m, latents, n, images);
+}
+
+// ---------------------------------------------------------------- profiling API
+int dit_cuda_profile_begin(dit_model *m) {
+    dit_cuda *c = m->cuda;
+    if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
+    c->profiling = 1;
+    return DIT_OK;
+}
+
+typedef struct {
+    const char *name;
+    double ms;
+    int calls;
+} prof_row;
+
+static int prof_row_cmp(const void *a, const void *b) {
+    const double x = ((const prof_row *)a)->ms, y = ((const prof_row *)b)->ms;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+int dit_cuda_profile_end(dit_model *m, const char *trace_path, FILE *summary) {
+    dit_cuda *c = m->cuda;
+    if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    c->profiling = 0;
+    int rc = DIT_OK;
+    prof_row *rows = (prof_row *)calloc((size_t)c->n_prof + 1, sizeof(prof_row));
+    int nrows = 0;
+    double total = 0;
+    FILE *f = NULL;
+    dit_atomic_file af;
+    if (trace_path) {
+        if (dit_atomic_open(&af, trace_path) != DIT_OK) { rc = dit_last_error_code(); trace_path = NULL; }
+        else {
+            f = af.f;
+            fprintf(f, "{\"displayTimeUnit\": \"ms\", \"traceEvents\": [\n");
+        }
+    }
+    for (int i = 0; i < c->n_prof; i++) {
+        dit_prof_event *e = &c->prof[i];
+        float t0 = 0, dur = 0;
+        cudaEventElapsedTime(&t0, c->prof[0].e0, e->e0);
+        cudaEventElapsedTime(&dur, e->e0, e->e1);
+        total += dur;
+        if (f)
+            fprintf(f, "%s{\"name\": \"%s\", \"cat\": \"gpu\", \"ph\": \"X\", \"pid\": 0, \"tid\": 0, \"ts\": %.3f, "
+                       "\"dur\": %.3f, \"args\": {\"layer\": %d}}",
+                    i ? ",\n" : "", e->name, t0 * 1000.0, dur * 1000.0, e->layer);
+        if (rows) {
+            int r = 0;
+            while (r < nrows && strcmp(rows[r].name, e->name) != 0) r++;
+            if (r == nrows) { rows[nrows].name = e->name; nrows++; }
+            rows[r].ms += dur;
+            rows[r].calls++;
+        }
+    }
+    if (f) {
+        fprintf(f, "\n]}\n");
+        if (dit_atomic_commit(&af) != DIT_OK && rc == DIT_OK) rc = dit_last_error_code();
+    }
+    if (summary && rows) {
+        qsort(rows, nrows, sizeof(prof_row), prof_row_cmp);
+        fprintf(summary, "%-24s %10s %8s %10s %6s\n", "op", "total ms", "calls", "mean us", "%");
+        for (int r = 0; r < nrows; r++)
+            fprintf(summary, "%-24s %10.3f %8d %10.2f %6.1f\n", rows[r].name, rows[r].ms, rows[r].calls,
+                    1000.0 * rows[r].ms / rows[r].calls, total > 0 ? 100.0 * rows[r].ms / total : 0.0);
+        fprintf(summary, "%-24s %10.3f %8d   (sum of op times, without launch gaps)\n", "total", total, c->n_prof);
+    }
+    free(rows);
+    for (int i = 0; i < c->n_prof; i++) {
+        cudaEventDestroy(c->prof[i].e0);
+        cudaEventDestroy(c->prof[i].e1);
+    }
+    c->n_prof = 0;
+    return rc;
+}
+
+// ---------------------------------------------------------------- bench harness
+static int cmp_double(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+int dit_cuda_bench(dit_model *m, int n, int steps, int reps, dit_cuda_bench_result *r) {
+    memset(r, 0, sizeof(*r));
+    dit_cuda *c = m->cuda;
+    if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
+    if (n <= 0 || steps <= 0 || reps <= 0) return dit_set_error(DIT_ERR_INPUT, "cuda: bench: bad arguments");
+    static dit_schedule s;   // large: keep it off the stack
+    char spacing[16];
+    snprintf(spacing, sizeof(spacing), "%d", steps);
+    TRY(dit_schedule_init(&s, spacing));
+    int *labels = (int *)malloc((size_t)n * sizeof(int));
+    if (!labels) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
+    for (int i = 0; i < n; i++) labels[i] = (207 + 131 * i) % (c->n_classes > 0 ? c->n_classes : 1);
+    dit_sample_params p = dit_sample_params_default();
+    p.n = n; p.labels = labels; p.steps = steps; p.seed = 1;
+    c->cfg_ch = m->cfg.cfg_channels;
+    sample_job j;
+    int rc = sample_setup(c, &p, &s, &j);
+    free(labels);
+    TRY(rc);
+    if (j.S < j.K) j.K = j.S;   // time whole chunks only: the bench keeps all steps in one chunk
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    // precompute (timed), warm-up run with capture, then reps x K replays
+    CUDA_CHECK(cudaEventRecord(e0, c->stream));
+    TRY(prepare_chunk(c, &j, 0, j.K));
+    CUDA_CHECK(cudaEventRecord(e1, c->stream));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    r->ms_precompute = ms;
+    TRY(run_step(c, &j));
+    if (c->use_graph) TRY(capture_step(c, &j));
+    double *t = (double *)malloc((size_t)reps * sizeof(double));
+    if (!t) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
+    for (int k = 0; k < reps && rc == DIT_OK; k++) {
+        dit_op_state_set(c->state, 0, 0, 1, c->stream);
+        cudaEventRecord(e0, c->stream);
+        for (int i = 0; i < j.K && rc == DIT_OK; i++)
+            rc = c->use_graph ? (cudaGraphLaunch(c->graph, c->stream) == cudaSuccess ? DIT_OK
+                                 : dit_set_error(DIT_ERR_DEVICE, "cuda: cudaGraphLaunch failed"))
+                              : run_step(c, &j);
+        cudaEventRecord(e1, c->stream);
+        if (cudaEventSynchronize(e1) != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: bench run failed");
+        cudaEventElapsedTime(&ms, e0, e1);
+        t[k] = ms / j.K;
+    }
+    if (rc == DIT_OK) {
+        qsort(t, reps, sizeof(double), cmp_double);
+        r->ms_per_step = t[reps / 2];
+        r->ms_per_step_min = t[0];
+        size_t fr = 0, tot = 0;
+        if (cudaMemGetInfo(&fr, &tot) == cudaSuccess) r->peak_bytes = tot - fr;
+        r->weight_bytes = c->wbytes;
+        r->arena_bytes = c->arena_bytes + c->lt_ws_bytes;
+        if (m->cfg.has_vae) {
+            const size_t lat = (size_t)c->C * c->L * c->L;
+            float *hl = (float *)malloc(lat * n * 4), *img = (float *)malloc(dit_image_floats(m) * n * 4);
+            if (hl && img) {
+                for (size_t i = 0; i < lat * n; i++) hl[i] = (float)((i * 2654435761u) % 1000) / 500.0f - 1.0f;
+                rc = dit_vae_decode_cuda(c, m, hl, n, img);   // warm-up: uploads the VAE
+                if (rc == DIT_OK) {
+                    cudaEventRecord(e0, c->stream);
+                    rc = dit_vae_decode_cuda(c, m, hl, n, img);
+                    cudaEventRecord(e1, c->stream);
+                    cudaEventSynchronize(e1);
+                    cudaEventElapsedTime(&ms, e0, e1);
+                    r->ms_decode = ms;
+                    r->weight_bytes += c->vbytes;
+                    if (cudaMemGetInfo(&fr, &tot) == cudaSuccess && tot - fr > r->peak_bytes) r->peak_bytes = tot - fr;
+                }
+            }
+            free(hl);
+            free(img);
+        }
+    }
+    free(t);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return rc;
+}
+
+// ---------------------------------------------------------------- per-op test entry points
+static int test_ctx(dit_cuda **out) {
+    *out = NULL;
+    if (dit_cuda_available() <= 0) return dit_set_error(DIT_ERR_DEVICE, "cuda: no GPU");
+    dit_cuda *c = (dit_cuda *)calloc(1, sizeof(dit_cuda));
+    if (!c) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
+    int rc = cuda_setup(c, 0);
+    if (rc != DIT_OK) { cuda_teardown(c); return rc; }
+    c->ct = DIT_TYPE_F16;
+    c->gelu_epilogue = 1;
+    *out = c;
+    return DIT_OK;
+}
+
+int dit_cuda_test_randn(uint64_t seed, uint32_t image, uint32_t step, float *out, size_t n) {
+    float *d = NULL;
+    CUDA_CHECK(cudaMalloc((void **)&d, (image + 1) * n * sizeof(float)));
+    int rc = dit_op_randn(seed, (int)image + 1, step, d, (int64_t)n, 0);
+    if (rc == DIT_OK && cudaMemcpy(out, d + (size_t)image * n, n * 4, cudaMemcpyDeviceToHost) != cudaSuccess)
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: copy failed");
+    cudaFree(d);
+    return rc;
+}
+
+int dit_cuda_test_dequant(int type, const void *blocks, int64_t rows, int64_t cols, float *out) {
+    const size_t bytes = dit_row_bytes(type, cols) * rows;
+    void *db = NULL;
+    float *dy = NULL;
+    CUDA_CHECK(cudaMalloc(&db, bytes));
+    if (cudaMalloc((void **)&dy, rows * cols * 4) != cudaSuccess) { cudaFree(db); return dit_set_error(DIT_ERR_DEVICE, "cuda: oom"); }
+    int rc = DIT_OK;
+    if (cudaMemcpy(db, blocks, bytes, cudaMemcpyHostToDevice) != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: copy");
+    if (rc == DIT_OK) rc = dit_op_dequant(type, db, rows, cols, dy, DIT_TYPE_F32, 0);
+    if (rc == DIT_OK && cudaMemcpy(out, dy, rows * cols * 4, cudaMemcpyDeviceToHost) != cudaSuccess)
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: copy back");
+    cudaFree(db);
+    cudaFree(dy);
+    return rc;
+}
+
+static int upload_f16(const float *x, size_t n, void **out) {
+    uint16_t *h = (uint16_t *)malloc(n * 2);
+    if (!h) return dit_set_error(DIT_ERR_NOMEM, "cuda: oom");
+    for (size_t i = 0; i < n; i++) h[i] = dit_fp32_to_fp16(x[i]);
+    cudaError_t e = cudaMalloc(out, n * 2);
+    if (e == cudaSuccess) e = cudaMemcpy(*out, h, n * 2, cudaMemcpyHostToDevice);
+    free(h);
+    CUDA_CHECK(e);
+    return DIT_OK;
+}
+
+int dit_cuda_test_attention(const float *qkv, int B, int T, int H, int hd, float *o) {
+    const size_t nq = (size_t)B * T * 3 * H * hd, no = (size_t)B * T * H * hd;
+    void *dq = NULL, *dO = NULL;
+    TRY(upload_f16(qkv, nq, &dq));
+    int rc = DIT_OK;
+    if (cudaMalloc(&dO, no * 2) != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: oom");
+    if (rc == DIT_OK) cudaMemset(dO, 0xff, no * 2);   // NaN poison: every element must be written
+    if (rc == DIT_OK) rc = dit_op_attention(dq, dO, DIT_TYPE_F16, B, T, H, hd, 0);
+    uint16_t *h = (uint16_t *)malloc(no * 2);
+    if (rc == DIT_OK && h && cudaMemcpy(h, dO, no * 2, cudaMemcpyDeviceToHost) == cudaSuccess) {
+        for (size_t i = 0; i < no; i++) o[i] = dit_fp16_to_fp32(h[i]);
+    } else if (rc == DIT_OK) {
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: attention test copy failed");
+    }
+    free(h);
+    cudaFree(dq);
+    cudaFree(dO);
+    return rc;
+}
+
+int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, int N, int K, int gelu, float *y) {
+    dit_cuda *c;
+    TRY(test_ctx(&c));
+    void *dx = NULL, *dw = NULL;
+    float *db = NULL, *dy = NULL;
+    int rc = upload_f16(x, (size_t)M * K, &dx);
+    if (rc == DIT_OK) rc = upload_f16(w, (size_t)N * K, &dw);
+    if (rc == DIT_OK && (cudaMalloc((void **)&db, N * 4) != cudaSuccess || cudaMalloc((void **)&dy, (size_t)M * N * 4) != cudaSuccess))
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: oom");
+    if (rc == DIT_OK) {
+        cudaMemcpy(db, b, N * 4, cudaMemcpyHostToDevice);
+        int is_tanh = 0;
+        rc = dit_gemm_probe_gelu(c, &is_tanh);
+        c->gelu_epilogue = is_tanh;
+    }
+    dit_cuda_lin L = { DIT_TYPE_F16, N, K, dw, db };
+    if (rc == DIT_OK) rc = dit_op_linear(c, &L, dx, M, dy, DIT_TYPE_F32, gelu ? EPI_GELU_BIAS : EPI_BIAS, c->stream);
+    if (rc == DIT_OK && (cudaStreamSynchronize(c->stream) != cudaSuccess ||
+                         cudaMemcpy(y, dy, (size_t)M * N * 4, cudaMemcpyDeviceToHost) != cudaSuccess))
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: linear test failed");
+    cudaFree(dx); cudaFree(dw); cudaFree(db); cudaFree(dy);
+    cuda_teardown(c);
+    return rc;
+}

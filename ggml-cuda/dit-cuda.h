@@ -1,0 +1,87 @@
+/* dit-cuda.h - CUDA backend of dit.c: the C interface.
+
+   Built from the .cu files of ggml-cuda with -DDIT_CUDA. Every function returns DIT_OK or a DIT_ERR_* code and
+   leaves the message in dit_last_error(); nothing here prints or exits.
+
+   USAGE
+     if (dit_cuda_available() > 0 && dit_cuda_init(m, 0) == DIT_OK) {   // weights uploaded once
+         dit_cuda_sample(m, &p, &sched, latents);                        // whole sampler on the GPU
+         dit_cuda_decode(m, latents, p.n, images);                       // VAE decoder on the GPU
+     }
+     dit_cuda_free(m);                                                   // also done by dit_model_free
+
+   PRECISION
+     GEMM operands are fp16 (bf16 when the file's weights are bf16), accumulation fp32 (cuBLASLt).
+     f32 files are uploaded as f16 for the GEMM weights; biases, embeddings, pos_embed, the timestep
+     MLP and the whole residual stream, LayerNorm, softmax, GroupNorm and the sampler stay fp32.
+     q8_0 / q4_0 / q5_0 / q4_1 / q5_1 weights stay quantized in GPU memory (the raw ggml blocks) and
+     are dequantized into one small reusable scratch right before their GEMM.
+
+   ENVIRONMENT
+     DIT_CUDA_MOD_MB   size of the adaLN modulation cache in MiB (default 256): the modulation of all
+                       steps is precomputed per chunk of steps that fits.
+     DIT_CUDA_GRAPH=0  run the step eagerly instead of replaying a CUDA graph (debugging).
+*/
+#ifndef DIT_CUDA_H
+#define DIT_CUDA_H
+
+#include "dit.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+int dit_cuda_available(void);                /* number of GPUs visible; 0 when there is no driver */
+int dit_cuda_init(dit_model *m, int device); /* upload weights once, plan the arena; sets m->cuda */
+void dit_cuda_free(dit_model *m);
+
+/* out = DiT(x, t, y) like dit_forward: host x (B, C, L, L), t (B), y (B) -> out (B, out_ch, L, L). */
+int dit_cuda_forward(dit_model *m, const float *x, const float *t, const int *y, int B, float *out);
+/* The whole sampler (p as dit_sample, s from dit_schedule_init) -> out (n, C, L, L) latents. */
+int dit_cuda_sample(dit_model *m, const dit_sample_params *p, const dit_schedule *s, float *out);
+/* latents (n, C, L, L) as sampled -> images (n, 3, 8L, 8L), like dit_decode. */
+int dit_cuda_decode(dit_model *m, const float *latents, int n, float *images);
+
+/* Profiling. Between begin and end, dit_cuda_sample/forward/decode run op by op (no CUDA graph) with
+   cudaEvents around each op. end() writes a Chrome trace (chrome://tracing, ui.perfetto.dev) to
+   trace_path (may be NULL) and, when summary is not NULL, a per-op table (total, calls, mean) to it. */
+int dit_cuda_profile_begin(dit_model *m);
+int dit_cuda_profile_end(dit_model *m, const char *trace_path, FILE *summary);
+
+/* Timing harness for bench/ and --bench: runs `steps` sampler steps for n images (CFG batch 2n) on
+   random latents after a warm-up, as dit_cuda_sample does (graph replay), and reports the median
+   ms per step over `reps` repetitions, plus the bytes the backend holds on the GPU. */
+typedef struct {
+    double ms_per_step;       /* median over reps */
+    double ms_per_step_min;
+    double ms_precompute;     /* adaLN modulation for all steps (once per sample) */
+    double ms_decode;         /* VAE decode of n images, 0 without a VAE */
+    size_t weight_bytes;      /* DiT (+VAE) weights on the GPU */
+    size_t arena_bytes;       /* activations, modulation cache, scratch, workspace */
+    size_t peak_bytes;        /* device memory in use at the peak (cudaMemGetInfo), context included */
+} dit_cuda_bench_result;
+int dit_cuda_bench(dit_model *m, int n, int steps, int reps, dit_cuda_bench_result *r);
+
+/* What the backend chose (for tests and -v). */
+typedef struct {
+    int compute_type;         /* DIT_TYPE_F16 or DIT_TYPE_BF16: GEMM operand type */
+    int gelu_epilogue;        /* 1: fc1 uses cuBLASLt's GELU_BIAS epilogue (probed at init to be tanh-GELU) */
+    int graph;                /* 1: steps replay a CUDA graph */
+    size_t weight_bytes, arena_bytes;
+    char device_name[64];
+} dit_cuda_info;
+int dit_cuda_get_info(const dit_model *m, dit_cuda_info *info);
+
+/* Per-op entry points used by tests/test_cuda.c (device pointers, synchronous). */
+int dit_cuda_test_randn(uint64_t seed, uint32_t image, uint32_t step, float *out, size_t n);
+int dit_cuda_test_dequant(int type, const void *blocks, int64_t rows, int64_t cols, float *out);
+/* attention on host arrays: qkv (B*T, 3*H*hd) float -> o (B*T, H*hd), operands rounded to fp16 */
+int dit_cuda_test_attention(const float *qkv, int B, int T, int H, int hd, float *o);
+/* GEMM y = x W^T + b (+ tanh-GELU when gelu) with fp16 operands: x (M, K), W (N, K), y (M, N) */
+int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, int N, int K, int gelu,
+                         float *y);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* DIT_CUDA_H */

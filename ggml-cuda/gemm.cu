@@ -1,0 +1,219 @@
+// gemm.cu - every matrix product goes through cuBLASLt: fp16/bf16 operands, fp32 accumulation
+// (CUBLAS_COMPUTE_32F), fp32 scale; fp32 layers (timestep MLP) run pure fp32 (no TF32).
+//
+// Row-major PyTorch Linear y (M, N) = x (M, K) W^T, W (N, K), is the column-major product
+// y^T (N x M) = op_T(W: K x N) * (x^T: K x M), the "TN" layout cuBLASLt is fastest at. The bias
+// epilogue adds b (N) along the rows of y^T; GELU_BIAS applies GELU after the bias (probed at init to
+// be the tanh form: dit_gemm_probe_gelu; otherwise fc1 runs BIAS + gelu_tanh kernel instead).
+// Plans (descriptors + heuristic algo) are cached by shape; the bias pointer is set per call.
+#include "common.cuh"
+#include <string.h>
+
+static cudaDataType_t cuda_dtype(int t) {
+    switch (t) {
+    case DIT_TYPE_F16: return CUDA_R_16F;
+    case DIT_TYPE_BF16: return CUDA_R_16BF;
+    default: return CUDA_R_32F;
+    }
+}
+
+static int plan_find(dit_cuda *c, int ab_type, int y_type, int epi, int transa, int transb, int64_t m, int64_t n,
+                     int64_t k, int64_t lda, int64_t sa, int64_t ldb, int64_t sb, int64_t ldc, int64_t sc, int batch,
+                     dit_gemm_plan **out) {
+    for (int i = 0; i < c->n_plans; i++) {
+        dit_gemm_plan *p = &c->plans[i];
+        if (p->a_type == ab_type && p->y_type == y_type && p->epi == epi && p->M == m && p->N == n && p->K == k &&
+            p->x_type == ((transa << 1) | transb) && p->lda == lda && p->ldb == ldb && p->ldc == ldc &&
+            p->sa == sa && p->sb == sb && p->sc == sc && p->batch == batch) {
+            *out = p;
+            return p->ok ? DIT_OK : dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: cuBLASLt has no algorithm (cached)");
+        }
+    }
+    if (c->n_plans == DIT_MAX_PLANS) dit_gemm_free_plans(c);   // shapes changed a lot: start over
+    dit_gemm_plan *p = &c->plans[c->n_plans];
+    memset(p, 0, sizeof(*p));
+    p->a_type = ab_type; p->y_type = y_type; p->epi = epi; p->M = m; p->N = n; p->K = k;
+    p->x_type = (transa << 1) | transb; p->lda = lda; p->ldb = ldb; p->ldc = ldc;
+    p->sa = sa; p->sb = sb; p->sc = sc; p->batch = batch;
+
+    const cudaDataType_t ab = cuda_dtype(ab_type), yt = cuda_dtype(y_type);
+    CUBLAS_CHECK(cublasLtMatmulDescCreate(&p->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    cublasLtEpilogue_t e = epi == EPI_BIAS ? CUBLASLT_EPILOGUE_BIAS
+                         : epi == EPI_GELU_BIAS ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof(e)));
+    if (epi != EPI_NONE) {
+        // fp32 bias even for fp16/bf16 output (keeps the bias exact); see the fallback below
+        int32_t bt = CUDA_R_32F;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
+    }
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, ab, transa ? k : m, transa ? m : k, lda));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lb, ab, transb ? n : k, transb ? k : n, ldb));
+    CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->lc, yt, m, n, ldc));
+    if (batch > 1) {
+        cublasLtMatrixLayout_t ls[3] = { p->la, p->lb, p->lc };
+        int64_t ss[3] = { sa, sb, sc };
+        for (int i = 0; i < 3; i++) {
+            int32_t bc = batch;
+            CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof(bc)));
+            CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(ls[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                          &ss[i], sizeof(ss[i])));
+        }
+    }
+    cublasLtMatmulPreference_t pref;
+    CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+    CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                      &c->lt_ws_bytes, sizeof(c->lt_ws_bytes)));
+    cublasLtMatmulHeuristicResult_t res;
+    int nres = 0;
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &nres);
+    cublasLtMatmulPreferenceDestroy(pref);
+    c->n_plans++;
+    if (st != CUBLAS_STATUS_SUCCESS || nres == 0) {
+        p->ok = 0;
+        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: cuBLASLt has no algorithm for %s x %s -> %s, m %lld n %lld k %lld epi %d (%s)",
+                             dit_type_name(ab_type), dit_type_name(ab_type), dit_type_name(y_type), (long long)m,
+                             (long long)n, (long long)k, epi, dit_cublas_status_name(st));
+    }
+    p->algo = res.algo;
+    p->ok = 1;
+    *out = p;
+    return DIT_OK;
+}
+
+void dit_gemm_free_plans(dit_cuda *c) {
+    for (int i = 0; i < c->n_plans; i++) {
+        dit_gemm_plan *p = &c->plans[i];
+        cublasLtMatmulDescDestroy(p->desc);
+        cublasLtMatrixLayoutDestroy(p->la);
+        cublasLtMatrixLayoutDestroy(p->lb);
+        cublasLtMatrixLayoutDestroy(p->lc);
+    }
+    c->n_plans = 0;
+}
+
+static int gemm_run(dit_cuda *c, dit_gemm_plan *p, const void *A, const void *Bm, void *Cm, const float *bias,
+                    float alpha, cudaStream_t st) {
+    const float beta = 0.0f;
+    if (p->epi != EPI_NONE)
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->algo,
+                                c->lt_ws, c->lt_ws_bytes, st));
+    return DIT_OK;
+}
+
+// y (M, N) += b, then tanh-GELU when gelu: the epilogue done by hand when cuBLASLt's does not fit
+template <typename T>
+static __global__ void bias_act_kernel(T *y, const float *__restrict__ b, int64_t M, int N, int gelu) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= M * N) return;
+    float v = to_f32(y[i]) + b[i % N];
+    if (gelu) v = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    y[i] = from_f32<T>(v);
+}
+
+static int bias_act_cuda(void *y, int y_type, const float *b, int64_t M, int N, int gelu, cudaStream_t st) {
+    const int grid = cdiv(M * N, 256);
+    if (y_type == DIT_TYPE_F32) bias_act_kernel<<<grid, 256, 0, st>>>((float *)y, b, M, N, gelu);
+    else if (y_type == DIT_TYPE_F16) bias_act_kernel<<<grid, 256, 0, st>>>((__half *)y, b, M, N, gelu);
+    else bias_act_kernel<<<grid, 256, 0, st>>>((__nv_bfloat16 *)y, b, M, N, gelu);
+    LAUNCH_CHECK();
+    return DIT_OK;
+}
+
+int dit_op_linear(dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, void *y, int y_type, int epi,
+                  cudaStream_t st) {
+    const void *W = w->w;
+    int ab = w->type;
+    if (ab != DIT_TYPE_F32 && ab != DIT_TYPE_F16 && ab != DIT_TYPE_BF16) {
+        // quantized: dequantize into the reusable scratch (ct), then an ordinary ct GEMM
+        TRY(dit_op_dequant(w->type, w->w, w->n_out, w->n_in, c->deq, c->ct, st));
+        W = c->deq;
+        ab = c->ct;
+    }
+    if (!w->b) epi = EPI_NONE;
+    int post = 0;   // 1: bias by hand, 2: bias + GELU by hand
+    if (epi == EPI_GELU_BIAS && !c->gelu_epilogue) post = 2;
+    dit_gemm_plan *p = NULL;
+    if (!post && plan_find(c, ab, y_type, epi, 1, 0, w->n_out, M, w->n_in, w->n_in, 0, w->n_in, 0, w->n_out, 0, 1,
+                           &p) != DIT_OK) {
+        if (epi == EPI_NONE) return dit_last_error_code();
+        post = epi == EPI_GELU_BIAS ? 2 : 1;   // this epilogue has no algorithm here: do it by hand
+    }
+    if (post) TRY(plan_find(c, ab, y_type, EPI_NONE, 1, 0, w->n_out, M, w->n_in, w->n_in, 0, w->n_in, 0, w->n_out, 0,
+                            1, &p));
+    TRY(gemm_run(c, p, W, x, y, w->b, 1.0f, st));
+    if (post) TRY(bias_act_cuda(y, y_type, w->b, M, (int)w->n_out, post == 2, st));
+    return DIT_OK;
+}
+
+int dit_op_gemm_raw(dit_cuda *c, int type, int y_type, int transa, int transb, int64_t m, int64_t n, int64_t k,
+                    const void *A, int64_t lda, int64_t sa, const void *Bm, int64_t ldb, int64_t sb, void *Cm,
+                    int64_t ldc, int64_t sc, int batch, float alpha, cudaStream_t st) {
+    dit_gemm_plan *p;
+    TRY(plan_find(c, type, y_type, EPI_NONE, transa, transb, m, n, k, lda, sa, ldb, sb, ldc, sc, batch, &p));
+    return gemm_run(c, p, A, Bm, Cm, NULL, alpha, st);
+}
+
+// cuBLASLt documents its GELU epilogue only as "GELU". Probe it: y = GELU(x + b) for x on a grid in
+// [-6, 6] through a (ct x ct -> f32) GEMM with an identity operand, compared with the tanh form
+// 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) and with the erf form. They differ by up to 4.7e-4
+// near |x| = 2, far above the f32 rounding of the probe (the inputs are exact in fp16).
+int dit_gemm_probe_gelu(dit_cuda *c, int *is_tanh) {
+    enum { NP = 256, KP = 16 };
+    uint16_t hx[NP * KP], hi[KP * 8];
+    float hb[NP], hy[NP * 8], xs[NP];
+    for (int i = 0; i < NP; i++) {
+        xs[i] = -6.0f + 12.0f * i / (NP - 1);
+        const uint16_t h = c->ct == DIT_TYPE_BF16 ? dit_fp32_to_bf16(xs[i]) : dit_fp32_to_fp16(xs[i]);
+        xs[i] = c->ct == DIT_TYPE_BF16 ? dit_bf16_to_fp32(h) : dit_fp16_to_fp32(h);
+        for (int k = 0; k < KP; k++) hx[i * KP + k] = k == 0 ? h : 0;
+        hb[i] = 0.0f;
+    }
+    const uint16_t one = c->ct == DIT_TYPE_BF16 ? dit_fp32_to_bf16(1.0f) : dit_fp32_to_fp16(1.0f);
+    for (int j = 0; j < 8; j++)
+        for (int k = 0; k < KP; k++) hi[j * KP + k] = k == 0 ? one : 0;
+    void *dx = NULL, *di = NULL;
+    float *db = NULL, *dy = NULL;
+    int rc = DIT_ERR_DEVICE;
+    dit_cuda_lin w = { c->ct, NP, KP, NULL, NULL };
+    if (cudaMalloc(&dx, sizeof(hx)) != cudaSuccess || cudaMalloc(&di, sizeof(hi)) != cudaSuccess ||
+        cudaMalloc((void **)&db, sizeof(hb)) != cudaSuccess || cudaMalloc((void **)&dy, sizeof(hy)) != cudaSuccess) {
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: out of memory in the GELU probe");
+        goto done;
+    }
+    cudaMemcpy(dx, hx, sizeof(hx), cudaMemcpyHostToDevice);
+    cudaMemcpy(di, hi, sizeof(hi), cudaMemcpyHostToDevice);
+    cudaMemcpy(db, hb, sizeof(hb), cudaMemcpyHostToDevice);
+    // "weights" = the x grid (NP rows), "activations" = 8 rows of e_0: y[r][i] = GELU(x_i)
+    w.w = dx; w.b = db;
+    c->gelu_epilogue = 1;
+    rc = dit_op_linear(c, &w, di, 8, dy, DIT_TYPE_F32, EPI_GELU_BIAS, c->stream);
+    if (rc != DIT_OK) goto done;
+    if (cudaStreamSynchronize(c->stream) != cudaSuccess || cudaMemcpy(hy, dy, sizeof(hy), cudaMemcpyDeviceToHost) != cudaSuccess) {
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: GELU probe failed: %s", cudaGetErrorString(cudaGetLastError()));
+        goto done;
+    }
+    {
+        double et = 0, ee = 0;
+        for (int i = 0; i < NP; i++) {
+            const double x = xs[i];
+            const double gt = 0.5 * x * (1.0 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)));
+            const double ge = 0.5 * x * (1.0 + erf(x * 0.7071067811865476));
+            for (int r = 0; r < 8; r++) {
+                const double v = hy[r * NP + i];
+                et = fmax(et, fabs(v - gt));
+                ee = fmax(ee, fabs(v - ge));
+            }
+        }
+        *is_tanh = et < 1e-5 && et < ee;
+        c->probe_err_tanh = et;
+        c->probe_err_erf = ee;
+    }
+    rc = DIT_OK;
+done:
+    cudaFree(dx); cudaFree(di); cudaFree(db); cudaFree(dy);
+    return rc;
+}

@@ -1,0 +1,282 @@
+// vae.cu - diffusers AutoencoderKL decoder (§5) on the GPU, one image at a time, NCHW fp32 activations.
+//
+//   z = latents / scaling_factor -> post_quant_conv (1x1) -> conv_in (3x3) -> mid: resnet, attention,
+//   resnet -> up_blocks (layers_per_block + 1 resnets, nearest 2x + conv 3x3 on all but the last)
+//   -> GroupNorm + SiLU -> conv_out (3x3)
+//   resnet: h = conv1(SiLU(GN1(x)));  h = conv2(SiLU(GN2(h)));  out = shortcut(x) + h     (§5.3)
+//   attention (single head, head dim C): x + to_out(softmax(q k^T / sqrt(C)) v), q,k,v = Linear(GN(x)) (§5.4)
+//   GroupNorm: 32 groups, eps 1e-6 everywhere.
+// 3x3 convs are im2col (ct, GN+SiLU fused before it, the 2x upsample fused into it) + cuBLASLt GEMM
+// with fp32 output written straight in NCHW (the GEMM's column-major (HW x cout) is NCHW), in chunks
+// of output rows so the column buffer stays small. Thin convs (cin*k*k < 64 or cout < 8) run a direct
+// fp32 kernel. The buffers borrow the DiT arena (idle while decoding), grown if needed.
+#include "ggml-cuda/vae.cuh"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define VAE_COLS_BYTES (64u << 20)   // im2col chunk budget
+#define VAE_EPS 1e-6f
+
+static int up_conv(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, dit_cuda_conv *cv) {
+    memset(cv, 0, sizeof(*cv));
+    if (!wt->data) return DIT_OK;
+    cv->k = (int)wt->ne[0];
+    cv->cin = (int)wt->ne[2];
+    cv->cout = (int)wt->ne[3];
+    if (wt->ne[0] != wt->ne[1]) return dit_set_error(DIT_ERR_INPUT, "cuda: vae: %s is not a square conv", wt->name);
+    const int direct = cv->cin * cv->k * cv->k < 64 || cv->cout < 8;
+    return dit_wp_lin(w, wt, bt, direct ? WP_F32 : WP_CT_ONLY, &cv->w);
+}
+
+static int up_resnet(dit_wpass *w, const dit_vae_resnet *r, dit_cuda_resnet *o) {
+    TRY(dit_wp_f32(w, &r->norm1_w, &o->n1_w));
+    TRY(dit_wp_f32(w, &r->norm1_b, &o->n1_b));
+    TRY(dit_wp_f32(w, &r->norm2_w, &o->n2_w));
+    TRY(dit_wp_f32(w, &r->norm2_b, &o->n2_b));
+    TRY(up_conv(w, &r->conv1_w, &r->conv1_b, &o->c1));
+    TRY(up_conv(w, &r->conv2_w, &r->conv2_b, &o->c2));
+    TRY(up_conv(w, &r->short_w, &r->short_b, &o->sc));
+    if (!o->c1.w.w || !o->c2.w.w || !o->n1_w || !o->n2_w)
+        return dit_set_error(DIT_ERR_INPUT, "cuda: vae: incomplete resnet block");
+    return DIT_OK;
+}
+
+static int vae_upload_pass(dit_cuda *c, const dit_model *m, dit_wpass *w) {
+    const dit_vae *v = &m->vae;
+    const dit_config *k = &m->cfg;
+    TRY(up_conv(w, &v->pq_w, &v->pq_b, &c->pq));
+    TRY(up_conv(w, &v->conv_in_w, &v->conv_in_b, &c->conv_in));
+    for (int i = 0; i < 2; i++) TRY(up_resnet(w, &v->mid[i], &c->mid[i]));
+    TRY(dit_wp_f32(w, &v->attn_norm_w, &c->attn_n_w));
+    TRY(dit_wp_f32(w, &v->attn_norm_b, &c->attn_n_b));
+    TRY(dit_wp_lin(w, &v->attn_q_w, &v->attn_q_b, WP_CT_ONLY, &c->attn_q));
+    TRY(dit_wp_lin(w, &v->attn_k_w, &v->attn_k_b, WP_CT_ONLY, &c->attn_k));
+    TRY(dit_wp_lin(w, &v->attn_v_w, &v->attn_v_b, WP_CT_ONLY, &c->attn_v));
+    TRY(dit_wp_lin(w, &v->attn_o_w, &v->attn_o_b, WP_CT_ONLY, &c->attn_o));
+    for (int i = 0; i < k->vae_n_blocks; i++) {
+        for (int j = 0; j <= k->vae_layers_per_block; j++) TRY(up_resnet(w, &v->up[i][j], &c->up[i][j]));
+        TRY(up_conv(w, &v->up_conv_w[i], &v->up_conv_b[i], &c->up_conv[i]));
+    }
+    TRY(dit_wp_f32(w, &v->norm_out_w, &c->out_n_w));
+    TRY(dit_wp_f32(w, &v->norm_out_b, &c->out_n_b));
+    TRY(up_conv(w, &v->conv_out_w, &v->conv_out_b, &c->conv_out));
+    return DIT_OK;
+}
+
+static int vae_upload(dit_cuda *c, const dit_model *m) {
+    const dit_config *k = &m->cfg;
+    if (!k->has_vae) return dit_set_error(DIT_ERR_INPUT, "cuda: the model has no VAE");
+    if (k->vae_n_blocks < 1 || k->vae_n_blocks > DIT_VAE_MAX_BLOCKS || k->vae_layers_per_block < 0 ||
+        k->vae_layers_per_block + 1 > DIT_VAE_MAX_RESNETS || k->vae_groups <= 0)
+        return dit_set_error(DIT_ERR_INPUT, "cuda: vae: bad config (%d blocks, %d layers, %d groups)", k->vae_n_blocks,
+                             k->vae_layers_per_block, k->vae_groups);
+    dit_wpass w = { c, NULL, 0, 1 };
+    TRY(vae_upload_pass(c, m, &w));
+    cudaError_t e = cudaMalloc((void **)&c->vbuf, w.used);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return dit_set_error(DIT_ERR_DEVICE, "cuda: cannot allocate %.1f MB for the VAE: %s", w.used / 1e6,
+                             cudaGetErrorString(e));
+    }
+    c->vbytes = w.used;
+    dit_wpass w2 = { c, c->vbuf, 0, 0 };
+    int rc = vae_upload_pass(c, m, &w2);
+    if (rc != DIT_OK) {
+        cudaFree(c->vbuf);
+        c->vbuf = NULL;
+        c->vbytes = 0;
+        return rc;
+    }
+    if (!c->conv_in.w.w || !c->conv_out.w.w || !c->attn_q.w || !c->attn_n_w || !c->out_n_w)
+        return dit_set_error(DIT_ERR_INPUT, "cuda: vae: missing tensors");
+    c->vae_ready = 1;
+    return DIT_OK;
+}
+
+typedef struct {
+    float *x, *h, *t;          // activations (max_elems)
+    void *g, *cols;            // ct: GN output / shortcut input (max_elems), im2col chunk
+    void *tok, *q, *k, *v, *o; // attention, ct (HW, C)
+    float *s, *ao;             // (HW, HW) scores, (HW, C) attention output
+    void *p;                   // ct (HW, HW)
+    float *img;                // (3, 8L, 8L)
+    size_t cols_elems;
+} vae_bufs;
+
+static size_t vae_max_elems(const dit_model *m, int L) {
+    const dit_config *k = &m->cfg;
+    const int nb = k->vae_n_blocks;
+    size_t best = (size_t)k->vae_block_out[nb - 1] * L * L;
+    int res = L, prev = k->vae_block_out[nb - 1];
+    for (int i = 0; i < nb; i++) {
+        const int ch = k->vae_block_out[nb - 1 - i];
+        const size_t a = (size_t)(prev > ch ? prev : ch) * res * res;
+        if (a > best) best = a;
+        if (i < nb - 1) {
+            res *= 2;
+            if ((size_t)ch * res * res > best) best = (size_t)ch * res * res;
+        }
+        prev = ch;
+    }
+    return best;
+}
+
+static size_t al(size_t b) { return (b + 255) / 256 * 256; }
+
+// k x k conv (k = 1 or 3) of src (cin, H/2^up, W/2^up) -> dst (cout, H, W) fp32 = conv + bias (+ res)
+static int conv_gemm(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_type, int H, int W, int up,
+                     float *dst, const float *res, const vae_bufs *b, cudaStream_t st) {
+    const int64_t HW = (int64_t)H * W;
+    if (cv->w.type == DIT_TYPE_F32) {
+        if (up || src_type != DIT_TYPE_F32 || res)
+            return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: direct conv %d->%d here", cv->cin, cv->cout);
+        return dit_op_conv_direct((const float *)src, (const float *)cv->w.w, cv->w.b, dst, cv->cin, cv->cout, H, W,
+                                  cv->k, st);
+    }
+    if (cv->k == 1) {
+        // 1x1: the ct input (cin, HW) is already the column-major (HW x cin) operand
+        if (up || src_type != c->ct) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: 1x1 conv input");
+        TRY(dit_op_gemm_raw(c, c->ct, DIT_TYPE_F32, 0, 0, HW, cv->cout, cv->cin, src, HW, 0, cv->w.w, cv->cin, 0, dst,
+                            HW, 0, 1, 1.0f, st));
+    } else if (cv->k == 3) {
+        const int64_t K = (int64_t)cv->cin * 9;
+        int rows = (int)(b->cols_elems / ((size_t)W * K));
+        if (rows < 1) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: image row too wide for the column buffer");
+        if (rows > H) rows = H;
+        for (int y0 = 0; y0 < H; y0 += rows) {
+            const int r = H - y0 < rows ? H - y0 : rows;
+            TRY(dit_op_im2col3(src, src_type, b->cols, c->ct, cv->cin, H, W, y0, r, up, st));
+            TRY(dit_op_gemm_raw(c, c->ct, DIT_TYPE_F32, 1, 0, (int64_t)r * W, cv->cout, K, b->cols, K, 0, cv->w.w, K, 0,
+                                dst + (int64_t)y0 * W, HW, 0, 1, 1.0f, st));
+        }
+    } else {
+        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %dx%d conv", cv->k, cv->k);
+    }
+    return dit_op_bias_add_nchw(dst, cv->w.b, res, cv->cout, (int)HW, st);
+}
+
+// x (cin, H, W) -> (cout, H, W); the result is left in *px (buffers *px, *pt swapped as needed)
+static int resnet(dit_cuda *c, const dit_cuda_resnet *r, int G, int H, int W, float **px, float **pt,
+                  const vae_bufs *b, cudaStream_t st) {
+    float *x = *px, *t = *pt;
+    const int HW = H * W, cin = r->c1.cin, cout = r->c1.cout;
+    if (r->sc.w.w) {   // x' = conv_shortcut(x) -> t
+        TRY(dit_op_to_ct(x, b->g, c->ct, (int64_t)cin * HW, st));
+        TRY(conv_gemm(c, &r->sc, b->g, c->ct, H, W, 0, t, NULL, b, st));
+    }
+    TRY(dit_op_group_norm(x, b->g, c->ct, r->n1_w, r->n1_b, 1, cin, HW, G, VAE_EPS, 1, st));
+    TRY(conv_gemm(c, &r->c1, b->g, c->ct, H, W, 0, b->h, NULL, b, st));
+    TRY(dit_op_group_norm(b->h, b->g, c->ct, r->n2_w, r->n2_b, 1, cout, HW, G, VAE_EPS, 1, st));
+    if (r->sc.w.w) {
+        TRY(conv_gemm(c, &r->c2, b->g, c->ct, H, W, 0, x, t, b, st));   // x is consumed: x = x' + h
+    } else {
+        TRY(conv_gemm(c, &r->c2, b->g, c->ct, H, W, 0, t, x, b, st));   // t = x + h
+        *px = t;
+        *pt = x;
+    }
+    return DIT_OK;
+}
+
+// x (C, HW) += to_out(softmax(q k^T / sqrt(C)) v), q, k, v = Linear(GN(x) as tokens)
+static int mid_attention(dit_cuda *c, int G, int C, int HW, float *x, const vae_bufs *b, cudaStream_t st) {
+    TRY(dit_op_group_norm(x, b->t, DIT_TYPE_F32, c->attn_n_w, c->attn_n_b, 1, C, HW, G, VAE_EPS, 0, st));
+    TRY(dit_op_to_tokens(b->t, b->tok, c->ct, C, HW, st));
+    TRY(dit_op_linear(c, &c->attn_q, b->tok, HW, b->q, c->ct, EPI_BIAS, st));
+    TRY(dit_op_linear(c, &c->attn_k, b->tok, HW, b->k, c->ct, EPI_BIAS, st));
+    TRY(dit_op_linear(c, &c->attn_v, b->tok, HW, b->v, c->ct, EPI_BIAS, st));
+    // s (HW_i, HW_j) row-major = column-major (HW_j x HW_i) = k (HW_j x C) q^T
+    TRY(dit_op_gemm_raw(c, c->ct, DIT_TYPE_F32, 1, 0, HW, HW, C, b->k, C, 0, b->q, C, 0, b->s, HW, 0, 1, 1.0f, st));
+    TRY(dit_op_softmax_rows(b->s, b->p, c->ct, HW, HW, 1.0f / sqrtf((float)C), st));
+    // o (HW_i, C) row-major = column-major (C x HW_i) = v^T (C x HW_j) p^T (HW_j x HW_i)
+    TRY(dit_op_gemm_raw(c, c->ct, c->ct, 0, 0, C, HW, HW, b->v, C, 0, b->p, HW, 0, b->o, C, 0, 1, 1.0f, st));
+    TRY(dit_op_linear(c, &c->attn_o, b->o, HW, b->ao, DIT_TYPE_F32, EPI_BIAS, st));
+    return dit_op_add_transposed(x, b->ao, C, HW, st);
+}
+
+static int decode_one(dit_cuda *c, const dit_model *m, int L, float *z, vae_bufs *b, cudaStream_t st) {
+    const dit_config *k = &m->cfg;
+    const int G = k->vae_groups, nb = k->vae_n_blocks;
+    float *x = b->x, *t = b->t;
+    int H = L;
+    // post_quant_conv (1x1) into h, then conv_in
+    TRY(conv_gemm(c, &c->pq, z, DIT_TYPE_F32, H, H, 0, b->h, NULL, b, st));
+    TRY(conv_gemm(c, &c->conv_in, b->h, DIT_TYPE_F32, H, H, 0, x, NULL, b, st));
+    TRY(resnet(c, &c->mid[0], G, H, H, &x, &t, b, st));
+    TRY(mid_attention(c, G, c->mid[0].c2.cout, H * H, x, b, st));
+    TRY(resnet(c, &c->mid[1], G, H, H, &x, &t, b, st));
+    for (int i = 0; i < nb; i++) {
+        for (int j = 0; j <= k->vae_layers_per_block; j++) TRY(resnet(c, &c->up[i][j], G, H, H, &x, &t, b, st));
+        if (c->up_conv[i].w.w) {   // nearest 2x + conv 3x3
+            H *= 2;
+            TRY(conv_gemm(c, &c->up_conv[i], x, DIT_TYPE_F32, H, H, 1, t, NULL, b, st));
+            float *s = x; x = t; t = s;
+        }
+    }
+    TRY(dit_op_group_norm(x, t, DIT_TYPE_F32, c->out_n_w, c->out_n_b, 1, c->conv_out.cin, H * H, G, VAE_EPS, 1, st));
+    return conv_gemm(c, &c->conv_out, t, DIT_TYPE_F32, H, H, 0, b->img, NULL, b, st);
+}
+
+int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, float *images) {
+    const dit_config *k = &m->cfg;
+    const int L = k->input_size, C = k->in_channels;
+    if (n <= 0) return dit_set_error(DIT_ERR_INPUT, "cuda: decode: n = %d", n);
+    if (!k->has_vae) {   // pixel-space model: the latents are the images
+        memcpy(images, latents, (size_t)n * C * L * L * sizeof(float));
+        return DIT_OK;
+    }
+    if (!c->vae_ready) TRY(vae_upload(c, m));
+    const int nb = k->vae_n_blocks, S = L << (nb - 1);   // output side
+    const int c_top = k->vae_block_out[nb - 1];
+    const size_t me = vae_max_elems(m, L), HW0 = (size_t)L * L, es = 2;
+    vae_bufs b;
+    memset(&b, 0, sizeof(b));
+    b.cols_elems = VAE_COLS_BYTES / es;
+    size_t off[16], o = 0;
+    int i = 0;
+    off[i++] = o; o += al(me * 4);                 // x
+    off[i++] = o; o += al(me * 4);                 // h
+    off[i++] = o; o += al(me * 4);                 // t
+    off[i++] = o; o += al(me * es);                // g
+    off[i++] = o; o += al(b.cols_elems * es);      // cols
+    off[i++] = o; o += al(HW0 * c_top * es) * 5;   // tok q k v o
+    off[i++] = o; o += al(HW0 * HW0 * 4);          // s
+    off[i++] = o; o += al(HW0 * HW0 * es);         // p
+    off[i++] = o; o += al(HW0 * c_top * 4);        // ao
+    off[i++] = o; o += al((size_t)k->vae_out_channels * S * S * 4);   // img
+    off[i++] = o; o += al((size_t)C * HW0 * 4);    // z
+    TRY(dit_arena_reserve(c, o));
+    c->arena_B = 0;   // the DiT layout in the arena is gone: re-planned by the next sample/forward
+    char *a = c->arena;
+    i = 0;
+    b.x = (float *)(a + off[i++]); b.h = (float *)(a + off[i++]); b.t = (float *)(a + off[i++]);
+    b.g = a + off[i++]; b.cols = a + off[i++];
+    {
+        char *q = a + off[i++];
+        const size_t s1 = al(HW0 * c_top * es);
+        b.tok = q; b.q = q + s1; b.k = q + 2 * s1; b.v = q + 3 * s1; b.o = q + 4 * s1;
+    }
+    b.s = (float *)(a + off[i++]); b.p = a + off[i++]; b.ao = (float *)(a + off[i++]);
+    b.img = (float *)(a + off[i++]);
+    float *z = (float *)(a + off[i++]);
+
+    cudaStream_t st = c->stream;
+    const size_t nz = (size_t)C * HW0, nimg = (size_t)k->vae_out_channels * S * S;
+    float *hz = (float *)malloc(nz * sizeof(float));
+    if (!hz) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
+    const float sf = k->vae_scaling_factor > 0 ? k->vae_scaling_factor : 0.18215f;
+    int rc = DIT_OK;
+    for (int im = 0; im < n && rc == DIT_OK; im++) {
+        for (size_t e = 0; e < nz; e++) hz[e] = latents[im * nz + e] / sf;
+        if (cudaMemcpyAsync(z, hz, nz * 4, cudaMemcpyHostToDevice, st) != cudaSuccess)
+            rc = dit_set_error(DIT_ERR_DEVICE, "cuda: decode: upload failed");
+        if (rc == DIT_OK) rc = decode_one(c, m, L, z, &b, st);
+        if (rc == DIT_OK && cudaMemcpyAsync(images + im * nimg, b.img, nimg * 4, cudaMemcpyDeviceToHost, st) != cudaSuccess)
+            rc = dit_set_error(DIT_ERR_DEVICE, "cuda: decode: download failed");
+        if (rc == DIT_OK && cudaStreamSynchronize(st) != cudaSuccess)
+            rc = dit_set_error(DIT_ERR_DEVICE, "cuda: decode failed: %s", cudaGetErrorString(cudaGetLastError()));
+    }
+    free(hz);
+    return rc;
+}
