@@ -88,6 +88,16 @@ static void die(int code, const char *fmt, ...) {
     exit(code);
 }
 
+/* Reports the library's error, drops the writer (which removes its temporary file) and exits. */
+static void fail_writer(dit_gguf_writer *w) __attribute__((noreturn));
+static void fail_writer(dit_gguf_writer *w) {
+    char msg[1024];
+    const int code = dit_last_error_code();
+    snprintf(msg, sizeof msg, "%s", dit_last_error());
+    dit_gguf_writer_free(w);
+    die(fail_code(code), "%s", msg);
+}
+
 /* ---------------------------------------------------------------- types */
 static int is_block_type(int t) { return dit_type_block_size(t) > 1; }
 static int is_float_type(int t) { return t == DIT_TYPE_F32 || t == DIT_TYPE_F16 || t == DIT_TYPE_BF16; }
@@ -357,12 +367,7 @@ int main(int argc, char **argv) {
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
-    if (dit_gguf_writer_begin(w, o.out)) {
-        const int code = dit_last_error_code();
-        fprintf(stderr, "dit-quantize: error: %s\n", dit_last_error());
-        dit_gguf_writer_free(w);
-        return fail_code(code);
-    }
+    if (dit_gguf_writer_begin(w, o.out)) fail_writer(w);
     printf("dit-quantize: %s -> %s, %s, %lld tensors, %d threads\n", o.in, o.out, dit_type_name(o.type),
            (long long)nt, omp_get_max_threads());
 
@@ -380,12 +385,7 @@ int main(int argc, char **argv) {
             die(1, "out of memory converting %s", t->name);
         }
         const size_t ob = dit_row_bytes(otype[i], t->ne[0]) * (size_t)(t->ne[1] * t->ne[2] * t->ne[3]);
-        if (dit_gguf_writer_write(w, buf, ob)) {
-            const int code = dit_last_error_code();
-            fprintf(stderr, "dit-quantize: error: %s\n", dit_last_error());
-            dit_gguf_writer_free(w);
-            return fail_code(code);
-        }
+        if (dit_gguf_writer_write(w, buf, ob)) fail_writer(w);
         advise(t->data, t->nbytes, MADV_DONTNEED);
         if (st.nonfinite)
             fprintf(stderr, "dit-quantize: warning: tensor %s has %lld NaN/inf values (left out of the error figures)\n",
@@ -409,11 +409,7 @@ int main(int argc, char **argv) {
         }
     }
     const double t1 = now();
-    if (dit_gguf_writer_finish(w)) {
-        const int code = dit_last_error_code();
-        fprintf(stderr, "dit-quantize: error: %s\n", dit_last_error());
-        return fail_code(code);
-    }
+    if (dit_gguf_writer_finish(w)) die(fail_code(dit_last_error_code()), "%s", dit_last_error());   /* frees w */
     const double t2 = now();
     char sq[32], mix[256] = "";
     fmt_sqnr(sq, sizeof sq, sx_all, se_all);
