@@ -1263,8 +1263,10 @@ int dit_sample(dit_model *m, const dit_sample_params *p, float *out)
     int rc = dit_schedule_init(&s, p->spacing ? p->spacing : spacing);
     if (rc) return rc;
 #ifdef DIT_CUDA
-    if (p->backend == DIT_BACKEND_CUDA || (p->backend == DIT_BACKEND_AUTO && dit_cuda_available()))
+    if (p->backend == DIT_BACKEND_CUDA || (p->backend == DIT_BACKEND_AUTO && dit_cuda_available() > 0)) {
+        if (!m->cuda && (rc = dit_cuda_init(m, 0))) return rc;   /* weights uploaded once, kept in m->cuda */
         return dit_cuda_sample(m, p, &s, out);
+    }
 #else
     if (p->backend == DIT_BACKEND_CUDA)
         return dit_set_error(DIT_ERR_UNSUPPORTED, "this build has no CUDA backend (build with nvcc, or use the CPU)");

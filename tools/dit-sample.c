@@ -1,0 +1,470 @@
+/* dit-sample - class-conditional image generation with a DiT GGUF (sample.py semantics by default).
+
+   bin/dit-sample -m DiT-XL-2-256.gguf --class 207,88 -n 4 -s 0 -o out.png
+   bin/dit-sample -m model.gguf --class goldfish --grid -n 16 --nrow 4 -o grid.png
+
+   Defaults follow the official sample.py: 250 DDPM steps, classifier-free guidance 4.0 on the first
+   cfg_channels eps channels, clip_denoised off, seed 0, and its eight labels for a 1000-class model.
+   Noise: image i of a run uses the Philox stream (seed, i) (dit.h dit_randn), so an image is reproduced by
+   the same seed, labels and any -n larger than i; the PNG text records "Seed: S, Image: i".
+   Exit status: 0 ok, 2 bad input (arguments, model file, .npy files), 1 I/O or any other failure. */
+#include "dit.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
+#ifdef DIT_CUDA
+#include "ggml-cuda/dit-cuda.h"
+#endif
+
+static const char *usage_text =
+    "usage: dit-sample -m MODEL.gguf [options]\n"
+    "\n"
+    "Generates class-conditional images with a DiT (sample.py semantics) and writes PNGs.\n"
+    "\n"
+    "  -m, --model FILE        DiT GGUF (with a VAE for latent models; made by dit-convert)\n"
+    "  -c, --class C[,C...]    class index or name (case-insensitive, unique prefix); repeatable;\n"
+    "                          labels cycle over the images (default: sample.py's 207,360,387,974,88,\n"
+    "                          979,417,279 for 1000 classes, else 0,1,2,...)\n"
+    "  -n, --count N           images (default: the number of classes given, or 8)\n"
+    "  -s, --seed S            noise seed, 0..2^64-1 (default 0); image i uses stream (S, i)\n"
+    "      --steps K           sampler steps (default 250); DDIM uses spacing \"ddimK\"\n"
+    "      --sampler NAME      ddpm (default) or ddim\n"
+    "      --eta E             DDIM eta (default 0)\n"
+    "      --spacing S         explicit respacing: \"250\", \"10,20,30\", \"ddim50\" (overrides --steps)\n"
+    "      --cfg-scale S       classifier-free guidance scale (default 4.0; the CFG batch is always run)\n"
+    "      --clip-denoised     clamp predicted x0 to [-1, 1] (sample.py: off)\n"
+    "  -o, --output FILE       PNG path (default sample.png); several images: FILE, FILE_001, FILE_002, ...\n"
+    "      --grid              one PNG with all images (torchvision make_grid: padding 2, black)\n"
+    "      --nrow R            images per grid row (default 8)\n"
+    "      --rows-per-class    grid with one row per class (implies --grid)\n"
+    "      --no-metadata       no \"parameters\" text chunk in the PNGs\n"
+    "  -t, --threads N         CPU threads (default: all cores)\n"
+    "      --backend B         auto (default: CUDA when a GPU is there), cpu or cuda\n"
+    "      --init-noise F.npy  initial latents x_T, float32 (N, C, L, L), instead of Philox\n"
+    "      --step-noise F.npy  per-step noise, float32 (K, N, C, L, L); entry i is used by loop step i\n"
+    "      --save-latent F.npy write the final latents (N, C, L, L) (before the VAE)\n"
+    "      --decode F.npy      no sampling: decode these latents (N, C, L, L) and write the PNGs\n"
+    "  -q, --quiet             no progress bar\n"
+    "  -v, --verbose           model summary and per-stage timings\n"
+    "  -h, --help              this text\n"
+    "\n"
+    "Exit status: 0 ok, 2 bad input, 1 I/O or other failure.\n";
+
+static int verbose, quiet;
+
+static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
+static void die(int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "dit-sample: error: ");
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    exit(code);
+}
+
+/* library error -> one line, exit 2 for bad input / unsupported requests, 1 for the rest */
+static void die_lib(void)
+{
+    int c = dit_last_error_code();
+    die(c == DIT_ERR_INPUT || c == DIT_ERR_UNSUPPORTED ? 2 : 1, "%s", dit_last_error());
+}
+
+static double now(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    return tv.tv_sec + tv.tv_usec * 1e-6;
+}
+
+/* ==== Progress bar: "\r  |=====>     | 17/250 - 12.3 it/s", 50 characters, newline at the end ==== */
+
+typedef struct {
+    double t0;
+} progress_state;
+
+static void progress(int step, int steps, void *user)
+{
+    progress_state *ps = user;
+    if (quiet) return;
+    double dt = now() - ps->t0, rate = dt > 0 ? step / dt : 0;
+    char bar[51];
+    int pos = (int)((int64_t)50 * step / steps);
+    for (int i = 0; i < 50; i++) bar[i] = i < pos ? '=' : i == pos ? '>' : ' ';
+    bar[50] = 0;
+    if (rate >= 1 || rate == 0) fprintf(stderr, "\r  |%s| %d/%d - %.2f it/s\033[K", bar, step, steps, rate);
+    else fprintf(stderr, "\r  |%s| %d/%d - %.2f s/it\033[K", bar, step, steps, 1 / rate);
+    if (step == steps) fprintf(stderr, "\n");
+    fflush(stderr);
+}
+
+/* ==== .npy inputs with a shape check ==== */
+
+static float *read_npy(const char *path, int want_nd, const int64_t *want, const char *what)
+{
+    int nd;
+    int64_t sh[8];
+    float *d = NULL;
+    if (dit_npy_read(path, &nd, sh, &d)) die_lib();
+    int same = nd == want_nd;
+    for (int i = 0; same && i < nd; i++) same = sh[i] == want[i];
+    if (!same) {
+        char got[160] = "", exp[160] = "";
+        size_t g = 0, e = 0;
+        for (int i = 0; i < nd && g < sizeof got; i++) g += snprintf(got + g, sizeof got - g, "%s%lld", i ? ", " : "", (long long)sh[i]);
+        for (int i = 0; i < want_nd && e < sizeof exp; i++)
+            e += snprintf(exp + e, sizeof exp - e, "%s%lld", i ? ", " : "", (long long)want[i]);
+        free(d);
+        die(2, "%s: %s has shape (%s), expected (%s)", path, what, got, exp);
+    }
+    return d;
+}
+
+/* ==== Output ==== */
+
+/* out.png -> out_001.png for image i > 0 (i = 0 keeps the name) */
+static char *image_path(const char *out, int i)
+{
+    size_t n = strlen(out) + 16;
+    char *p = malloc(n);
+    if (!p) die(1, "out of memory");
+    if (i == 0) {
+        snprintf(p, n, "%s", out);
+        return p;
+    }
+    const char *slash = strrchr(out, '/'), *dot = strrchr(out, '.');
+    if (!dot || (slash && dot < slash) || dot == (slash ? slash + 1 : out)) dot = out + strlen(out);
+    snprintf(p, n, "%.*s_%03d%s", (int)(dot - out), out, i, dot);
+    return p;
+}
+
+/* make_grid: cells of (H + pad) x (W + pad) plus a pad border, value -1 (black after save_image);
+   image k goes to cell (row[k], col[k]). One image alone is returned as is (make_grid does that too). */
+static float *make_grid(const float *imgs, int n, int C, int H, int W, const int *row, const int *col, int rows,
+                        int cols, int *GH, int *GW)
+{
+    const int pad = 2;
+    if (n == 1) {
+        *GH = H, *GW = W;
+        float *g = malloc((size_t)C * H * W * sizeof(float));
+        if (!g) die(1, "out of memory");
+        memcpy(g, imgs, (size_t)C * H * W * sizeof(float));
+        return g;
+    }
+    *GH = rows * (H + pad) + pad;
+    *GW = cols * (W + pad) + pad;
+    size_t plane = (size_t)*GH * *GW;
+    float *g = malloc(C * plane * sizeof(float));
+    if (!g) die(1, "out of memory (grid %dx%d)", *GW, *GH);
+    for (size_t i = 0; i < C * plane; i++) g[i] = -1.0f;
+    for (int k = 0; k < n; k++)
+        for (int c = 0; c < C; c++)
+            for (int y = 0; y < H; y++)
+                memcpy(g + c * plane + (size_t)(row[k] * (H + pad) + pad + y) * *GW + col[k] * (W + pad) + pad,
+                       imgs + (((size_t)k * C + c) * H + y) * W, W * sizeof(float));
+    return g;
+}
+
+static const char *class_name(const dit_model *m, int y, char *buf, size_t n)
+{
+    if (y == m->cfg.num_classes) snprintf(buf, n, "unconditional (%d)", y);
+    else if (m->class_names) snprintf(buf, n, "%s (%d)", m->class_names[y], y);
+    else snprintf(buf, n, "%d", y);
+    return buf;
+}
+
+/* snprintf at the end of buf (from the start when reset) */
+static void append(char *buf, size_t n, int reset, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+static void append(char *buf, size_t n, int reset, const char *fmt, ...)
+{
+    size_t k = reset ? 0 : strlen(buf);
+    va_list ap;
+    va_start(ap, fmt);
+    if (k < n) vsnprintf(buf + k, n - k, fmt, ap);
+    va_end(ap);
+}
+
+/* 4 -> "4.0", 1.5 -> "1.5", 0.125 -> "0.125" */
+static const char *fmt_num(char *buf, float v)
+{
+    if (v == (float)(long)v && fabsf(v) < 1e6f) snprintf(buf, 32, "%.1f", v);
+    else snprintf(buf, 32, "%g", v);
+    return buf;
+}
+
+/* ==== Arguments ==== */
+
+static long long parse_int(const char *opt, const char *s, long long lo, long long hi)
+{
+    char *end;
+    errno = 0;
+    long long v = strtoll(s, &end, 10);
+    if (end == s || *end || errno || v < lo || v > hi) die(2, "%s: expected an integer in [%lld, %lld], got '%s'", opt, lo, hi, s);
+    return v;
+}
+
+static float parse_float(const char *opt, const char *s)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (end == s || *end || errno || !isfinite(v)) die(2, "%s: expected a number, got '%s'", opt, s);
+    return v;
+}
+
+int main(int argc, char **argv)
+{
+    const char *model = NULL, *out = "sample.png", *init_path = NULL, *step_path = NULL, *save_latent = NULL;
+    const char *decode_path = NULL, *spacing = NULL, *class_args[256];
+    int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1;
+    dit_sample_params p = dit_sample_params_default();
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+#define VAL() (i + 1 < argc ? argv[++i] : (die(2, "%s needs a value (see --help)", a), ""))
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            fputs(usage_text, stdout);
+            return 0;
+        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) model = VAL();
+        else if (!strcmp(a, "-c") || !strcmp(a, "--class")) {
+            if (n_class_args == 256) die(2, "too many --class options");
+            class_args[n_class_args++] = VAL();
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--count")) n = (int)parse_int(a, VAL(), 1, 100000);
+        else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
+            const char *v = VAL();
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (end == v || *end || errno || *v == '-') die(2, "%s: expected an integer in [0, 2^64), got '%s'", a, v);
+            p.seed = s;
+        } else if (!strcmp(a, "--steps")) p.steps = (int)parse_int(a, VAL(), 1, 1000);
+        else if (!strcmp(a, "--sampler")) {
+            const char *v = VAL();
+            if (!strcasecmp(v, "ddpm")) p.sampler = DIT_SAMPLER_DDPM;
+            else if (!strcasecmp(v, "ddim")) p.sampler = DIT_SAMPLER_DDIM;
+            else die(2, "--sampler: expected ddpm or ddim, got '%s'", v);
+        } else if (!strcmp(a, "--eta")) p.eta = parse_float(a, VAL());
+        else if (!strcmp(a, "--spacing")) spacing = VAL();
+        else if (!strcmp(a, "--cfg-scale")) p.cfg_scale = parse_float(a, VAL());
+        else if (!strcmp(a, "--clip-denoised")) p.clip_denoised = 1;
+        else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = VAL();
+        else if (!strcmp(a, "--grid")) grid = 1;
+        else if (!strcmp(a, "--nrow")) nrow = (int)parse_int(a, VAL(), 1, 10000);
+        else if (!strcmp(a, "--rows-per-class")) rows_per_class = grid = 1;
+        else if (!strcmp(a, "--no-metadata")) metadata = 0;
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) p.threads = (int)parse_int(a, VAL(), 1, 4096);
+        else if (!strcmp(a, "--backend")) {
+            const char *v = VAL();
+            if (!strcasecmp(v, "auto")) p.backend = DIT_BACKEND_AUTO;
+            else if (!strcasecmp(v, "cpu")) p.backend = DIT_BACKEND_CPU;
+            else if (!strcasecmp(v, "cuda")) p.backend = DIT_BACKEND_CUDA;
+            else die(2, "--backend: expected auto, cpu or cuda, got '%s'", v);
+        } else if (!strcmp(a, "--init-noise")) init_path = VAL();
+        else if (!strcmp(a, "--step-noise")) step_path = VAL();
+        else if (!strcmp(a, "--save-latent")) save_latent = VAL();
+        else if (!strcmp(a, "--decode")) decode_path = VAL();
+        else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
+        else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = 1;
+        else die(2, "unknown option '%s' (see --help)", a);
+#undef VAL
+    }
+    if (!model) die(2, "no model given (-m MODEL.gguf; see --help)");
+    if (p.eta < 0) die(2, "--eta must be >= 0");
+    if (p.eta != 0 && p.sampler != DIT_SAMPLER_DDIM) die(2, "--eta applies to --sampler ddim only");
+    p.spacing = spacing;
+    int backend_req = p.backend;
+#ifndef DIT_CUDA
+    if (backend_req == DIT_BACKEND_CUDA) die(2, "--backend cuda: this build has no CUDA backend (rebuild with nvcc)");
+#endif
+
+    /* ---- load */
+    double t0 = now();
+    dit_model *m = dit_model_load(model);
+    if (!m) die_lib();
+    const dit_config *cf = &m->cfg;
+    double t_load = now() - t0;
+    const size_t CLL = dit_latent_floats(m), IMG = dit_image_floats(m);
+    const int L = cf->input_size, C = cf->in_channels, S = dit_image_size(m), IC = dit_image_channels(m);
+    if (verbose)
+        fprintf(stderr, "model %s: depth %d, hidden %d, heads %d, patch %d, latent %dx%dx%d, %d classes%s; image %dx%dx%d\n",
+                m->name, cf->depth, cf->hidden, cf->heads, cf->patch, C, L, L, cf->num_classes,
+                cf->has_vae ? ", VAE" : ", pixel-space", IC, S, S);
+
+    /* ---- labels */
+    int *labels = NULL, n_labels = 0;
+    float *lat = NULL;
+    if (decode_path) {
+        int nd;
+        int64_t sh[8];
+        if (dit_npy_read(decode_path, &nd, sh, &lat)) die_lib();
+        if (nd != 4 || sh[0] < 1 || sh[1] != C || sh[2] != L || sh[3] != L)
+            die(2, "%s: latents must have shape (N, %d, %d, %d)", decode_path, C, L, L);
+        if (n && n != sh[0]) die(2, "%s holds %lld latents but -n is %d", decode_path, (long long)sh[0], n);
+        n = (int)sh[0];
+    } else {
+        labels = malloc(sizeof(int) * (cf->num_classes + 1024));
+        for (int i = 0; i < n_class_args; i++) {
+            char *list = strdup(class_args[i]), *save = NULL;
+            for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+                while (isspace((unsigned char)*tok)) tok++;
+                for (char *e = tok + strlen(tok); e > tok && isspace((unsigned char)e[-1]);) *--e = 0;
+                if (!*tok) continue;
+                if (n_labels == cf->num_classes + 1024) die(2, "too many classes");
+                int y = dit_class_from_name(m, tok);
+                if (y < 0) die(2, "--class: %s", dit_last_error());
+                labels[n_labels++] = y;
+            }
+            free(list);
+        }
+        if (n_class_args && !n_labels) die(2, "--class: no class given");
+        if (!n_labels) {   /* sample.py's labels for ImageNet models, else the first classes */
+            static const int imagenet[8] = { 207, 360, 387, 974, 88, 979, 417, 279 };
+            int k = n ? n : 8;
+            for (int i = 0; i < k && i < 8; i++) labels[n_labels++] = cf->num_classes == 1000 ? imagenet[i] : i % cf->num_classes;
+        }
+        if (!n) n = n_labels;
+    }
+    int *y = malloc(sizeof(int) * n);
+    for (int i = 0; i < n; i++) y[i] = labels ? labels[i % n_labels] : -1;
+
+    /* ---- sample */
+    char spacing_buf[32];
+    double t_sample = 0, t_decode = 0, t_write = 0;
+    int use_cuda = 0;
+#ifdef DIT_CUDA
+    use_cuda = backend_req == DIT_BACKEND_CUDA || (backend_req == DIT_BACKEND_AUTO && dit_cuda_available() > 0);
+    if (use_cuda) {
+        t0 = now();
+        if (dit_cuda_init(m, 0)) die_lib();
+        if (verbose) fprintf(stderr, "upload to GPU: %.2f s\n", now() - t0);
+    }
+#endif
+    p.backend = use_cuda ? DIT_BACKEND_CUDA : DIT_BACKEND_CPU;
+    dit_schedule sched;
+    if (!decode_path) {
+        if (!spacing) snprintf(spacing_buf, sizeof spacing_buf, "%s%d", p.sampler == DIT_SAMPLER_DDIM ? "ddim" : "", p.steps);
+        if (dit_schedule_init(&sched, spacing ? spacing : spacing_buf)) die(2, "%s", dit_last_error());
+        int64_t ishape[4] = { n, C, L, L }, sshape[5] = { sched.K, n, C, L, L };
+        float *init = init_path ? read_npy(init_path, 4, ishape, "--init-noise") : NULL;
+        float *steps = step_path ? read_npy(step_path, 5, sshape, "--step-noise") : NULL;
+        p.n = n;
+        p.labels = y;
+        p.init_noise = init;
+        p.step_noise = steps;
+        progress_state ps = { now() };
+        p.progress = progress;
+        p.progress_user = &ps;
+        if (!(lat = malloc(CLL * n * sizeof(float)))) die(1, "out of memory");
+        t0 = now();
+        if (dit_sample(m, &p, lat)) {
+            if (!quiet) fprintf(stderr, "\n");
+            die_lib();
+        }
+        t_sample = now() - t0;
+        if (verbose)
+            fprintf(stderr, "sample: %d images, %d steps (%s, %s%s, CFG %.2f): %.2f s, %.3f s/step\n", n, sched.K,
+                    p.sampler == DIT_SAMPLER_DDIM ? "ddim" : "ddpm", spacing ? "spacing " : "", spacing ? spacing : spacing_buf,
+                    p.cfg_scale, t_sample, t_sample / sched.K);
+        free(init);
+        free(steps);
+        if (save_latent) {
+            int64_t sh[4] = { n, C, L, L };
+            if (dit_npy_write(save_latent, 4, sh, lat)) die_lib();
+        }
+    }
+
+    /* ---- decode + write */
+    float *imgs = malloc(IMG * (grid ? n : 1) * sizeof(float));
+    if (!imgs) die(1, "out of memory");
+    char common[1024], cname[160], num[2][32], *text = malloc(4096 + 64 * (size_t)n);
+    if (!text) die(1, "out of memory");
+    if (decode_path) {
+        snprintf(common, sizeof common, "Decoded from: %s", decode_path);
+    } else {   /* A1111 / sd.cpp style "key: value" pairs */
+        const int ddim = p.sampler == DIT_SAMPLER_DDIM;
+        append(common, sizeof common, 1, "Steps: %d, Sampler: %s", sched.K, ddim ? "ddim" : "ddpm");
+        if (ddim && p.eta != 0) append(common, sizeof common, 0, ", Eta: %s", fmt_num(num[0], p.eta));
+        append(common, sizeof common, 0, ", CFG scale: %s", fmt_num(num[1], p.cfg_scale));
+        if (spacing) append(common, sizeof common, 0, ", Spacing: %s", spacing);
+        if (p.clip_denoised) append(common, sizeof common, 0, ", Clip denoised: 1");
+        if (init_path) append(common, sizeof common, 0, ", Init noise: %s", init_path);
+        if (step_path) append(common, sizeof common, 0, ", Step noise: %s", step_path);
+        append(common, sizeof common, 0, ", Seed: %llu", (unsigned long long)p.seed);
+    }
+    for (int i = 0; i < n; i++) {
+        t0 = now();
+        float *img = imgs + (grid ? i : 0) * IMG;
+        int rc;
+#ifdef DIT_CUDA
+        rc = use_cuda && cf->has_vae ? dit_cuda_decode(m, lat + i * CLL, 1, img) : dit_decode(m, lat + i * CLL, 1, img, p.threads);
+#else
+        rc = dit_decode(m, lat + i * CLL, 1, img, p.threads);
+#endif
+        if (rc) die_lib();
+        t_decode += now() - t0;
+        if (grid) continue;
+        t0 = now();
+        char *path = image_path(out, i);
+        if (decode_path)
+            snprintf(text, 4096, "%s, Image: %d, Size: %dx%d, Model: %s, Version: dit.c", common, i, S, S, m->name);
+        else
+            snprintf(text, 4096, "class: %s\n%s, Image: %d, Size: %dx%d, Model: %s, Version: dit.c",
+                     class_name(m, y[i], cname, sizeof cname), common, i, S, S, m->name);
+        if (dit_png_write(path, img, IC, S, S, metadata ? text : NULL)) die_lib();
+        if (verbose) fprintf(stderr, "wrote %s\n", path);
+        free(path);
+        t_write += now() - t0;
+    }
+    if (grid) {
+        t0 = now();
+        int *row = malloc(sizeof(int) * n), *col = malloc(sizeof(int) * n), rows = 0, cols = 0;
+        if (rows_per_class && !decode_path) {   /* one row per distinct class, in order of first appearance */
+            int *order = malloc(sizeof(int) * n), n_order = 0;
+            for (int i = 0; i < n; i++) {
+                int r = 0;
+                while (r < n_order && order[r] != y[i]) r++;
+                if (r == n_order) order[n_order++] = y[i];
+                int c = 0;
+                for (int j = 0; j < i; j++) c += y[j] == y[i];
+                row[i] = r;
+                col[i] = c;
+                if (c + 1 > cols) cols = c + 1;
+            }
+            rows = n_order;
+            free(order);
+        } else {
+            cols = n < nrow ? n : nrow;
+            rows = (n + cols - 1) / cols;
+            for (int i = 0; i < n; i++) row[i] = i / cols, col[i] = i % cols;
+        }
+        int GH, GW;
+        float *g = make_grid(imgs, n, IC, S, S, row, col, rows, cols, &GH, &GW);
+        size_t k = 0;
+        if (decode_path) {
+            snprintf(text, 4096, "%s, Images: %d, Grid: %dx%d, Size: %dx%d, Model: %s, Version: dit.c", common, n, rows, cols,
+                     S, S, m->name);
+        } else {
+            k = snprintf(text, 4096 + 64 * (size_t)n, "classes:");
+            for (int i = 0; i < n; i++)
+                k += snprintf(text + k, 4096 + 64 * (size_t)n - k, "%s %s", i ? "," : "", class_name(m, y[i], cname, sizeof cname));
+            snprintf(text + k, 4096 + 64 * (size_t)n - k, "\n%s, Images: %d, Grid: %dx%d, Size: %dx%d, Model: %s, Version: dit.c",
+                     common, n, rows, cols, S, S, m->name);
+        }
+        if (dit_png_write(out, g, IC, GH, GW, metadata ? text : NULL)) die_lib();
+        if (verbose) fprintf(stderr, "wrote %s (%dx%d grid, %dx%d px)\n", out, rows, cols, GW, GH);
+        free(g), free(row), free(col);
+        t_write += now() - t0;
+    }
+    if (verbose)
+        fprintf(stderr, "timings: load %.2f s, sample %.2f s, decode %.2f s, write %.2f s\n", t_load, t_sample, t_decode,
+                t_write);
+    free(text), free(imgs), free(lat), free(y), free(labels);
+    dit_model_free(m);
+    return 0;
+}
