@@ -1,0 +1,198 @@
+#!/bin/sh
+# tests/test_sample.sh - bin/dit-sample end to end on the fixture models (CPU, a few seconds).
+# Converts tests/fixtures/dit_s.pt (+ vae_s) and dit_px.pt with bin/dit-convert into a temporary directory,
+# then checks: numerics of the --init-noise/--step-noise path against the float64 fixture (ddpm10_out),
+# --decode, output naming, grids, PNG text, determinism, .npy input checks and error exits.
+# Numeric comparisons use /usr/bin/python3 + numpy (the reference environment); they SKIP without it.
+cd "$(dirname "$0")/.." || exit 2
+export OMP_WAIT_POLICY=passive   # idle OpenMP workers must not spin on a shared 2-core test box
+S=bin/dit-sample
+F=tests/fixtures
+T=$(mktemp -d /tmp/dit-test-sample-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail=0
+ok() { echo "ok - $*"; }
+nok() { echo "not ok - $*"; fail=1; }
+check() { # check "what" command...  (passes when the command succeeds)
+    what=$1; shift
+    if "$@"; then ok "$what"; else nok "$what"; fi
+}
+PY=/usr/bin/python3
+HAVE_NP=0
+$PY -c 'import numpy' 2>/dev/null && HAVE_NP=1
+
+if [ ! -x $S ] || [ ! -x bin/dit-convert ]; then
+    echo "ok - dit-sample tests # SKIP bin/dit-sample or bin/dit-convert not built"
+    exit 0
+fi
+printf 'tench, Tinca tinca\ngoldfish\ngreat white shark\ntiger shark\nhammerhead\nelectric ray\nstingray\ncock\nhen\nostrich\n' >"$T/classes.txt"
+if ! bin/dit-convert $F/dit_s.pt --vae $F/vae_s --heads 2 --class-names "$T/classes.txt" -o "$T/s.gguf" 2>"$T/err" ||
+   ! bin/dit-convert $F/dit_px.pt --heads 1 -o "$T/px.gguf" 2>>"$T/err"; then
+    echo "ok - dit-sample tests # SKIP bin/dit-convert failed: $(tail -1 "$T/err")"
+    exit 0
+fi
+M="$T/s.gguf"
+
+# runs dit-sample, keeps stdout+stderr in $T/log and the status in $rc
+run() { $S "$@" >"$T/log" 2>&1; rc=$?; }
+# expects exit status $1 and a single "dit-sample: error: ..." line containing $2
+expect_error() {
+    want=$1 pat=$2; shift 2
+    run "$@"
+    lines=$(grep -c . "$T/log")
+    if [ $rc -eq "$want" ] && [ "$lines" -eq 1 ] && grep -q "^dit-sample: error: .*$pat" "$T/log"; then
+        ok "exit $want: $(cat "$T/log")"
+    else
+        nok "expected exit $want with one error line matching '$pat', got $rc: $(head -3 "$T/log")"
+    fi
+}
+# PNG width, height, colour type from the IHDR
+png_info() { od -An -tu1 -j16 -N10 "$1" | awk '{printf "%d %d %d\n", $1*16777216+$2*65536+$3*256+$4, $5*16777216+$6*65536+$7*256+$8, $10}'; }
+
+# ---- usage and argument errors
+run --help
+check "--help exits 0 and shows the usage" [ $rc -eq 0 ] && grep -q "^usage: dit-sample" "$T/log"
+expect_error 2 "no model" -o "$T/x.png"
+expect_error 2 "unknown option" -m "$M" --frobnicate
+expect_error 2 "close matches" -m "$M" --class goldfsh -o "$T/x.png"
+expect_error 2 "out of range" -m "$M" --class 10 -o "$T/x.png"
+expect_error 2 "sampler" -m "$M" --sampler euler
+expect_error 2 "steps" -m "$M" --steps 0
+expect_error 2 "spacing" -m "$M" --spacing 2000 -o "$T/x.png"
+expect_error 1 "cannot open" -m "$T/missing.gguf"
+printf 'GGUF' >"$T/trunc.gguf"
+expect_error 2 "trunc.gguf" -m "$T/trunc.gguf"
+check "no output file after the errors" [ ! -e "$T/x.png" ]
+
+# ---- numerics: DDPM "10", labels 1,7, CFG 4, fixture noise == ddpm10_out (fp32 vs float64, tol 5e-5 as test_runtime)
+run -m "$M" --class 1,7 --spacing 10 --init-noise $F/e2e_init.npy --step-noise $F/e2e_step_noise10.npy \
+    --save-latent "$T/lat.npy" -o "$T/e2e.png" -q
+check "DDPM-10 with --init-noise/--step-noise runs (exit $rc)" [ $rc -eq 0 ] && [ -f "$T/lat.npy" ] && [ -f "$T/e2e_001.png" ]
+if [ $HAVE_NP = 1 ]; then
+    r=$($PY -c "
+import numpy as np
+a = np.load('$T/lat.npy'); b = np.load('$F/ddpm10_out.npy')
+d = float(np.abs(a.astype(np.float64) - b).max()); tol = 5e-5 * max(1.0, float(np.abs(b).max()))
+print('%s max|diff| %.3g <= %.3g' % ('ok' if a.shape == b.shape and a.dtype == np.float32 and d <= tol else 'bad', d, tol))")
+    case "$r" in ok*) ok "--save-latent == ddpm10_out: ${r#ok }" ;; *) nok "--save-latent vs ddpm10_out: $r" ;; esac
+else
+    ok "--save-latent == ddpm10_out # SKIP no numpy"
+fi
+check "PNG text: class, steps, sampler, CFG, spacing, noise files, seed, image index, size, model" \
+    sh -c "grep -aq 'class: cock (7)\$' '$T/e2e_001.png' && grep -aq '^Steps: 10, Sampler: ddpm, CFG scale: 4.0, Spacing: 10, Init noise: $F/e2e_init.npy, Step noise: $F/e2e_step_noise10.npy, Seed: 0, Image: 1, Size: 64x64, Model: dit_s, Version: dit.c' '$T/e2e_001.png'"
+check "64x64 RGB PNGs" [ "$(png_info "$T/e2e.png")" = "64 64 2" ]
+
+# ---- --decode: the saved latents give the same PNGs as the sampling run
+run -m "$M" --decode "$T/lat.npy" -o "$T/dec.png" --no-metadata
+check "--decode writes one PNG per latent (exit $rc)" [ $rc -eq 0 ] && [ -f "$T/dec.png" ] && [ -f "$T/dec_001.png" ] && [ ! -e "$T/dec_002.png" ]
+if [ $HAVE_NP = 1 ]; then
+    r=$($PY -c "
+import zlib, struct
+def pixels(p):
+    d = open(p, 'rb').read(); i = 8; idat = b''
+    while i < len(d):
+        n, t = struct.unpack('>I4s', d[i:i+8]); i += 8
+        if t == b'IDAT': idat += d[i:i+n]
+        i += n + 4
+    return zlib.decompress(idat)
+print('same' if pixels('$T/dec.png') == pixels('$T/e2e.png') else 'different')")
+    check "--decode pixels == the sampling run's pixels" [ "$r" = same ]
+fi
+check "--no-metadata: no tEXt chunk" sh -c "! grep -aq tEXt '$T/dec.png'"
+
+# ---- Philox noise, determinism, naming
+run -m "$M" --class goldfish -n 3 -s 5 --steps 4 --sampler ddim -o "$T/a.png" -q
+check "3 images -> a.png a_001.png a_002.png (exit $rc)" [ $rc -eq 0 ] && [ -f "$T/a.png" ] && [ -f "$T/a_001.png" ] && [ -f "$T/a_002.png" ]
+run -m "$M" --class goldfish -n 1 -s 5 --steps 4 --sampler ddim -o "$T/b.png" -q
+check "image 0 of a batch == the same image alone (same bytes)" cmp -s "$T/a.png" "$T/b.png"
+run -m "$M" --class goldfish -n 1 -s 6 --steps 4 --sampler ddim -o "$T/c.png" -q
+check "another seed gives another image" sh -c "! cmp -s '$T/b.png' '$T/c.png'"
+check "DDIM text: Steps: 4, Sampler: ddim, Seed: 5, Image: 2" grep -aq "Steps: 4, Sampler: ddim, CFG scale: 4.0, Seed: 5, Image: 2," "$T/a_002.png"
+run -m "$M" --class 3 -n 1 --steps 4 --sampler ddim --eta 0.5 --cfg-scale 1.5 -o "$T/e.png" -q
+check "eta and CFG in the text" grep -aq "Sampler: ddim, Eta: 0.5, CFG scale: 1.5," "$T/e.png"
+expect_error 2 "eta" -m "$M" --eta 0.5 -o "$T/x.png"
+
+# ---- grids (make_grid: padding 2): 3 images in one row -> 3*66+2 x 68; rows per class: 2 classes x 2 -> 134 x 134
+run -m "$M" --class 1 -n 3 --steps 2 --grid -o "$T/g.png" -q
+check "--grid: one 200x68 PNG (exit $rc)" [ $rc -eq 0 ] && [ "$(png_info "$T/g.png")" = "200 68 2" ] && [ ! -e "$T/g_001.png" ]
+run -m "$M" --class 1 -n 5 --steps 2 --grid --nrow 2 -o "$T/g2.png" -q
+check "--grid --nrow 2, 5 images: 3 rows -> 134x200" [ "$(png_info "$T/g2.png")" = "134 200 2" ]
+run -m "$M" --class 1,2 -n 4 --steps 2 --rows-per-class -o "$T/g3.png" -q
+check "--rows-per-class, 2 classes x 2 images -> 134x134" [ "$(png_info "$T/g3.png")" = "134 134 2" ]
+check "grid text lists the classes" grep -aq "classes: goldfish (1), great white shark (2), goldfish (1), great white shark (2)" "$T/g3.png"
+if [ $HAVE_NP = 1 ]; then   # the grid cells hold the single images: cell (0,1) of g.png == image 1 of a run with -n 3
+    run -m "$M" --class 1 -n 3 --steps 2 -o "$T/h.png" -q
+    r=$($PY -c "
+import zlib, struct
+def rgb(p):
+    d = open(p, 'rb').read(); i = 8; idat = b''; w = h = 0
+    while i < len(d):
+        n, t = struct.unpack('>I4s', d[i:i+8]); i += 8
+        if t == b'IHDR': w, h = struct.unpack('>II', d[i:i+8])
+        if t == b'IDAT': idat += d[i:i+n]
+        i += n + 4
+    raw = zlib.decompress(idat); s = 3 * w; rows = []; prev = bytearray(s)
+    for y in range(h):
+        f = raw[y*(s+1)]; line = bytearray(raw[y*(s+1)+1:(y+1)*(s+1)])
+        for x in range(s):
+            a = line[x-3] if x >= 3 else 0; b = prev[x]; c = prev[x-3] if x >= 3 else 0
+            if f == 1: line[x] = (line[x] + a) & 255
+            elif f == 2: line[x] = (line[x] + b) & 255
+            elif f == 3: line[x] = (line[x] + (a + b) // 2) & 255
+            elif f == 4:
+                p0 = a + b - c; pa, pb, pc = abs(p0-a), abs(p0-b), abs(p0-c)
+                line[x] = (line[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line)); prev = line
+    return w, h, rows
+gw, gh, g = rgb('$T/g.png'); w, h, im = rgb('$T/h_001.png')
+cell = [g[2 + y][3 * (2 + 66):3 * (2 + 66 + 64)] for y in range(64)]
+pad = all(v == 0 for v in g[0]) and all(v == 0 for v in g[1])
+print('same' if cell == im and pad else 'different')")
+    check "grid cell 1 == image 1 written alone; padding black" [ "$r" = same ]
+fi
+
+# ---- pixel-space model: grayscale PNG, no VAE
+run -m "$T/px.gguf" --class 3 -n 2 --steps 3 -o "$T/px.png" -q
+check "pixel model: 8x8 grayscale PNGs (exit $rc)" [ $rc -eq 0 ] && [ "$(png_info "$T/px.png")" = "8 8 0" ] && [ -f "$T/px_001.png" ]
+
+# ---- .npy inputs: dtype, shape, order, truncation -> exit 2 naming the file; missing -> exit 1
+if [ $HAVE_NP = 1 ]; then
+    $PY -c "
+import numpy as np
+x = np.load('$F/e2e_init.npy')
+np.save('$T/i64.npy', x.astype(np.int64)); np.save('$T/f16.npy', x.astype(np.float16))
+np.save('$T/shape.npy', x[:1]); np.save('$T/fortran.npy', np.asfortranarray(x.transpose(0, 1, 3, 2)))
+np.save('$T/big.npy', x.astype('>f4'))
+open('$T/trunc.npy', 'wb').write(open('$F/e2e_init.npy', 'rb').read()[:-100])
+np.save('$T/steps_shape.npy', np.load('$F/e2e_step_noise10.npy')[:9])"
+    expect_error 2 "i64.npy: dtype must be float32" -m "$M" --class 1,7 --spacing 10 --init-noise "$T/i64.npy" -o "$T/x.png"
+    expect_error 2 "f16.npy: dtype" -m "$M" --class 1,7 --spacing 10 --init-noise "$T/f16.npy" -o "$T/x.png"
+    expect_error 2 "big.npy: dtype" -m "$M" --class 1,7 --spacing 10 --init-noise "$T/big.npy" -o "$T/x.png"
+    expect_error 2 "shape.npy: --init-noise has shape (1, 4, 8, 8), expected (2, 4, 8, 8)" -m "$M" --class 1,7 --init-noise "$T/shape.npy" -o "$T/x.png"
+    expect_error 2 "fortran.npy: Fortran" -m "$M" --class 1,7 --init-noise "$T/fortran.npy" -o "$T/x.png"
+    expect_error 2 "trunc.npy: .npy data is" -m "$M" --class 1,7 --init-noise "$T/trunc.npy" -o "$T/x.png"
+    expect_error 2 "steps_shape.npy: --step-noise has shape (9, 2, 4, 8, 8), expected (10, 2, 4, 8, 8)" -m "$M" --class 1,7 --spacing 10 --step-noise "$T/steps_shape.npy" -o "$T/x.png"
+    expect_error 2 "shape.npy: latents must have shape" -m "$T/px.gguf" --decode "$T/shape.npy" -o "$T/x.png"
+    check "no output file after the .npy errors" [ ! -e "$T/x.png" ]
+else
+    ok ".npy input checks # SKIP no numpy"
+fi
+expect_error 1 "missing.npy: cannot open" -m "$M" --class 1 --init-noise "$T/missing.npy" -o "$T/x.png"
+
+# ---- output errors: missing directory -> exit 1, nothing left behind
+expect_error 1 "nodir/y.png" -m "$M" --class 1 --steps 2 -o "$T/nodir/y.png" -q
+expect_error 1 "save.npy" -m "$M" --class 1 --steps 2 --save-latent "$T/nodir/save.npy" -o "$T/z.png" -q
+check "no temporary files left in the output directory" sh -c "! ls -A '$T' | grep -q -i -e tmp -e '~'"
+
+# ---- backend
+run -m "$M" --class 1 --steps 2 --backend cuda -o "$T/cu.png" -q
+if [ $rc -eq 0 ]; then
+    ok "--backend cuda ran on a GPU"
+else
+    check "--backend cuda without a GPU or CUDA build: one error line, non-zero exit ($rc)" \
+        sh -c "[ \$(grep -c . '$T/log') -eq 1 ] && grep -q '^dit-sample: error: ' '$T/log'"
+fi
+run -m "$M" --class 1 --steps 2 --backend cpu -v -o "$T/v.png" -q
+check "-v prints the model and the stage timings" grep -q "^timings: load .* s, sample .* s, decode .* s, write .* s" "$T/log"
+
+exit $fail
