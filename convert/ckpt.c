@@ -51,11 +51,8 @@ const char *ck_path(const ck_file *f) { return f->path; }
 uint64_t ck_file_size(const ck_file *f) { return f->size; }
 ck_arena *ck_file_arena(ck_file *f) { return f->arena; }
 
-static int bad(const ck_file *f, const char *fmt, const char *a) {
-    char m[512];
-    snprintf(m, sizeof m, fmt, a);
-    return CK_ERR(DIT_ERR_INPUT, "%s: %s", f->path, m);
-}
+/* "<path>: <message>" as a bad-input error; evaluates to -1 */
+#define bad(f, fmt, ...) CK_ERR(DIT_ERR_INPUT, "%s: " fmt, (f)->path, __VA_ARGS__)
 
 static int pread_full(ck_file *f, void *dst, size_t n, uint64_t off) {
     uint8_t *d = dst;
@@ -238,10 +235,8 @@ static pv *zip_persistent(void *user, ck_arena *a, pv *pid) {
     if (!e) { bad(f, "storage entry '%s' is missing from the zip", name); return NULL; }
     uint64_t es = (uint64_t)ck_dtype_size(s->dtype);
     if (s->numel > e->usize / es) {
-        char m[256];
-        snprintf(m, sizeof m, "zip entry '%s' holds %llu bytes, its storage needs %llu x %llu", name,
-                 (unsigned long long)e->usize, (unsigned long long)s->numel, (unsigned long long)es);
-        bad(f, "%s", m);
+        bad(f, "zip entry '%s' holds %llu bytes, its storage needs %llu x %llu", name, (unsigned long long)e->usize,
+            (unsigned long long)s->numel, (unsigned long long)es);
         return NULL;
     }
     uint64_t off;
@@ -613,7 +608,10 @@ ck_file *ck_open(const char *path, pv **root) {
     } else if (hn >= 4 && (!memcmp(h, "PK\x03\x04", 4) || !memcmp(h, "PK\x05\x06", 4))) {
         f->fmt = CK_FMT_ZIP;
         rc = zip_open(f, root);
-    } else if (hn >= 14 && h[0] == 0x80 && h[1] >= 2 && h[2] == 0x8a && h[3] == 10 && !memcmp(h + 4, LEGACY_MAGIC, 10)) {
+    } else if (hn >= 14 && h[0] == 0x80 && h[1] >= 2 && h[1] <= 5 &&
+               ((h[2] == 0x8a && h[3] == 10 && !memcmp(h + 4, LEGACY_MAGIC, 10)) ||      /* PROTO, LONG1 magic */
+                (hn >= 23 && h[2] == 0x95 && h[11] == 0x8a && h[12] == 10 && !memcmp(h + 13, LEGACY_MAGIC, 10)))) {
+                                                                            /* PROTO, FRAME (protocol 4+), LONG1 */
         f->fmt = CK_FMT_LEGACY;
         rc = legacy_open(f, root);
     } else if (hn >= 10 && h[8] == '{' && rd_le(h, 8) >= 2) {

@@ -11,7 +11,8 @@
 #include <stdint.h>
 
 /* sets the error, evaluates to -1 (the internal failure value) */
-#define CK_ERR(...) (dit_set_error(__VA_ARGS__), -1)
+static inline int ck_minus1(int code) { (void)code; return -1; }
+#define CK_ERR(...) ck_minus1(dit_set_error(__VA_ARGS__))
 
 /* ---------------------------------------------------------------- limits (all inputs are untrusted) */
 #define CK_MAX_PICKLE      (256u << 20)   /* data.pkl / one legacy pickle, bytes */
@@ -109,7 +110,8 @@ pv *pv_dict_get(const pv *d, const char *key);     /* last value of a string key
 const char *pv_kind_name(const pv *v);
 /* "module.name" of a GLOBAL, or of an OBJECT's class, into buf */
 const char *pv_global_name(const pv *v, char *buf, size_t n);
-/* first unknown global (opaque object / unknown global) inside v, depth-limited; NULL if none */
+/* first unknown global (opaque object / unknown global) inside v; NULL if none. Depth-limited, and visits at
+   most 2^20 values (shared memo references make the tree walk of a small pickle exponential). */
 const pv *pv_find_opaque(const pv *v, int depth);
 
 /* ---------------------------------------------------------------- checkpoint files */

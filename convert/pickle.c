@@ -273,33 +273,39 @@ pv *pv_dict_get(const pv *d, const char *key) {
     return NULL;
 }
 
-const pv *pv_find_opaque(const pv *v, int depth) {
-    if (!v || depth > CK_MAX_WALK_DEPTH) return NULL;
+/* depth-first search with a visit budget: memo sharing makes DAGs (and cycles) whose tree walk is exponential */
+static const pv *find_opaque(const pv *v, int depth, long *budget) {
+    if (!v || depth > CK_MAX_WALK_DEPTH || --*budget < 0) return NULL;
     switch (v->kind) {
     case PV_GLOBAL: return v->u.glob.id == G_INERT ? NULL : v;
     case PV_OBJECT: {
         const pv *c = v->u.obj.cls;
         if (c && c->kind == PV_GLOBAL && (c->u.glob.id == G_NAMESPACE || c->u.glob.id == G_INERT)) {
-            const pv *r = pv_find_opaque(v->u.obj.state, depth + 1);
-            return r ? r : pv_find_opaque(v->u.obj.args, depth + 1);
+            const pv *r = find_opaque(v->u.obj.state, depth + 1, budget);
+            return r ? r : find_opaque(v->u.obj.args, depth + 1, budget);
         }
         return v;
     }
     case PV_TUPLE: case PV_LIST:
-        for (size_t i = 0; i < v->u.seq.n; i++) {
-            const pv *r = pv_find_opaque(v->u.seq.v[i], depth + 1);
+        for (size_t i = 0; i < v->u.seq.n && *budget >= 0; i++) {
+            const pv *r = find_opaque(v->u.seq.v[i], depth + 1, budget);
             if (r) return r;
         }
         return NULL;
     case PV_DICT:
-        for (size_t i = 0; i < v->u.dict.n; i++) {
-            const pv *r = pv_find_opaque(v->u.dict.k[i], depth + 1);
-            if (!r) r = pv_find_opaque(v->u.dict.v[i], depth + 1);
+        for (size_t i = 0; i < v->u.dict.n && *budget >= 0; i++) {
+            const pv *r = find_opaque(v->u.dict.k[i], depth + 1, budget);
+            if (!r) r = find_opaque(v->u.dict.v[i], depth + 1, budget);
             if (r) return r;
         }
         return NULL;
     default: return NULL;
     }
+}
+
+const pv *pv_find_opaque(const pv *v, int depth) {
+    long budget = 1L << 20;   /* values visited at most */
+    return find_opaque(v, depth, &budget);
 }
 
 /* ---------------------------------------------------------------- machine */
