@@ -290,6 +290,7 @@ static int init_impl(dit_cuda *c, dit_model *m, int device) {
     c->oc = k->out_channels; c->pp_oc = c->p * c->p * c->oc; c->n_classes = k->num_classes;
     c->F = (int)m->w.blocks[0].fc1_w.ne[1];
     c->ct = pick_compute_type(m);
+    c->cfg_ch = k->cfg_channels;
     const char *ev = getenv("DIT_CUDA_GRAPH");
     c->use_graph = !(ev && ev[0] == '0');
     c->blocks = (dit_cuda_block *)calloc((size_t)c->depth, sizeof(dit_cuda_block));
@@ -307,6 +308,7 @@ static int init_impl(dit_cuda *c, dit_model *m, int device) {
     wpass w2 = { c, c->wbuf, 0, 0 };
     TRY(upload_dit(c, m, &w2));
     c->wused = w2.used;
+    CUDA_CHECK(cudaDeviceSynchronize());   // the uploads are complete before any stream reads them
 
     // cuBLASLt's GELU epilogue must be the tanh form (§1.8) to be used for fc1
     int is_tanh = 0;
@@ -316,6 +318,7 @@ static int init_impl(dit_cuda *c, dit_model *m, int device) {
 }
 
 int dit_cuda_init(dit_model *m, int device) {
+    if (!m) return dit_set_error(DIT_ERR_INPUT, "cuda: NULL model");
     if (m->cuda) return DIT_OK;
     if (dit_cuda_available() <= device)
         return dit_set_error(DIT_ERR_DEVICE, "cuda: no GPU %d (%d visible)", device, dit_cuda_available());
@@ -494,8 +497,8 @@ static int check_labels(const dit_cuda *c, const int *y, int n) {
 }
 
 int dit_cuda_forward(dit_model *m, const float *x, const float *t, const int *y, int B, float *out) {
+    if (!m->cuda) TRY(dit_cuda_init(m, 0));   // first use: upload to GPU 0
     dit_cuda *c = m->cuda;
-    if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
     if (B <= 0) return dit_set_error(DIT_ERR_INPUT, "cuda: batch %d", B);
     TRY(check_labels(c, y, B));
     CUDA_CHECK(cudaSetDevice(c->device));
@@ -694,9 +697,8 @@ static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params
 }
 
 int dit_cuda_sample(dit_model *m, const dit_sample_params *p, const dit_schedule *s, float *out) {
+    if (!m->cuda) TRY(dit_cuda_init(m, 0));   // first use: upload to GPU 0
     dit_cuda *c = m->cuda;
-    if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
-    c->cfg_ch = m->cfg.cfg_channels;
     sample_job j;
     TRY(sample_setup(c, p, s, &j));
     TRY(sample_loop(c, &j, p));
@@ -711,8 +713,8 @@ int dit_cuda_sample(dit_model *m, const dit_sample_params *p, const dit_schedule
 
 // ---------------------------------------------------------------- decode
 int dit_cuda_decode(dit_model *m, const float *latents, int n, float *images) {
+    if (!m->cuda) TRY(dit_cuda_init(m, 0));   // first use: upload to GPU 0
     dit_cuda *c = m->cuda;
-    if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
     CUDA_CHECK(cudaSetDevice(c->device));
     return dit_vae_decode_cuda(c, m, latents, n, images);
 }
@@ -813,7 +815,6 @@ int dit_cuda_bench(dit_model *m, int n, int steps, int reps, dit_cuda_bench_resu
     for (int i = 0; i < n; i++) labels[i] = (207 + 131 * i) % (c->n_classes > 0 ? c->n_classes : 1);
     dit_sample_params p = dit_sample_params_default();
     p.n = n; p.labels = labels; p.steps = steps; p.seed = 1;
-    c->cfg_ch = m->cfg.cfg_channels;
     sample_job j;
     int rc = sample_setup(c, &p, &s, &j);
     free(labels);
@@ -963,6 +964,7 @@ int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, 
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: oom");
     if (rc == DIT_OK) {
         cudaMemcpy(db, b, N * 4, cudaMemcpyHostToDevice);
+        cudaDeviceSynchronize();   // the copies above are not ordered with c->stream
         int is_tanh = 0;
         rc = dit_gemm_probe_gelu(c, &is_tanh);
         c->gelu_epilogue = is_tanh;
@@ -975,4 +977,34 @@ int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, 
     cudaFree(dx); cudaFree(dw); cudaFree(db); cudaFree(dy);
     cuda_teardown(c);
     return rc;
+}
+
+// one sampler step on host arrays: model_out (2N, oc, L, L) as dit_forward_with_cfg's input rows (not yet
+// guided), x (N, C, L, L) updated in place, loop iteration i of schedule s
+int dit_cuda_test_sampler(dit_model *m, const dit_sample_params *p, const dit_schedule *s, int i,
+                          const float *model_out, float *x) {
+    if (!m->cuda) TRY(dit_cuda_init(m, 0));
+    dit_cuda *c = m->cuda;
+    dit_sample_params q = *p;
+    q.init_noise = x;   // sample_setup uploads it into the latents
+    sample_job j;
+    TRY(sample_setup(c, &q, s, &j));
+    const int B = j.B, T = c->T, F = c->pp_oc, g = c->g, pp = c->p, L = c->L, oc = c->oc;
+    float *fo = (float *)malloc((size_t)B * T * F * sizeof(float));
+    if (!fo) return dit_set_error(DIT_ERR_NOMEM, "cuda: oom");
+    for (int b = 0; b < B; b++)   // patchify back into the final GEMM's token layout (§1.10)
+        for (int ch = 0; ch < oc; ch++)
+            for (int yy = 0; yy < L; yy++)
+                for (int xx = 0; xx < L; xx++)
+                    fo[((size_t)b * T + (yy / pp) * g + xx / pp) * F + ((yy % pp) * pp + xx % pp) * oc + ch] =
+                        model_out[(((size_t)b * oc + ch) * L + yy) * L + xx];
+    cudaError_t e = cudaMemcpyAsync(c->fout, fo, (size_t)B * T * F * 4, cudaMemcpyHostToDevice, c->stream);
+    if (e == cudaSuccess) e = cudaStreamSynchronize(c->stream);
+    free(fo);
+    CUDA_CHECK(e);
+    TRY(dit_op_state_set(c->state, i, 0, 1, c->stream));
+    TRY(dit_op_sampler_step(&j.sa, c->fout, c->lat, c->coef, j.noise, c->state, c->stream));
+    CUDA_CHECK(cudaStreamSynchronize(c->stream));
+    CUDA_CHECK(cudaMemcpy(x, c->lat, (size_t)j.N * c->C * L * L * 4, cudaMemcpyDeviceToHost));
+    return DIT_OK;
 }

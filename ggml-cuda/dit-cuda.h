@@ -78,6 +78,10 @@ int dit_cuda_test_dequant(int type, const void *blocks, int64_t rows, int64_t co
 /* attention on host arrays: qkv (B*T, 3*H*hd) float -> o (B*T, H*hd), operands rounded to fp16 */
 int dit_cuda_test_attention(const float *qkv, int B, int T, int H, int hd, float *o);
 /* GEMM y = x W^T + b (+ tanh-GELU when gelu) with fp16 operands: x (M, K), W (N, K), y (M, N) */
+/* one sampler step (iteration i of s) on host arrays: model_out (2n, out_ch, L, L) unguided network rows,
+   x (n, C, L, L) in/out; p->step_noise (K, n, C, L, L) or Philox from p->seed */
+int dit_cuda_test_sampler(dit_model *m, const dit_sample_params *p, const dit_schedule *s, int i,
+                          const float *model_out, float *x);
 int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, int N, int K, int gelu,
                          float *y);
 

@@ -184,9 +184,11 @@ int dit_gemm_probe_gelu(dit_cuda *c, int *is_tanh) {
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: out of memory in the GELU probe");
         goto done;
     }
-    cudaMemcpy(dx, hx, sizeof(hx), cudaMemcpyHostToDevice);
-    cudaMemcpy(di, hi, sizeof(hi), cudaMemcpyHostToDevice);
-    cudaMemcpy(db, hb, sizeof(hb), cudaMemcpyHostToDevice);
+    // plain cudaMemcpy from pageable memory may still be in flight when it returns and is not ordered
+    // with the non-blocking stream: copy on the stream itself
+    cudaMemcpyAsync(dx, hx, sizeof(hx), cudaMemcpyHostToDevice, c->stream);
+    cudaMemcpyAsync(di, hi, sizeof(hi), cudaMemcpyHostToDevice, c->stream);
+    cudaMemcpyAsync(db, hb, sizeof(hb), cudaMemcpyHostToDevice, c->stream);
     // "weights" = the x grid (NP rows), "activations" = 8 rows of e_0: y[r][i] = GELU(x_i)
     w.w = dx; w.b = db;
     c->gelu_epilogue = 1;

@@ -83,6 +83,8 @@ static int vae_upload(dit_cuda *c, const dit_model *m) {
     c->vbytes = w.used;
     dit_wpass w2 = { c, c->vbuf, 0, 0 };
     int rc = vae_upload_pass(c, m, &w2);
+    if (rc == DIT_OK && cudaDeviceSynchronize() != cudaSuccess)
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: vae upload failed");
     if (rc != DIT_OK) {
         cudaFree(c->vbuf);
         c->vbuf = NULL;

@@ -1,0 +1,752 @@
+/* test_cuda.c - the CUDA backend (ggml-cuda/) against the CPU runtime and the float64 fixtures.
+
+   bin/tests/test_cuda [--quick] [MODELDIR]
+     Per-op checks (Philox, dequantize, GEMM + epilogues, attention, sampler step) against CPU code in
+     this file, then end to end against the CPU path (dit_forward, dit_sample DDPM/DDIM, dit_decode)
+     on the fixture models (converted with bin/dit-convert, as test_runtime does, or read from
+     MODELDIR) and on random-weight models of DiT-B and DiT-XL width. --quick: fixtures only (for
+     compute-sanitizer). Prints "ok - cuda # SKIP ..." and exits 0 without a GPU or a CUDA build.
+
+   bin/tests/test_cuda --bench [--res 256|512] [--type f16|bf16|q8_0|q5_0|q4_0] [--n N] [--steps K]
+                       [--reps R] [--depth D] [--model FILE.gguf] [--profile TRACE.json] [-v]
+     Timing harness (no pass/fail): DiT-XL/2 shapes with random weights (or FILE.gguf), CFG batch 2N,
+     graph replay; prints ms/step (median of R runs of K steps), the adaLN precompute, weight and peak
+     memory, and the VAE decode time when the model has a VAE. --profile writes a Chrome trace of one
+     op-by-op step (and a per-op table with -v).
+
+   Tolerances (fp16 operands, fp32 accumulation; one fp16 rounding is 2^-11 = 4.9e-4 relative):
+     Philox normals     1e-6 absolute    double math both sides, one rounding to fp32
+     dequantize         1e-6 x max|w|    same formula, FMA contraction may differ by 1 ulp
+     GEMM (+GELU)       2e-3 x sum|x||w| exact fp16 inputs on both sides: only fp32 accumulation order
+                                         and the fp16 output rounding of the GELU path remain
+     attention          4e-3 x max|o|    P and the output are rounded to fp16 (2 x 4.9e-4) plus the
+                                         fp16 rounding of q, k, v done identically on both sides
+     sampler step       2e-5 x max(1,|x|) fp32 both sides, FMA contraction and exp in double vs expf
+     forward vs CPU     3e-2 x max|ref|  every GEMM input (activations and weights) is rounded to fp16:
+                                         ~7e-4 per product, through 2-4 blocks plus LayerNorm
+                                         amplification; bf16 operands (2^-8 = 3.9e-3): 1e-1
+     10-step samplers   5e-2 x max|ref|  the forward error, carried through 10 steps
+     VAE decode         3e-2 x max|ref|  fp16 im2col operands through ~20 convolutions
+   Each check prints the measured error, so the margin is visible. Timings are never asserted. */
+#include "dit.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifdef DIT_CUDA
+#include "ggml-cuda/dit-cuda.h"
+
+#define FIX "tests/fixtures/"
+static int failures;
+static char moddir[256], tmpdir[256];
+
+static void ok(int cond, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void ok(int cond, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    printf(cond ? "ok - " : "not ok - ");
+    vprintf(fmt, ap);
+    va_end(ap);
+    printf("\n");
+    if (!cond) failures++;
+    fflush(stdout);
+}
+
+static void skip(const char *what, const char *why) { printf("ok - %s # SKIP %s\n", what, why); }
+
+/* ---------------------------------------------------------------- random numbers, comparisons */
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static double urand(void)   /* [0, 1) */
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (double)(rng_state >> 11) / 9007199254740992.0;
+}
+static float frand(float a) { return (float)((2.0 * urand() - 1.0) * a); }   /* uniform [-a, a) */
+static float f16r(float x) { return dit_fp16_to_fp32(dit_fp32_to_fp16(x)); }
+
+typedef struct {
+    double max_abs, max_ref, rel_l2;
+    int nonfinite;
+} cmp_t;
+
+static cmp_t compare(const float *a, const float *ref, size_t n)
+{
+    cmp_t c = { 0, 0, 0, 0 };
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i])) { c.nonfinite++; continue; }
+        double d = fabs((double)a[i] - ref[i]);
+        if (d > c.max_abs) c.max_abs = d;
+        if (fabs(ref[i]) > c.max_ref) c.max_ref = fabs(ref[i]);
+        num += d * d;
+        den += (double)ref[i] * ref[i];
+    }
+    c.rel_l2 = den > 0 ? sqrt(num / den) : sqrt(num);
+    return c;
+}
+
+/* |a - ref| <= tol * max(1, max|ref|) elementwise, all finite */
+static void check_close(const char *what, const float *a, const float *ref, size_t n, double tol)
+{
+    cmp_t c = compare(a, ref, n);
+    const double lim = tol * (c.max_ref > 1 ? c.max_ref : 1);
+    ok(c.nonfinite == 0 && c.max_abs <= lim, "%s: max |err| %.3g (limit %.3g, max |ref| %.3g, rel L2 %.3g)%s", what,
+       c.max_abs, lim, c.max_ref, c.rel_l2, c.nonfinite ? ", NON-FINITE" : "");
+}
+
+static float *fix(const char *name, size_t n)
+{
+    char p[512];
+    snprintf(p, sizeof p, FIX "%s.npy", name);
+    int nd;
+    int64_t shape[8];
+    float *d = NULL;
+    if (dit_npy_read(p, &nd, shape, &d) != DIT_OK) {
+        printf("# %s: %s\n", p, dit_last_error());
+        return NULL;
+    }
+    size_t cnt = 1;
+    for (int i = 0; i < nd; i++) cnt *= (size_t)shape[i];
+    if (n && cnt != n) {
+        printf("# %s: %zu values, expected %zu\n", p, cnt, n);
+        free(d);
+        return NULL;
+    }
+    return d;
+}
+
+static const char *mpath(const char *name)
+{
+    static char p[300];
+    snprintf(p, sizeof p, "%s/%s", moddir, name);
+    return p;
+}
+
+/* ---------------------------------------------------------------- per-op tests */
+static void test_philox(void)
+{
+    const uint64_t seeds[3] = { 0, 42, 0x123456789abcdefull };
+    const size_t n = 1001;   /* not a multiple of 4: the last group is partial */
+    float *g = malloc(n * 4), *c = malloc(n * 4);
+    double worst = 0;
+    int rc = DIT_OK;
+    for (int s = 0; s < 3 && rc == DIT_OK; s++)
+        for (uint32_t img = 0; img < 3 && rc == DIT_OK; img += 2)
+            for (uint32_t step = 0; step < 300 && rc == DIT_OK; step += 137) {
+                rc = dit_cuda_test_randn(seeds[s], img, step, g, n);
+                dit_randn(seeds[s], img, step, c, n);
+                for (size_t i = 0; i < n; i++) worst = fmax(worst, fabs((double)g[i] - c[i]));
+            }
+    ok(rc == DIT_OK && worst <= 1e-6, "Philox4x32-10 + Box-Muller on the GPU == dit_randn (max |diff| %.3g)%s%s", worst,
+       rc ? ": " : "", rc ? dit_last_error() : "");
+    free(g);
+    free(c);
+}
+
+static void test_dequant(void)
+{
+    const int types[5] = { DIT_TYPE_Q8_0, DIT_TYPE_Q4_0, DIT_TYPE_Q5_0, DIT_TYPE_Q4_1, DIT_TYPE_Q5_1 };
+    const int64_t rows = 37, cols = 96;
+    float *w = malloc(rows * cols * 4), *ref = malloc(rows * cols * 4), *got = malloc(rows * cols * 4);
+    void *q = malloc(dit_row_bytes(DIT_TYPE_Q8_0, cols) * rows);
+    for (int64_t i = 0; i < rows * cols; i++) w[i] = frand(1.0f) + (i % 7 == 0 ? 0.3f : 0.0f);
+    for (int t = 0; t < 5; t++) {
+        const size_t rb = dit_row_bytes(types[t], cols);
+        for (int64_t r = 0; r < rows; r++) {
+            dit_quantize_row(types[t], w + r * cols, (char *)q + r * rb, cols);
+            dit_dequantize_row(types[t], (char *)q + r * rb, ref + r * cols, cols);
+        }
+        int rc = dit_cuda_test_dequant(types[t], q, rows, cols, got);
+        cmp_t c = compare(got, ref, rows * cols);
+        ok(rc == DIT_OK && c.nonfinite == 0 && c.max_abs <= 1e-6 * c.max_ref,
+           "dequantize %s on the GPU == dit_dequantize_row (max |diff| %.3g)", dit_type_name(types[t]), c.max_abs);
+    }
+    free(w); free(ref); free(got); free(q);
+}
+
+static void test_linear(void)
+{
+    const int M = 77, N = 136, K = 264;
+    float *x = malloc(M * K * 4), *w = malloc(N * K * 4), *b = malloc(N * 4), *y = malloc(M * N * 4);
+    for (int i = 0; i < M * K; i++) x[i] = f16r(frand(2.0f));
+    for (int i = 0; i < N * K; i++) w[i] = f16r(frand(0.2f));
+    for (int i = 0; i < N; i++) b[i] = frand(1.0f);
+    for (int gelu = 0; gelu < 2; gelu++) {
+        int rc = dit_cuda_test_linear(x, w, b, M, N, K, gelu, y);
+        double worst = 0;
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) {
+                double s = b[j], mag = fabs(b[j]);
+                for (int k = 0; k < K; k++) {
+                    s += (double)x[i * K + k] * w[j * K + k];
+                    mag += fabs((double)x[i * K + k] * w[j * K + k]);
+                }
+                if (gelu) s = 0.5 * s * (1.0 + tanh(0.7978845608028654 * (s + 0.044715 * s * s * s)));
+                const double e = fabs(y[i * N + j] - s) / mag;
+                if (!(e <= worst)) worst = e;   /* NaN propagates */
+            }
+        ok(rc == DIT_OK && worst <= 2e-3, "cuBLASLt fp16 GEMM + bias%s == double reference (max err / sum|x w| %.3g)",
+           gelu ? " + tanh-GELU" : "", worst);
+    }
+    free(x); free(w); free(b); free(y);
+}
+
+static void test_attention(int B, int T, int H, int hd)
+{
+    const int D = H * hd;
+    const size_t nq = (size_t)B * T * 3 * D, no = (size_t)B * T * D;
+    float *qkv = malloc(nq * 4), *o = malloc(no * 4), *ref = malloc(no * 4);
+    double *s = malloc(T * sizeof(double));
+    for (size_t i = 0; i < nq; i++) qkv[i] = f16r(frand(2.5f));
+    int rc = dit_cuda_test_attention(qkv, B, T, H, hd, o);
+    const double scale = 1.0 / sqrt((double)hd);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++)
+            for (int i = 0; i < T; i++) {
+                const float *q = qkv + ((size_t)b * T + i) * 3 * D + h * hd;
+                double mx = -1e300, sum = 0;
+                for (int j = 0; j < T; j++) {
+                    const float *k = qkv + ((size_t)b * T + j) * 3 * D + D + h * hd;
+                    double d = 0;
+                    for (int e = 0; e < hd; e++) d += (double)q[e] * k[e];
+                    s[j] = d * scale;
+                    if (s[j] > mx) mx = s[j];
+                }
+                for (int j = 0; j < T; j++) sum += (s[j] = exp(s[j] - mx));
+                for (int e = 0; e < hd; e++) {
+                    double acc = 0;
+                    for (int j = 0; j < T; j++) acc += s[j] * qkv[((size_t)b * T + j) * 3 * D + 2 * D + h * hd + e];
+                    ref[((size_t)b * T + i) * D + h * hd + e] = (float)(acc / sum);
+                }
+            }
+    cmp_t c = compare(o, ref, no);
+    char what[128];
+    snprintf(what, sizeof what, "flash attention B %d T %d H %d hd %d == double reference", B, T, H, hd);
+    ok(rc == DIT_OK && c.nonfinite == 0 && c.max_abs <= 4e-3 * c.max_ref, "%s (max |err| %.3g, max |ref| %.3g)%s",
+       what, c.max_abs, c.max_ref, c.nonfinite ? ", NON-FINITE or unwritten" : "");
+    free(qkv); free(o); free(ref); free(s);
+}
+
+/* CPU reference of one sampler iteration (§3.5-3.7, §1.11 guidance), fp32 as dit_runtime.c */
+static void cpu_sampler_step(const dit_model *m, const dit_sample_params *p, const dit_schedule *s, int i,
+                             const float *mo, float *x, const float *noise_all)
+{
+    const int C = m->cfg.in_channels, OC = m->cfg.out_channels, N = p->n, K = s->K, k = K - 1 - i;
+    const size_t plane = (size_t)m->cfg.input_size * m->cfg.input_size, CLL = C * plane;
+    const float sr = (float)s->sqrt_recip_alphas_cumprod[k], srm1 = (float)s->sqrt_recipm1_alphas_cumprod[k];
+    const float c1 = (float)s->posterior_mean_coef1[k], c2 = (float)s->posterior_mean_coef2[k];
+    const float max_log = (float)log(s->betas[k]), min_log = (float)s->posterior_log_variance_clipped[k];
+    float *nz = malloc(CLL * 4);
+    for (int n = 0; n < N; n++) {
+        if (noise_all) memcpy(nz, noise_all + ((size_t)i * N + n) * CLL, CLL * 4);
+        else dit_randn(p->seed, n, i + 1, nz, CLL);
+        const float *cond = mo + (size_t)n * OC * plane, *unc = mo + (size_t)(N + n) * OC * plane;
+        for (size_t e = 0; e < CLL; e++) {
+            const int ch = (int)(e / plane);
+            float eps = cond[e];
+            if (ch < m->cfg.cfg_channels) eps = unc[e] + p->cfg_scale * (cond[e] - unc[e]);
+            float *xp = x + n * CLL + e;
+            float x0 = sr * *xp - srm1 * eps;
+            if (p->sampler == DIT_SAMPLER_DDIM) {
+                double ab = s->alphas_cumprod[k], abp = s->alphas_cumprod_prev[k];
+                double sg = (double)p->eta * sqrt((1 - abp) / (1 - ab)) * sqrt(1 - ab / abp);
+                float eps2 = (sr * *xp - x0) / srm1;
+                float xv = x0 * (float)sqrt(abp) + (float)sqrt(1 - abp - sg * sg) * eps2;
+                if (k != 0 && p->eta != 0.0f) xv += (float)sg * nz[e];
+                *xp = xv;
+            } else {
+                float mean = c1 * x0 + c2 * *xp;
+                float frac = (cond[CLL + e] + 1.0f) / 2.0f;
+                float lv = frac * max_log + (1.0f - frac) * min_log;
+                *xp = k != 0 ? mean + expf(0.5f * lv) * nz[e] : mean;
+            }
+        }
+    }
+    free(nz);
+}
+
+static void test_sampler_step(dit_model *m)
+{
+    static dit_schedule s;
+    const int N = 2, C = m->cfg.in_channels, OC = m->cfg.out_channels, L = m->cfg.input_size;
+    const size_t CLL = (size_t)C * L * L;
+    int labels[2] = { 1, 7 };
+    float *mo = malloc(2 * N * OC * L * L * 4), *x = malloc(N * CLL * 4), *xg = malloc(N * CLL * 4);
+    float *noise = malloc(10 * N * CLL * 4);
+    for (size_t i = 0; i < 10 * N * CLL; i++) noise[i] = frand(2.0f);
+    const struct { int sampler; const char *spacing; float eta; int user_noise; int i; } cases[] = {
+        { DIT_SAMPLER_DDPM, "10", 0.0f, 0, 3 }, { DIT_SAMPLER_DDPM, "10", 0.0f, 1, 9 },
+        { DIT_SAMPLER_DDIM, "ddim10", 0.0f, 0, 2 }, { DIT_SAMPLER_DDIM, "10", 1.0f, 1, 5 },
+        { DIT_SAMPLER_DDIM, "10", 0.7f, 0, 0 },
+    };
+    for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
+        dit_schedule_init(&s, cases[t].spacing);
+        dit_sample_params p = dit_sample_params_default();
+        p.n = N; p.labels = labels; p.sampler = cases[t].sampler; p.eta = cases[t].eta; p.seed = 1234 + t;
+        p.cfg_scale = 3.5f;
+        p.step_noise = cases[t].user_noise ? noise : NULL;
+        for (size_t i = 0; i < (size_t)2 * N * OC * L * L; i++) mo[i] = frand(1.5f);
+        for (size_t i = 0; i < N * CLL; i++) xg[i] = x[i] = frand(3.0f);
+        int rc = dit_cuda_test_sampler(m, &p, &s, cases[t].i, mo, xg);
+        cpu_sampler_step(m, &p, &s, cases[t].i, mo, x, p.step_noise);
+        char what[160];
+        snprintf(what, sizeof what, "sampler kernel %s eta %.1f iteration %d, %s noise == CPU step%s%s",
+                 cases[t].sampler == DIT_SAMPLER_DDPM ? "DDPM" : "DDIM", cases[t].eta, cases[t].i,
+                 cases[t].user_noise ? "user" : "Philox", rc ? ": " : "", rc ? dit_last_error() : "");
+        check_close(what, xg, x, N * CLL, 2e-5);
+    }
+    free(mo); free(x); free(xg); free(noise);
+}
+
+/* ---------------------------------------------------------------- end to end on the fixtures */
+static void forward_vs_cpu(dit_model *m, const char *what, const float *x, const float *t, const int *y, int B,
+                           double tol)
+{
+    const size_t n = (size_t)B * m->cfg.out_channels * m->cfg.input_size * m->cfg.input_size;
+    float *g = malloc(n * 4), *c = malloc(n * 4);
+    int rc = dit_cuda_forward(m, x, t, y, B, g);
+    int rc2 = dit_forward(m, x, t, y, B, c, 0);
+    if (rc || rc2) ok(0, "%s: %s", what, dit_last_error());
+    else check_close(what, g, c, n, tol);
+    free(g);
+    free(c);
+}
+
+static void sample_vs(dit_model *m, const char *what, dit_sample_params p, const float *ref, double tol)
+{
+    const size_t n = (size_t)p.n * dit_latent_floats(m);
+    float *g = malloc(n * 4), *c = malloc(n * 4);
+    p.backend = DIT_BACKEND_CUDA;
+    int rc = dit_sample(m, &p, g);
+    if (rc) {
+        ok(0, "%s: %s", what, dit_last_error());
+    } else if (ref) {
+        check_close(what, g, ref, n, tol);
+    } else {
+        p.backend = DIT_BACKEND_CPU;
+        rc = dit_sample(m, &p, c);
+        if (rc) ok(0, "%s: CPU: %s", what, dit_last_error());
+        else check_close(what, g, c, n, tol);
+    }
+    free(g);
+    free(c);
+}
+
+static void test_fixture_dit_s(void)
+{
+    dit_model *m = dit_model_load(mpath("dit_s.gguf"));
+    ok(m != NULL, "load dit_s.gguf: %s", m ? "ok" : dit_last_error());
+    if (!m) return;
+    int rc = dit_cuda_init(m, 0);
+    dit_cuda_info info;
+    if (rc == DIT_OK) dit_cuda_get_info(m, &info);
+    ok(rc == DIT_OK, "dit_cuda_init(dit_s): %s", rc ? dit_last_error() : info.device_name);
+    if (rc) { dit_model_free(m); return; }
+    ok(info.compute_type == DIT_TYPE_F16, "f32 file computes with fp16 GEMM operands (%s)", dit_type_name(info.compute_type));
+    printf("# cuBLASLt GELU epilogue is the tanh form: %s; weights %.2f MB, arena %.2f MB\n",
+           info.gelu_epilogue ? "yes (used)" : "no (own kernel)", info.weight_bytes / 1e6, info.arena_bytes / 1e6);
+
+    float *fx = fix("fwd_x", 2 * 4 * 64), *ft = fix("fwd_t", 2), *fy = fix("fwd_y", 2), *fo = fix("fwd_out", 2 * 8 * 64);
+    float *cx = fix("cfg_t", 4), *cy = fix("cfg_y", 4);
+    if (fx && ft && fy && fo && cx && cy) {
+        int y[2] = { (int)fy[0], (int)fy[1] };
+        forward_vs_cpu(m, "dit_s forward (t 3, 999) GPU == CPU dit_forward", fx, ft, y, 2, 3e-2);
+        float out[2 * 8 * 64];
+        rc = dit_cuda_forward(m, fx, ft, y, 2, out);
+        if (rc) ok(0, "dit_s forward: %s", dit_last_error());
+        else check_close("dit_s forward GPU == float64 PyTorch fwd_out", out, fo, 2 * 8 * 64, 3e-2);
+        /* B = 4 rows with distinct (t, y): the modulation row per batch row */
+        float x4[4 * 4 * 64];
+        memcpy(x4, fx, sizeof(float) * 2 * 4 * 64);
+        memcpy(x4 + 2 * 4 * 64, fx, sizeof(float) * 2 * 4 * 64);
+        int y4[4] = { (int)cy[0], (int)cy[1], (int)cy[2], (int)cy[3] };
+        forward_vs_cpu(m, "dit_s forward B 4 (mixed t, null label) GPU == CPU", x4, cx, y4, 4, 3e-2);
+    }
+    free(fx); free(ft); free(fy); free(fo); free(cx); free(cy);
+
+    test_sampler_step(m);
+
+    /* whole samplers, user noise (fixtures) and Philox (CPU path) */
+    float *init = fix("e2e_init", 2 * 256), *sn10 = fix("e2e_step_noise10", 10 * 2 * 256);
+    float *lab = fix("e2e_labels", 2);
+    float *r_ddpm = fix("ddpm10_out", 512), *r_ddim = fix("ddim10_out", 512), *r_eta = fix("ddim10_eta1_out", 512);
+    float *r_phil = fix("philox_ddpm10_out", 512), *pinit = fix("philox_init", 512);
+    if (init && sn10 && lab && r_ddpm && r_ddim && r_eta && r_phil && pinit) {
+        int labels[2] = { (int)lab[0], (int)lab[1] };
+        dit_sample_params p = dit_sample_params_default();
+        p.n = 2; p.labels = labels; p.steps = 10; p.init_noise = init; p.step_noise = sn10;
+        sample_vs(m, "dit_s DDPM 10 steps, cfg 4, user noise: GPU == float64 ddpm10_out", p, r_ddpm, 5e-2);
+        sample_vs(m, "dit_s DDPM 10 steps: GPU == CPU dit_sample", p, NULL, 5e-2);
+        p.sampler = DIT_SAMPLER_DDIM; p.spacing = "10"; p.eta = 0.0f; p.step_noise = NULL;
+        sample_vs(m, "dit_s DDIM 10 steps eta 0: GPU == float64 ddim10_out", p, r_ddim, 5e-2);
+        p.eta = 1.0f; p.step_noise = sn10;
+        sample_vs(m, "dit_s DDIM 10 steps eta 1, user noise: GPU == float64 ddim10_eta1_out", p, r_eta, 5e-2);
+        dit_sample_params q = dit_sample_params_default();
+        q.n = 2; q.labels = labels; q.steps = 10; q.seed = 42;
+        sample_vs(m, "dit_s DDPM 10 steps, Philox seed 42 (GPU noise): GPU == float64 philox_ddpm10_out", q, r_phil,
+                  5e-2);
+        q.seed = 7; q.steps = 25;
+        sample_vs(m, "dit_s DDPM 25 steps, Philox seed 7: GPU == CPU dit_sample", q, NULL, 5e-2);
+
+        /* determinism, graph replay == eager, modulation chunks */
+        const size_t n = 2 * 256;
+        float *a = malloc(n * 4), *b = malloc(n * 4);
+        q.backend = DIT_BACKEND_CUDA;
+        int r1 = dit_sample(m, &q, a), r2 = dit_sample(m, &q, b);
+        ok(!r1 && !r2 && memcmp(a, b, n * 4) == 0, "two GPU runs are bitwise identical");
+        setenv("DIT_CUDA_MOD_MB", "0.0001", 1);   /* one step per modulation chunk */
+        r2 = dit_sample(m, &q, b);
+        unsetenv("DIT_CUDA_MOD_MB");
+        check_close("modulation precomputed one step per chunk == all steps in one chunk", b, a, n, 1e-5);
+        dit_cuda_free(m);
+        setenv("DIT_CUDA_GRAPH", "0", 1);
+        r2 = dit_sample(m, &q, b);   /* re-initializes without graphs */
+        unsetenv("DIT_CUDA_GRAPH");
+        ok(!r1 && !r2 && memcmp(a, b, n * 4) == 0, "eager steps == CUDA graph replay, bitwise");
+        dit_cuda_free(m);
+        free(a);
+        free(b);
+    } else {
+        ok(0, "sampler fixtures missing");
+    }
+    free(init); free(sn10); free(lab); free(r_ddpm); free(r_ddim); free(r_eta); free(r_phil); free(pinit);
+
+    /* VAE */
+    float *vi = fix("vae_in", 256), *vo = fix("vae_out", 3 * 64 * 64);
+    if (vi && vo && m->cfg.has_vae) {
+        float *g = malloc(3 * 64 * 64 * 4), *c = malloc(3 * 64 * 64 * 4);
+        rc = dit_cuda_decode(m, vi, 1, g);
+        int rc2 = dit_decode(m, vi, 1, c, 0);
+        if (rc || rc2) ok(0, "VAE decode: %s", dit_last_error());
+        else {
+            check_close("VAE decode GPU == CPU dit_decode", g, c, 3 * 64 * 64, 3e-2);
+            check_close("VAE decode GPU == float64 vae_out", g, vo, 3 * 64 * 64, 3e-2);
+        }
+        free(g);
+        free(c);
+    } else {
+        ok(0, "VAE fixture missing or dit_s.gguf has no VAE");
+    }
+    free(vi); free(vo);
+
+    /* profiling trace of one forward */
+    char tp[300];
+    snprintf(tp, sizeof tp, "%s/trace.json", tmpdir);
+    float *x = calloc(2 * 256, 4), *o = malloc(2 * 512 * 4);
+    float t[2] = { 10, 500 };
+    int y[2] = { 0, 10 };
+    for (int i = 0; i < 512; i++) x[i] = frand(1.0f);
+    rc = dit_cuda_profile_begin(m);
+    if (!rc) rc = dit_cuda_forward(m, x, t, y, 2, o);
+    FILE *sum = tmpfile();
+    if (!rc) rc = dit_cuda_profile_end(m, tp, sum);
+    long sz = sum ? ftell(sum) : 0;
+    FILE *f = fopen(tp, "r");
+    char head[64] = { 0 };
+    if (f) { if (!fgets(head, sizeof head, f)) head[0] = 0; fclose(f); }
+    ok(!rc && strstr(head, "traceEvents") && sz > 100, "--profile: Chrome trace (%s) and per-op summary (%ld bytes)%s%s",
+       head[0] ? "written" : "missing", sz, rc ? ": " : "", rc ? dit_last_error() : "");
+    if (sum) fclose(sum);
+    free(x); free(o);
+    dit_model_free(m);
+}
+
+static void test_fixture_other(const char *file, const char *what, const char *xname, int C, double tol)
+{
+    dit_model *m = dit_model_load(mpath(file));
+    if (!m) { ok(0, "load %s: %s", file, dit_last_error()); return; }
+    const int L = m->cfg.input_size;
+    float *x = fix(xname, (size_t)2 * C * L * L), *t = fix("fwd_t", 2), *fy = fix("fwd_y", 2);
+    if (x && t && fy) {
+        int y[2] = { (int)fy[0], (int)fy[1] };
+        forward_vs_cpu(m, what, x, t, y, 2, tol);
+    }
+    free(x); free(t); free(fy);
+    dit_model_free(m);
+}
+
+/* ---------------------------------------------------------------- random-weight models */
+typedef struct {
+    dit_model m;
+    void *mem[512];
+    int n_mem;
+} rmodel;
+
+static void rt(rmodel *r, dit_tensor *t, const char *name, int type, int64_t n0, int64_t n1, int64_t n2, float a)
+{
+    const int64_t n = n0 * n1 * n2;
+    t->type = type;
+    t->n_dims = n2 > 1 ? 3 : n1 > 1 ? 2 : 1;
+    t->ne[0] = n0; t->ne[1] = n1; t->ne[2] = n2; t->ne[3] = 1;
+    t->name = name;
+    float *f = malloc((size_t)n * 4);
+    for (int64_t i = 0; i < n; i++) f[i] = frand(a);
+    if (type == DIT_TYPE_F32) {
+        t->data = f;
+        r->mem[r->n_mem++] = f;
+        return;
+    }
+    void *d = malloc(dit_row_bytes(type, n0) * (size_t)(n / n0));
+    if (type == DIT_TYPE_F16 || type == DIT_TYPE_BF16) {
+        uint16_t *h = d;
+        for (int64_t i = 0; i < n; i++) h[i] = type == DIT_TYPE_F16 ? dit_fp32_to_fp16(f[i]) : dit_fp32_to_bf16(f[i]);
+    } else {
+        const size_t rb = dit_row_bytes(type, n0);
+        for (int64_t rr = 0; rr < n / n0; rr++) dit_quantize_row(type, f + rr * n0, (char *)d + rr * rb, n0);
+    }
+    free(f);
+    t->data = d;
+    r->mem[r->n_mem++] = d;
+}
+
+/* DiT with random weights: uniform(+-sqrt(3/in)) matrices (unit-variance outputs), small adaLN so the
+   modulation stays O(0.1), label table and biases O(0.1). wtype for the block / final matrices. */
+static rmodel *random_dit(int depth, int D, int heads, int L, int wtype)
+{
+    rmodel *r = calloc(1, sizeof *r);
+    dit_model *m = &r->m;
+    dit_config *k = &m->cfg;
+    k->depth = depth; k->hidden = D; k->heads = heads; k->patch = 2; k->input_size = L; k->in_channels = 4;
+    k->out_channels = 8; k->learn_sigma = 1; k->num_classes = 1000; k->mlp_hidden = 4 * D; k->cfg_channels = 3;
+    m->name = "random";
+    const int T = (L / 2) * (L / 2), F = 4 * D;
+    dit_weights *w = &m->w;
+    const float sD = sqrtf(3.0f / D), sF = sqrtf(3.0f / F);
+    rt(r, &w->pos_embed, "pos_embed", DIT_TYPE_F32, D, T, 1, 0.5f);
+    rt(r, &w->x_emb_w, "x_emb_w", DIT_TYPE_F32, 2, 2, 4 * D, sqrtf(3.0f / 16));
+    w->x_emb_w.ne[2] = 4; w->x_emb_w.ne[3] = D; w->x_emb_w.n_dims = 4;
+    rt(r, &w->x_emb_b, "x_emb_b", DIT_TYPE_F32, D, 1, 1, 0.1f);
+    rt(r, &w->t_fc1_w, "t_fc1_w", DIT_TYPE_F32, 256, D, 1, sqrtf(3.0f / 256));
+    rt(r, &w->t_fc1_b, "t_fc1_b", DIT_TYPE_F32, D, 1, 1, 0.1f);
+    rt(r, &w->t_fc2_w, "t_fc2_w", DIT_TYPE_F32, D, D, 1, sD);
+    rt(r, &w->t_fc2_b, "t_fc2_b", DIT_TYPE_F32, D, 1, 1, 0.1f);
+    rt(r, &w->y_table, "y_table", DIT_TYPE_F32, D, 1001, 1, 0.1f);
+    w->blocks = calloc(depth, sizeof(dit_block));
+    r->mem[r->n_mem++] = w->blocks;
+    for (int l = 0; l < depth; l++) {
+        dit_block *b = &w->blocks[l];
+        rt(r, &b->qkv_w, "qkv_w", wtype, D, 3 * D, 1, sD);
+        rt(r, &b->qkv_b, "qkv_b", DIT_TYPE_F32, 3 * D, 1, 1, 0.1f);
+        rt(r, &b->proj_w, "proj_w", wtype, D, D, 1, sD);
+        rt(r, &b->proj_b, "proj_b", DIT_TYPE_F32, D, 1, 1, 0.1f);
+        rt(r, &b->fc1_w, "fc1_w", wtype, D, F, 1, sD);
+        rt(r, &b->fc1_b, "fc1_b", DIT_TYPE_F32, F, 1, 1, 0.1f);
+        rt(r, &b->fc2_w, "fc2_w", wtype, F, D, 1, sF);
+        rt(r, &b->fc2_b, "fc2_b", DIT_TYPE_F32, D, 1, 1, 0.1f);
+        rt(r, &b->ada_w, "ada_w", wtype, D, 6 * D, 1, 0.2f * sD);
+        rt(r, &b->ada_b, "ada_b", DIT_TYPE_F32, 6 * D, 1, 1, 0.05f);
+    }
+    rt(r, &w->final_ada_w, "final_ada_w", wtype, D, 2 * D, 1, 0.2f * sD);
+    rt(r, &w->final_ada_b, "final_ada_b", DIT_TYPE_F32, 2 * D, 1, 1, 0.05f);
+    rt(r, &w->final_w, "final_w", wtype, D, 32, 1, sD);
+    rt(r, &w->final_b, "final_b", DIT_TYPE_F32, 32, 1, 1, 0.1f);
+    return r;
+}
+
+static void random_vae(rmodel *r, int wtype)
+{
+    dit_model *m = &r->m;
+    dit_config *k = &m->cfg;
+    dit_vae *v = &m->vae;
+    static const int bo[4] = { 128, 256, 512, 512 };
+    k->has_vae = 1; k->vae_latent_channels = 4; k->vae_out_channels = 3; k->vae_groups = 32;
+    k->vae_layers_per_block = 2; k->vae_n_blocks = 4; k->vae_scaling_factor = 0.18215f;
+    memcpy(k->vae_block_out, bo, sizeof bo);
+#define CONV(t, b, ci, co, ks) do { rt(r, t, #t, wtype, ks, ks, (int64_t)(ci) * (co), sqrtf(3.0f / ((ci) * (ks) * (ks)))); \
+        (t)->ne[2] = ci; (t)->ne[3] = co; (t)->n_dims = 4; rt(r, b, #b, DIT_TYPE_F32, co, 1, 1, 0.05f); } while (0)
+#define NORM(wt, bt, ch) do { rt(r, wt, #wt, DIT_TYPE_F32, ch, 1, 1, 0.2f); for (int q_ = 0; q_ < ch; q_++) ((float *)(wt)->data)[q_] += 1.0f; \
+        rt(r, bt, #bt, DIT_TYPE_F32, ch, 1, 1, 0.1f); } while (0)
+    CONV(&v->pq_w, &v->pq_b, 4, 4, 1);
+    CONV(&v->conv_in_w, &v->conv_in_b, 4, 512, 3);
+    dit_vae_resnet *rs[2 + 12];
+    int ins[14], outs[14], nr = 0;
+    for (int i = 0; i < 2; i++) { rs[nr] = &v->mid[i]; ins[nr] = outs[nr] = 512; nr++; }
+    int prev = 512;
+    for (int i = 0; i < 4; i++) {
+        const int ch = bo[3 - i];
+        for (int j = 0; j < 3; j++) { rs[nr] = &v->up[i][j]; ins[nr] = j ? ch : prev; outs[nr] = ch; nr++; }
+        if (i < 3) CONV(&v->up_conv_w[i], &v->up_conv_b[i], ch, ch, 3);
+        prev = ch;
+    }
+    for (int i = 0; i < nr; i++) {
+        dit_vae_resnet *q = rs[i];
+        q->in_ch = ins[i]; q->out_ch = outs[i];
+        NORM(&q->norm1_w, &q->norm1_b, ins[i]);
+        CONV(&q->conv1_w, &q->conv1_b, ins[i], outs[i], 3);
+        NORM(&q->norm2_w, &q->norm2_b, outs[i]);
+        CONV(&q->conv2_w, &q->conv2_b, outs[i], outs[i], 3);
+        if (ins[i] != outs[i]) CONV(&q->short_w, &q->short_b, ins[i], outs[i], 1);
+    }
+    NORM(&v->attn_norm_w, &v->attn_norm_b, 512);
+    const float s5 = sqrtf(3.0f / 512);
+    rt(r, &v->attn_q_w, "q", wtype, 512, 512, 1, s5); rt(r, &v->attn_q_b, "qb", DIT_TYPE_F32, 512, 1, 1, 0.05f);
+    rt(r, &v->attn_k_w, "k", wtype, 512, 512, 1, s5); rt(r, &v->attn_k_b, "kb", DIT_TYPE_F32, 512, 1, 1, 0.05f);
+    rt(r, &v->attn_v_w, "v", wtype, 512, 512, 1, s5); rt(r, &v->attn_v_b, "vb", DIT_TYPE_F32, 512, 1, 1, 0.05f);
+    rt(r, &v->attn_o_w, "o", wtype, 512, 512, 1, s5); rt(r, &v->attn_o_b, "ob", DIT_TYPE_F32, 512, 1, 1, 0.05f);
+    NORM(&v->norm_out_w, &v->norm_out_b, 128);
+    CONV(&v->conv_out_w, &v->conv_out_b, 128, 3, 3);
+#undef CONV
+#undef NORM
+}
+
+static void rmodel_free(rmodel *r)
+{
+    if (!r) return;
+    dit_cuda_free(&r->m);
+    for (int i = 0; i < r->n_mem; i++) free(r->mem[i]);
+    free(r);
+}
+
+static void test_random_models(void)
+{
+    /* DiT-B width (hd 64) and DiT-XL width (hd 72), T = 256 (256 px), 2 blocks; f16 and q8_0 weights */
+    const struct { int depth, D, H, wtype; const char *name; } cases[] = {
+        { 2, 768, 12, DIT_TYPE_F16, "DiT-B width, 2 blocks, f16" },
+        { 2, 1152, 16, DIT_TYPE_F16, "DiT-XL width, 2 blocks, f16" },
+        { 2, 1152, 16, DIT_TYPE_Q8_0, "DiT-XL width, 2 blocks, q8_0" },
+        { 2, 1152, 16, DIT_TYPE_BF16, "DiT-XL width, 2 blocks, bf16" },
+        { 1, 1152, 16, DIT_TYPE_Q4_0, "DiT-XL width, 1 block, q4_0" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        rmodel *r = random_dit(cases[i].depth, cases[i].D, cases[i].H, 32, cases[i].wtype);
+        const int B = 2, n = B * 4 * 32 * 32;
+        float *x = malloc(n * 4);
+        for (int e = 0; e < n; e++) x[e] = frand(1.7f);
+        float t[2] = { 17, 861 };
+        int y[2] = { 207, 1000 };
+        char what[128];
+        snprintf(what, sizeof what, "random %s: forward GPU == CPU", cases[i].name);
+        forward_vs_cpu(&r->m, what, x, t, y, B, cases[i].wtype == DIT_TYPE_BF16 ? 1e-1 : 3e-2);
+        free(x);
+        rmodel_free(r);
+    }
+}
+
+/* ---------------------------------------------------------------- bench */
+static int bench_main(int argc, char **argv)
+{
+    int res = 256, n = 1, steps = 250, reps = 5, depth = 28, wtype = DIT_TYPE_F16, verbose = 0;
+    const char *model = NULL, *profile = NULL;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--res") && i + 1 < argc) res = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--n") && i + 1 < argc) n = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--reps") && i + 1 < argc) reps = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--depth") && i + 1 < argc) depth = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--type") && i + 1 < argc) wtype = dit_type_from_name(argv[++i]);
+        else if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
+        else if (!strcmp(argv[i], "--profile") && i + 1 < argc) profile = argv[++i];
+        else if (!strcmp(argv[i], "-v")) verbose = 1;
+        else { fprintf(stderr, "test_cuda: error: unknown argument %s\n", argv[i]); return 2; }
+    }
+    if (dit_cuda_available() <= 0) { fprintf(stderr, "test_cuda: error: no GPU\n"); return 1; }
+    rmodel *r = NULL;
+    dit_model *m;
+    if (model) {
+        m = dit_model_load(model);
+        if (!m) { fprintf(stderr, "test_cuda: error: %s\n", dit_last_error()); return 2; }
+    } else {
+        if (wtype < 0) { fprintf(stderr, "test_cuda: error: bad --type\n"); return 2; }
+        r = random_dit(depth, 1152, 16, res / 8, wtype);
+        random_vae(r, DIT_TYPE_F16);
+        m = &r->m;
+    }
+    const char *tn = model ? "file" : dit_type_name(wtype);
+    dit_cuda_bench_result b;
+    int rc = dit_cuda_init(m, 0);
+    if (!rc) rc = dit_cuda_bench(m, n, steps, reps, &b);
+    if (rc) {
+        fprintf(stderr, "test_cuda: error: %s\n", dit_last_error());
+    } else {
+        dit_cuda_info info;
+        dit_cuda_get_info(m, &info);
+        printf("bench: %s depth %d %dpx %s n %d (batch %d) steps %d: %.3f ms/step (min %.3f), adaLN precompute %.2f ms, "
+               "decode %.2f ms, weights %.1f MB, arena %.1f MB, device in use %.1f MB, %s\n",
+               model ? model : "DiT-XL/2 random", m->cfg.depth, m->cfg.input_size * 8, tn, n, 2 * n, steps, b.ms_per_step,
+               b.ms_per_step_min, b.ms_precompute, b.ms_decode, b.weight_bytes / 1048576.0, b.arena_bytes / 1048576.0,
+               b.peak_bytes / 1048576.0, info.device_name);
+        if (profile) {
+            /* one op-by-op 2-step sample for the trace */
+            int labels[64];
+            for (int i = 0; i < n && i < 64; i++) labels[i] = (207 + 97 * i) % m->cfg.num_classes;
+            dit_sample_params p = dit_sample_params_default();
+            p.n = n < 64 ? n : 64; p.labels = labels; p.steps = 2; p.backend = DIT_BACKEND_CUDA;
+            float *lat = malloc(dit_latent_floats(m) * p.n * 4);
+            rc = dit_cuda_profile_begin(m);
+            if (!rc) rc = dit_sample(m, &p, lat);
+            if (!rc) rc = dit_cuda_profile_end(m, profile, verbose ? stdout : NULL);
+            if (rc) fprintf(stderr, "test_cuda: error: profile: %s\n", dit_last_error());
+            free(lat);
+        }
+    }
+    if (r) rmodel_free(r);
+    else dit_model_free(m);
+    return rc ? 1 : 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc > 1 && !strcmp(argv[1], "--bench")) return bench_main(argc, argv);
+    int quick = 0;
+    const char *dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--quick")) quick = 1;
+        else dir = argv[i];
+    }
+    if (dit_cuda_available() <= 0) {
+        skip("cuda", "no GPU");
+        return 0;
+    }
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/dit-test-cuda-XXXXXX");
+    if (!mkdtemp(tmpdir)) {
+        printf("not ok - mkdtemp\n");
+        return 1;
+    }
+    test_philox();
+    test_dequant();
+    test_linear();
+    test_attention(2, 200, 2, 72);
+    test_attention(1, 256, 3, 64);
+    test_attention(2, 16, 1, 72);
+    if (!quick) test_attention(1, 1024, 2, 72);
+    if (dir) {
+        snprintf(moddir, sizeof moddir, "%s", dir);
+    } else {
+        snprintf(moddir, sizeof moddir, "%s", tmpdir);
+        char cmd[4096];
+        snprintf(cmd, sizeof cmd,
+                 "bin/dit-convert " FIX "dit_s.pt --heads 2 --vae " FIX "vae_s -o %s/dit_s.gguf >/dev/null 2>&1 && "
+                 "bin/dit-convert " FIX "dit_px.pt --heads 1 -o %s/dit_px.gguf >/dev/null 2>&1 && "
+                 "bin/dit-convert " FIX "dit_xs_bf16.pt --heads 1 -o %s/dit_xs_bf16.gguf >/dev/null 2>&1 && "
+                 "bin/dit-quantize %s/dit_s.gguf %s/dit_s_q8.gguf q8_0 >/dev/null 2>&1",
+                 moddir, moddir, moddir, moddir, moddir);
+        if (system(cmd) != 0) printf("# bin/dit-convert / dit-quantize failed: model tests may fail\n");
+    }
+    test_fixture_dit_s();
+    test_fixture_other("dit_px.gguf", "dit_px (1 channel, hd 64) forward GPU == CPU", "px_fwd_x", 1, 3e-2);
+    test_fixture_other("dit_xs_bf16.gguf", "dit_xs bf16 weights (bf16 operands) forward GPU == CPU", "fwd_x", 4, 1e-1);
+    test_fixture_other("dit_s_q8.gguf", "dit_s q8_0 (dequantized on the GPU) forward GPU == CPU", "fwd_x", 4, 3e-2);
+    if (!quick) test_random_models();
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (system(cmd)) printf("# could not remove %s\n", tmpdir);
+    printf("# %s\n", failures ? "FAILED" : "all passed");
+    return failures ? 1 : 0;
+}
+
+#else /* !DIT_CUDA */
+int main(void)
+{
+    printf("ok - cuda # SKIP this build has no CUDA backend (DIT_CUDA)\n");
+    return 0;
+}
+#endif
