@@ -14,7 +14,8 @@ cd "$(dirname "$0")/.." || exit 2
 T=$(mktemp -d "${TMPDIR:-/tmp}/dit-bad.XXXXXX") || exit 2
 trap 'chmod -R u+w "$T" 2>/dev/null; rm -rf "$T"' EXIT INT TERM
 F=tests/fixtures
-CONV=bin/dit-convert QUANT=bin/dit-quantize SAMPLE=bin/dit-sample INFO=bin/dit-info
+B=${DIT_BIN:-bin}   # DIT_BIN: another directory of the four programs (e.g. a sanitizer build)
+CONV=$B/dit-convert QUANT=$B/dit-quantize SAMPLE=$B/dit-sample INFO=$B/dit-info
 MK=$T/mkbad
 fails=0
 n_case=0

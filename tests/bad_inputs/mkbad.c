@@ -13,6 +13,7 @@
                                          (central directory; > 4 GiB adds a ZIP64 field)
          --replace SUFFIX FROM TO        edit the entry's bytes (CRC recomputed)
          --bomb SUFFIX MB                entry := MB MiB of zero bytes, deflated
+         --bombp SUFFIX MB HEAD REP TAIL entry := HEAD, REP repeated, TAIL (MB MiB in all), deflated
          --overlap SUFFIX_A SUFFIX_B     B's central record points at A's bytes
      mkbad npy OUT DESCR FORTRAN SHAPE NBYTES
                                          a .npy with that header ('<f4', 1|0, "2,3") and NBYTES data bytes
@@ -383,7 +384,9 @@ static int gguf_op(int argc, char **argv) {
 typedef struct {
     char *name;
     uint8_t *data; size_t n;    /* uncompressed bytes (NULL for a bomb) */
-    uint64_t bomb;              /* bytes of zeros, deflated */
+    uint64_t bomb;              /* bytes of zeros (or of the pattern below), deflated */
+    uint8_t head[256], rep[256], tail[256];
+    size_t hn, rn, tn;          /* rn = 0: zeros */
     uint64_t usize_override;
     int overlap_with;           /* index + 1 */
 } zentry;
@@ -426,7 +429,19 @@ static size_t zip_read(const buf *b, zentry *e, size_t max) {
     return (size_t)n;
 }
 
-static void deflate_to(buf *o, const uint8_t *d, size_t n, uint64_t zeros, uint64_t *csize, uint32_t *crc) {
+/* byte i of a bomb entry: head, then the pattern repeated, then tail */
+static void bomb_bytes(const zentry *e, uint64_t from, uint8_t *dst, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint64_t k = from + i;
+        if (!e || !e->rn) dst[i] = 0;
+        else if (k < e->hn) dst[i] = e->head[k];
+        else if (k >= e->bomb - e->tn) dst[i] = e->tail[k - (e->bomb - e->tn)];
+        else dst[i] = e->rep[(k - e->hn) % e->rn];
+    }
+}
+
+static void deflate_to(buf *o, const uint8_t *d, size_t n, uint64_t zeros, uint64_t *csize, uint32_t *crc,
+                       const zentry *pat) {
     z_stream z = {0};
     deflateInit2(&z, zeros ? 1 : 9, Z_DEFLATED, -15, 9, Z_DEFAULT_STRATEGY);
     uint8_t out[1 << 16];
@@ -439,6 +454,7 @@ static void deflate_to(buf *o, const uint8_t *d, size_t n, uint64_t zeros, uint6
         if (zeros) {
             if (z.avail_in == 0 && left) {
                 size_t k = left < sizeof zbuf ? (size_t)left : sizeof zbuf;
+                bomb_bytes(pat, zeros - left, zbuf, k);
                 z.next_in = zbuf, z.avail_in = (uInt)k;
                 *crc = (uint32_t)crc32(*crc, zbuf, (uInt)k);
                 left -= k;
@@ -473,6 +489,16 @@ static int zip_op(int argc, char **argv) {
         if (k == n) die("no zip entry ends in '%s'", argv[i + 1]);
         if (!strcmp(o, "--usize")) e[k].usize_override = num(argv[i + 2]), i += 2;
         else if (!strcmp(o, "--bomb")) e[k].bomb = num(argv[i + 2]) << 20, i += 2;
+        else if (!strcmp(o, "--bombp")) {
+            if (left < 5) die("%s needs arguments", o);
+            zentry *z = &e[k];
+            if (strlen(argv[i + 3]) >= sizeof z->head || strlen(argv[i + 4]) >= sizeof z->rep ||
+                strlen(argv[i + 5]) >= sizeof z->tail) die("%s", "--bombp: pattern too long");
+            z->bomb = num(argv[i + 2]) << 20;
+            z->hn = unescape(argv[i + 3], z->head), z->rn = unescape(argv[i + 4], z->rep), z->tn = unescape(argv[i + 5], z->tail);
+            if (!z->rn || z->hn + z->tn > z->bomb) die("%s", "--bombp: bad pattern");
+            i += 5;
+        }
         else if (!strcmp(o, "--replace")) {
             if (left < 3) die("%s needs arguments", o);
             buf b = {e[k].data, e[k].n, e[k].n};
@@ -504,7 +530,7 @@ static int zip_op(int argc, char **argv) {
         put_le(&o, 0, 2); put_le(&o, 0x21, 2); put_le(&o, 0, 4); put_le(&o, 0, 4);
         put_le(&o, us[i] > 0xFFFFFFFEu ? 0xFFFFFFFFu : us[i], 4); put_le(&o, nl, 2); put_le(&o, 0, 2);
         put(&o, e[i].name, nl);
-        if (deflated) deflate_to(&o, e[i].data, e[i].n, e[i].bomb, &cs[i], &crc[i]);
+        if (deflated) deflate_to(&o, e[i].data, e[i].n, e[i].bomb, &cs[i], &crc[i], &e[i]);
         else { put(&o, e[i].data, e[i].n); cs[i] = e[i].n; crc[i] = (uint32_t)crc32(0, e[i].data, (uInt)e[i].n); }
         if (cs[i] > 0xFFFFFFFEu) die("%s", "entry too large for mkbad");
         uint32_t c32 = crc[i], c = (uint32_t)cs[i];

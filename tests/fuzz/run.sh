@@ -4,6 +4,8 @@
 #   SECONDS > 0   fuzz each harness that long (default 60), one after the other, under nice -n 10.
 #   SECONDS = 0   replay only: every file of tests/corpus/<harness>/ (seeds and regress-*) runs once.
 #   HARNESS       any of: gguf npy json pickle ckpt model (default: all whose sources exist).
+#   san-bin       instead: builds the four programs with ASan + UBSan into build/fuzz/san-bin/ without
+#                 touching bin/ (then: DIT_BIN=build/fuzz/san-bin sh tests/test_bad_inputs.sh).
 #
 # Build: clang -fsanitize=fuzzer,address,undefined into build/fuzz/ (objects of dit.c and convert/*.c
 # compiled with -fsanitize=fuzzer-no-link). Working corpora grow in build/fuzz/corpus/<harness>/,
@@ -13,6 +15,18 @@
 # Environment: FUZZ_JOBS (parallel harnesses, default 1), FUZZ_FLAGS (extra libFuzzer flags),
 # FUZZ_KNOWN=1 (do not stop on the bugs already reported, kept as tests/corpus/*/regress-*).
 cd "$(dirname "$0")/../.." || exit 2
+if [ "${1:-}" = san-bin ]; then
+    mkdir -p build/fuzz/san-bin
+    SANF="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -fopenmp -D_GNU_SOURCE -std=c11 -I. -I/usr/include/stb"
+    RT="dit.c $(ls dit_runtime.c 2>/dev/null)"
+    st=0
+    # shellcheck disable=SC2086
+    ${CC:-cc} $SANF -o build/fuzz/san-bin/dit-convert convert/*.c $RT -lz -lm || st=2
+    ${CC:-cc} $SANF -o build/fuzz/san-bin/dit-quantize quantize/*.c $RT -lz -lm || st=2
+    ${CC:-cc} $SANF -o build/fuzz/san-bin/dit-sample tools/dit-sample.c $RT -lz -lm || st=2
+    ${CC:-cc} $SANF -o build/fuzz/san-bin/dit-info tools/dit-info.c $RT -lz -lm || st=2
+    exit $st
+fi
 secs=${1:-60}
 [ $# -gt 0 ] && shift
 CC_FUZZ=${CC_FUZZ:-clang}
