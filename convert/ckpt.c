@@ -175,6 +175,9 @@ static int zip_data_off(ck_file *f, const zent *e, uint64_t *off) {
     if (e->method != 0 && e->method != 8)
         return bad(f, "zip entry '%s' uses an unsupported compression method (only stored and deflate)", e->name);
     if (e->method == 0 && e->csize != e->usize) return bad(f, "zip entry '%s' has inconsistent sizes", e->name);
+    if (e->method == 8 && e->usize / 1032 > e->csize + 64)   /* deflate expands at most ~1032:1 */
+        return bad(f, "zip entry '%s' claims %llu bytes from %llu compressed (impossible for deflate)", e->name,
+                   (unsigned long long)e->usize, (unsigned long long)e->csize);
     *off = d;
     return 0;
 }

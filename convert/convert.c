@@ -88,6 +88,25 @@ static int parse_int(const char *s, int lo, int hi, int *out) {
     return 0;
 }
 
+/* 1 if s is valid UTF-8 (no overlong forms, no surrogates, <= U+10FFFF) */
+static int utf8_ok(const char *s) {
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned c = *p, n = c < 0x80 ? 0 : (c >> 5) == 6 ? 1 : (c >> 4) == 14 ? 2 : (c >> 3) == 30 ? 3 : 9;
+        if (n == 9) return 0;
+        uint32_t cp = n ? c & (0x3Fu >> n) : c;
+        for (unsigned i = 1; i <= n; i++) {
+            if ((p[i] & 0xC0) != 0x80) return 0;
+            cp = (cp << 6) | (p[i] & 0x3Fu);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+            (cp >= 0xD800 && cp < 0xE000))
+            return 0;
+        p += n + 1;
+    }
+    return 1;
+}
+
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -198,6 +217,7 @@ static int expect(out_list *o, const tensor_set *set, const char *src_name, cons
         return CK_ERR(DIT_ERR_INPUT, "%s: tensor '%s' has shape %s, expected %s%s", path, src_name, got, want, ctx);
     }
     if (check_dtype(path, src_name, t) < 0) return -1;
+    if (!utf8_ok(out_name)) return CK_ERR(DIT_ERR_INPUT, "%s: tensor name is not valid UTF-8", path);
     if (strlen(out_name) > DIT_GGUF_MAX_NAME)
         return CK_ERR(DIT_ERR_INPUT, "%s: tensor name '%s' is longer than %d bytes", path, out_name, DIT_GGUF_MAX_NAME);
     if (o->n == o->cap) {
@@ -791,6 +811,7 @@ static int read_class_names(const char *path, char ***names, int *count) {
         if (l && p[l - 1] == '\r') p[--l] = 0;
         if (!l) { free(v); free(text); return CK_ERR(DIT_ERR_INPUT, "%s: line %d is empty", path, k + 1); }
         if (l > 1024) { free(v); free(text); return CK_ERR(DIT_ERR_INPUT, "%s: line %d is longer than 1024 bytes", path, k + 1); }
+        if (!utf8_ok(p)) { free(v); free(text); return CK_ERR(DIT_ERR_INPUT, "%s: line %d is not valid UTF-8", path, k + 1); }
         v[k++] = p;
         if (!e) break;
         p = e + 1;
@@ -974,7 +995,12 @@ int main(int argc, char **argv) {
     if (!w) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return fail_exit(); }
     char namebuf[PATH_MAX];
     dit_gguf_set_str(w, "general.architecture", opt.raw ? "raw" : "dit");
-    dit_gguf_set_str(w, "general.name", opt.name ? opt.name : stem_of(opt.ckpt, namebuf, sizeof namebuf));
+    const char *gname = opt.name ? opt.name : stem_of(opt.ckpt, namebuf, sizeof namebuf);
+    if (!utf8_ok(gname)) {
+        if (opt.name) { dit_gguf_writer_free(w); dit_set_error(DIT_ERR_INPUT, "--name is not valid UTF-8"); return fail_exit(); }
+        gname = "dit";   /* a file name that is not UTF-8 */
+    }
+    dit_gguf_set_str(w, "general.name", gname);
     /* general.file_type (llama_ftype): by the type holding most elements of the 2-D+ weights */
     uint64_t by_type[3] = {0};
     uint64_t total_bytes = 0, total_in = 0;

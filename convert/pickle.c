@@ -555,6 +555,10 @@ static pv *rebuild_tensor(pk *p, const pv *args) {
     t->numel = numel;
     t->span = span;
     t->contiguous = contiguous;
+    if ((uint64_t)numel > t->st->numel) {   /* stride-0 / overlapping views: no memory blow-up from a tiny storage */
+        fail(p, "tensor view has more elements than its storage (expanded or overlapping view)");
+        return NULL;
+    }
     if ((uint64_t)off > t->st->numel || (uint64_t)span > t->st->numel - (uint64_t)off) {
         char m[256];
         snprintf(m, sizeof m, "tensor view (offset %lld, %lld elements) exceeds its storage '%s' (%llu elements)",

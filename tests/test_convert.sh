@@ -217,6 +217,7 @@ bad 2 "missing tensor" "missing tensor 'blocks.0.mlp.fc2.bias' (expected shape \
 bad 2 "misshapen tensor" "'blocks.0.attn.proj.weight' has shape \[8, 7\], expected \[8, 8\]" $BAD/misshapen_tensor.pt --heads 1
 bad 2 "unexpected tensor" "unexpected tensor 'extra.weight'" $BAD/extra_tensor.pt --heads 1
 bad 2 "int64 weight" "'blocks.0.attn.proj.weight' has dtype int64" $BAD/int64_weight.pt --heads 1
+bad 2 "expanded (stride 0) view" "more elements than its storage" $BAD/expanded_view.pt --heads 1
 bad 2 "pickle protocol 1" "protocol 2-5" $BAD/pickle_protocol1.pt
 bad 2 "unsupported pickle opcode (EXT1)" "unsupported opcode.*0x82" $BAD/pickle_ext1.pt
 bad 2 "memo index over the limit" "memo index" $BAD/memo_index_huge.pt
@@ -238,6 +239,8 @@ sed 's/"layers_per_block": 2/"layers_per_block": 1/' $FX/vae_s/config.json >$T/v
 ERRFILE=$T/vae_bad; bad 2 "VAE config.json that disagrees with the weights" "layers_per_block 1 but the weights have 2" $FX/dit_xs.pt --heads 1 --vae $T/vae_bad
 head -3 $T/names.txt >$T/names3.txt
 ERRFILE=$T/names3.txt; bad 2 "--class-names with the wrong count" "has 3 names, the model has 10" $FX/dit_xs.pt --heads 1 --class-names $T/names3.txt
+printf 'zero\none\n\377\376\n' >$T/names_latin1.txt
+ERRFILE=$T/names_latin1.txt; bad 2 "--class-names that is not UTF-8" "line 3 is not valid UTF-8" $FX/dit_xs.pt --heads 1 --class-names $T/names_latin1.txt
 # I/O failures: exit 1
 ERRFILE=/nonexistent/
 rc=0; $CONV $FX/dit_xs.pt --heads 1 -o /nonexistent/dir/x.gguf 2>$T/err || rc=$?

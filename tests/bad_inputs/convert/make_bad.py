@@ -143,6 +143,9 @@ def main():
     bad["blocks.0.attn.proj.weight"] = torch.zeros(8, 8, dtype=torch.int64)
     save(bad, "int64_weight.pt")
     save(OrderedDict(("module." + k, v) for k, v in sd.items()), "ok_module_prefix.pt")
+    bad = OrderedDict(sd)
+    bad["blocks.0.attn.proj.bias"] = torch.zeros(1).expand(8)   # stride 0: 8 elements from a 1-element storage
+    save(bad, "expanded_view.pt")
 
     # ---- containers
     rezip(os.path.join(FIX, "dit_xs.pt"), "ok_deflated.pt", zipfile.ZIP_DEFLATED)
