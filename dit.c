@@ -137,7 +137,10 @@ static void dit__quantize_q8_0(const float *x, uint8_t *y, int64_t nb) {
         const float d = amax / 127, id = d ? 1.0f / d : 0.0f;
         uint16_t dh = dit_fp32_to_fp16(d);
         memcpy(y, &dh, 2);
-        for (int j = 0; j < 32; j++) y[2 + j] = (uint8_t)(int8_t)dit__trunc(roundf(x[j] * id), -128, 127);
+        for (int j = 0; j < 32; j++) {
+            volatile float x0 = x[j] * id;   /* volatile: one float rounding, never fused (-ffp-contract) */
+            y[2 + j] = (uint8_t)(int8_t)dit__trunc(roundf(x0), -128, 127);
+        }
     }
 }
 
@@ -155,7 +158,8 @@ static void dit__quantize_q4_0(const float *x, uint8_t *y, int64_t nb) {
         uint16_t dh = dit_fp32_to_fp16(d);
         memcpy(y, &dh, 2);
         for (int j = 0; j < 16; j++) {
-            int q0 = dit__trunc(x[j] * id + 8.5f, -128, 127), q1 = dit__trunc(x[16 + j] * id + 8.5f, -128, 127);
+            volatile float x0 = x[j] * id, x1 = x[16 + j] * id;   /* rounded before the add, as ggml */
+            int q0 = dit__trunc(x0 + 8.5f, -128, 127), q1 = dit__trunc(x1 + 8.5f, -128, 127);
             q0 = q0 < 15 ? q0 : 15, q1 = q1 < 15 ? q1 : 15;
             y[2 + j] = (uint8_t)((q0 & 0xf) | (q1 & 0xf) << 4);
         }
@@ -169,7 +173,8 @@ static void dit__quantize_q5_0(const float *x, uint8_t *y, int64_t nb) {
         memcpy(y, &dh, 2);
         uint32_t qh = 0;
         for (int j = 0; j < 16; j++) {
-            int q0 = dit__trunc(x[j] * id + 16.5f, -128, 127), q1 = dit__trunc(x[16 + j] * id + 16.5f, -128, 127);
+            volatile float x0 = x[j] * id, x1 = x[16 + j] * id;
+            int q0 = dit__trunc(x0 + 16.5f, -128, 127), q1 = dit__trunc(x1 + 16.5f, -128, 127);
             q0 = q0 < 31 ? q0 : 31, q1 = q1 < 31 ? q1 : 31;
             y[6 + j] = (uint8_t)((q0 & 0xf) | (q1 & 0xf) << 4);
             qh |= (uint32_t)((q0 & 0x10) >> 4) << j;        /* 5th bit of element j      -> qh bit j */
@@ -219,9 +224,9 @@ void dit_dequantize_row(int type, const void *vx, float *y, int64_t n) {
             const float d = dit__load_f16(x), m = type == DIT_TYPE_Q4_1 ? dit__load_f16(x + 2) : 0.0f;
             const uint8_t *qs = x + (type == DIT_TYPE_Q4_1 ? 4 : 2);
             const int off = type == DIT_TYPE_Q4_1 ? 0 : 8;
-            for (int j = 0; j < 16; j++) {
-                y[j] = ((qs[j] & 0xf) - off) * d + m;
-                y[j + 16] = ((qs[j] >> 4) - off) * d + m;
+            for (int j = 0; j < 16; j++) {   /* q4_0 has no m: adding 0 would turn -0 into +0 */
+                y[j] = off ? ((qs[j] & 0xf) - off) * d : (qs[j] & 0xf) * d + m;
+                y[j + 16] = off ? ((qs[j] >> 4) - off) * d : (qs[j] >> 4) * d + m;
             }
             x += type == DIT_TYPE_Q4_1 ? 20 : 18;
         }
@@ -236,8 +241,8 @@ void dit_dequantize_row(int type, const void *vx, float *y, int64_t n) {
             const int off = one ? 0 : 16;
             for (int j = 0; j < 16; j++) {
                 const int h0 = ((qh >> j) << 4) & 0x10, h1 = (qh >> (j + 12)) & 0x10;
-                y[j] = (((qs[j] & 0xf) | h0) - off) * d + m;
-                y[j + 16] = (((qs[j] >> 4) | h1) - off) * d + m;
+                y[j] = off ? (((qs[j] & 0xf) | h0) - off) * d : ((qs[j] & 0xf) | h0) * d + m;
+                y[j + 16] = off ? (((qs[j] >> 4) | h1) - off) * d : ((qs[j] >> 4) | h1) * d + m;
             }
             x += one ? 24 : 22;
         }
