@@ -16,7 +16,11 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include <sanitizer/allocator_interface.h>
+
+/* from the sanitizer runtime (clang's and gcc's); declared here because gcc ships no header for them */
+int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
+                                              void (*free_hook)(const volatile void *));
+size_t __sanitizer_get_allocated_size(const volatile void *p);
 
 static int fuzz__fd = -1;
 static char fuzz__path[64];
@@ -52,7 +56,7 @@ static void fuzz__malloc_hook(const volatile void *p, size_t n) {
 }
 static void fuzz__free_hook(const volatile void *p) {
     if (!fuzz__tracking || !p) return;
-    size_t n = __sanitizer_get_allocated_size((const void *)p);
+    size_t n = __sanitizer_get_allocated_size(p);
     fuzz__live = n > fuzz__live ? 0 : fuzz__live - n;
 }
 static void fuzz__report(void) {
