@@ -156,9 +156,12 @@ int dit_wp_lin(wpass *w, const dit_tensor *wt, const dit_tensor *bt, int mode, d
     dit_cuda *c = w->c;
     memset(L, 0, sizeof(*L));
     if (!wt->data) return dit_set_error(DIT_ERR_INPUT, "cuda: missing weight %s", wt->name ? wt->name : "?");
+    // rows = the outermost dim: (out, in) Linear, (cout, cin, kh, kw) conv, trailing 1s of a squeezed conv
     const int64_t n = t_numel(wt);
-    L->n_in = wt->ne[0] * wt->ne[1] * wt->ne[2];
-    L->n_out = n / L->n_in;
+    int nd = wt->n_dims;
+    while (nd > 1 && wt->ne[nd - 1] == 1) nd--;
+    L->n_out = wt->ne[nd - 1];
+    L->n_in = n / L->n_out;
     if (mode == WP_F32) {
         L->type = DIT_TYPE_F32;
         L->w = wp_alloc(w, (size_t)n * 4);

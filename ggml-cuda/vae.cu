@@ -22,10 +22,16 @@
 static int up_conv(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, dit_cuda_conv *cv) {
     memset(cv, 0, sizeof(*cv));
     if (!wt->data) return DIT_OK;
-    cv->k = (int)wt->ne[0];
-    cv->cin = (int)wt->ne[2];
-    cv->cout = (int)wt->ne[3];
-    if (wt->ne[0] != wt->ne[1]) return dit_set_error(DIT_ERR_INPUT, "cuda: vae: %s is not a square conv", wt->name);
+    if (wt->n_dims <= 2) {   // a 1x1 conv stored squeezed: (cout, cin)
+        cv->k = 1;
+        cv->cin = (int)wt->ne[0];
+        cv->cout = (int)wt->ne[1];
+    } else {                 // (cout, cin, kh, kw)
+        cv->k = (int)wt->ne[0];
+        cv->cin = (int)wt->ne[2];
+        cv->cout = (int)wt->ne[3];
+        if (wt->ne[0] != wt->ne[1]) return dit_set_error(DIT_ERR_INPUT, "cuda: vae: %s is not a square conv", wt->name);
+    }
     const int direct = cv->cin * cv->k * cv->k < 64 || cv->cout < 8;
     return dit_wp_lin(w, wt, bt, direct ? WP_F32 : WP_CT_ONLY, &cv->w);
 }
