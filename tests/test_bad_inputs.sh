@@ -215,6 +215,14 @@ printf 'a\nb\nc\n' >"$T/in/names-3.txt"
 newout
 run "--class-names with 3 names for 10 classes" 2 "names-3.txt" $CONV "$Z" --heads 1 --class-names "$T/in/names-3.txt" -o "$O/o.gguf"
 
+# bad arguments
+newout; run "argument --outtype q9" 2 "" $CONV "$Z" --heads 1 --outtype q9 -o "$O/o.gguf"
+newout; run "argument --heads 0" 2 "" $CONV "$Z" --heads 0 -o "$O/o.gguf"
+newout; run "argument --heads 5 (does not divide 72)" 2 "" $CONV "$Z" --heads 5 -o "$O/o.gguf"
+gen ldm-trunc trunc "$F/vae_s_ldm.pt" "$T/in/ldm-trunc.pt" 50% && {
+    newout; run "--vae LDM checkpoint truncated" 2 "ldm-trunc.pt" $CONV "$Z" --heads 1 --vae "$T/in/ldm-trunc.pt" -o "$O/o.gguf"; }
+newout; run "--vae given a DiT checkpoint" 2 "" $CONV "$Z" --heads 1 --vae "$Z" -o "$O/o.gguf"
+
 # output side
 newout
 run "output in a missing directory" 1 "$T/in/missing-dir/o.gguf" $CONV "$Z" --heads 1 -o "$T/in/missing-dir/o.gguf"
@@ -327,10 +335,10 @@ for v in nan inf; do
     gen "w-$v" gguf "$G" "$T/in/w-$v.gguf" fill x_embedder.proj.bias "$v" || continue
     newout
     run "$v weights (x_embedder.proj.bias)" 12 "w-$v.gguf" $SAMPLE -m "$T/in/w-$v.gguf" -o "$O/o.png" --steps 2 -q -n 1 -c 0
-    if [ -x "$SAMPLE" ] && ! grep "^dit-sample: error: " "$T/stderr" | grep -qi 'nan'; then
+    if [ -x "$SAMPLE" ] && [ $rc != 0 ] && ! grep "^dit-sample: error: " "$T/stderr" | grep -qi 'nan'; then
         echo "not ok - dit-sample: $v weights: the error does not say NaN: $(grep -m1 'error' "$T/stderr" | cut -c1-160)"
         fails=$((fails + 1))
-    elif [ -x "$SAMPLE" ] && ! grep "^dit-sample: error: " "$T/stderr" | grep -qi 'step'; then
+    elif [ -x "$SAMPLE" ] && [ $rc != 0 ] && ! grep "^dit-sample: error: " "$T/stderr" | grep -qi 'step'; then
         echo "not ok - dit-sample: $v weights: the error does not name the step: $(grep -m1 'error' "$T/stderr" | cut -c1-160)"
         fails=$((fails + 1))
     fi
@@ -339,6 +347,9 @@ done
 # dit-quantize: arguments and the output side
 if [ $have_gguf = 1 ]; then
     newout; run "unknown type q9_9" 2 "q9_9" $QUANT "$G" "$O/o.gguf" q9_9
+    newout; run "--tensor-type with a broken regex" 2 "" $QUANT "$G" "$O/o.gguf" q8_0 --tensor-type '[=f16'
+    newout; run "--tensor-type with an unknown type" 2 "" $QUANT "$G" "$O/o.gguf" q8_0 --tensor-type 'blocks=q3_x'
+    newout; run "input and output are the same file" 12 "" $QUANT "$G" "$G" q8_0
     newout; run "output in a missing directory" 1 "$T/in/missing-dir/o.gguf" $QUANT "$G" "$T/in/missing-dir/o.gguf" q8_0
     newout; run "output where writing is refused (/sys)" 1 "/sys/dit-bad-input-test.gguf" $QUANT "$G" /sys/dit-bad-input-test.gguf q8_0
     newout; mkdir -p "$O/o.gguf"
@@ -391,10 +402,23 @@ if [ $have_gguf = 1 ]; then
         newout; run "--step-noise: 3 steps of noise for --steps 2" 2 "n-steps.npy" $S1 --step-noise "$T/in/n-steps.npy" -o "$O/o.png"; }
     gen n-nan npy "$T/in/n-nan.npy" '<f4' 0 "1, 4, 8, 8" nan:1024 && {
         newout; run "--init-noise: NaN noise" 12 "" $S1 --init-noise "$T/in/n-nan.npy" -o "$O/o.png"
-        if [ -x "$SAMPLE" ] && ! grep "^dit-sample: error: " "$T/stderr" | grep -qi 'nan'; then
+        if [ -x "$SAMPLE" ] && [ $rc != 0 ] && ! grep "^dit-sample: error: " "$T/stderr" | grep -qi 'nan'; then
             echo "not ok - dit-sample: --init-noise: NaN noise: the error does not say NaN: $(grep -m1 'error' "$T/stderr" | cut -c1-160)"
             fails=$((fails + 1))
         fi; }
+    gen n-nan-lat npy "$T/in/n-nan-lat.npy" '<f4' 0 "1, 4, 8, 8" nan:1024 && {
+        newout; run "--decode: NaN latents (no black image)" 12 "" $S1 --decode "$T/in/n-nan-lat.npy" -o "$O/o.png"
+        if [ -x "$SAMPLE" ] && [ $rc != 0 ] && ! grep "^dit-sample: error: " "$T/stderr" | grep -qi 'nan'; then
+            echo "not ok - dit-sample: --decode: NaN latents: the error does not say NaN: $(grep -m1 'error' "$T/stderr" | cut -c1-160)"
+            fails=$((fails + 1))
+        fi; }
+    # dit-sample: bad arguments
+    for a in "-c no-such-class" "-c 10" "-c -1" "--steps 0" "--spacing abc" "--spacing ddim0" "-s -1" \
+             "--cfg-scale nan" "--eta inf" "--sampler euler" "-n 0" "--nrow 0"; do
+        newout
+        # shellcheck disable=SC2086
+        run "argument $a" 2 "" $SAMPLE -m "$G" -o "$O/o.png" --steps 2 -q $a
+    done
     # dit-sample: the output side
     newout; run "output in a missing directory" 1 "$T/in/missing-dir/o.png" $S1 -o "$T/in/missing-dir/o.png"
     newout; run "output where writing is refused (/sys)" 1 "/sys/dit-bad-input-test.png" $S1 -o /sys/dit-bad-input-test.png
