@@ -589,8 +589,8 @@ static int vae_open(const char *arg, vae_src *v, const options *opt, out_list *o
     pv *d;
     const char *which;
     if (select_state_dict(path, v->root, 0, &d, &which) < 0) return -1;
-    tensor_set raw;
-    if (collect(path, v->file, d, &raw, opt->verbose) < 0) return -1;
+    tensor_set raw = {0};
+    if (collect(path, v->file, d, &raw, opt->verbose) < 0) { free(raw.e); return -1; }
     /* prefix: first_stage_model. (LDM / SD checkpoints), vae., or none */
     const char *prefix = "";
     for (size_t i = 0; i < raw.n && !*prefix; i++)
@@ -816,6 +816,7 @@ static int read_class_names(const char *path, char ***names, int *count) {
         if (!e) break;
         p = e + 1;
     }
+    if (k == 0) free(text);   /* otherwise names[0] owns the text */
     *names = v;
     *count = k;
     return 0;
@@ -876,9 +877,34 @@ static const char *stem_of(const char *path, char *buf, size_t n) {
     return buf;
 }
 
+/* everything main() holds, released on every exit (main's locals, registered by address) */
+static struct {
+    ck_file **f;
+    tensor_set *set;
+    out_list *o;
+    vae_src *vae;
+    char ***cls;
+    int cls_text;          /* cls[0] owns the text of --class-names */
+    dit_gguf_writer **w;   /* freed without finish: its temporary file is removed */
+    void **rbuf, **wbuf, **tmp;
+} R;
+
+static void release(void) {
+    if (R.w && *R.w) { dit_gguf_writer_free(*R.w); *R.w = NULL; }
+    if (R.cls && *R.cls) { if (R.cls_text) free((*R.cls)[0]); free(*R.cls); *R.cls = NULL; }
+    if (R.vae) { free(R.vae->set.e); ck_arena_free(R.vae->arena); ck_close(R.vae->file); memset(R.vae, 0, sizeof *R.vae); }
+    if (R.set) { free(R.set->e); R.set->e = NULL; }
+    if (R.o) { free(R.o->t); R.o->t = NULL; }
+    if (R.f && *R.f) { ck_close(*R.f); *R.f = NULL; }
+    if (R.rbuf) { free(*R.rbuf); *R.rbuf = NULL; }
+    if (R.wbuf) { free(*R.wbuf); *R.wbuf = NULL; }
+    if (R.tmp) { free(*R.tmp); *R.tmp = NULL; }
+}
+
 static int fail_exit(void) {
     int code = dit_last_error_code();
     fprintf(stderr, PROG ": error: %s\n", dit_last_error());
+    release();
     return code == DIT_ERR_IO || code == DIT_ERR_NOMEM ? 1 : 2;
 }
 
@@ -936,13 +962,19 @@ int main(int argc, char **argv) {
 
     /* DiT */
     pv *root;
-    ck_file *f = ck_open(opt.ckpt, &root);
-    if (!f) return fail_exit();
+    ck_file *f = NULL;
+    tensor_set set = {0};
+    out_list o = {0};
+    char **cls = NULL;
+    vae_src vae = {0};
+    dit_gguf_writer *w = NULL;
+    void *rbuf = NULL, *wbuf = NULL, *tmp = NULL;
+    R.f = &f; R.set = &set; R.o = &o; R.cls = &cls; R.vae = &vae; R.w = &w; R.rbuf = &rbuf; R.wbuf = &wbuf; R.tmp = &tmp;
+    R.cls_text = opt.class_names != NULL;
+    if (!(f = ck_open(opt.ckpt, &root))) return fail_exit();
     pv *sd;
     const char *which;
-    tensor_set set = {0};
     dit_cfg dc;
-    out_list o = {0};
     if (select_state_dict(opt.ckpt, root, opt.use_model, &sd, &which) < 0 || collect(opt.ckpt, f, sd, &set, opt.verbose) < 0)
         return fail_exit();
     if (opt.raw) {   /* every tensor as it is */
@@ -961,7 +993,6 @@ int main(int argc, char **argv) {
     }
 
     /* class names */
-    char **cls = NULL;
     int ncls = 0;
     if (opt.raw) {
     } else if (opt.class_names) {
@@ -987,17 +1018,16 @@ int main(int argc, char **argv) {
     }
 
     /* VAE */
-    vae_src vae = {0};
     if (opt.vae && vae_open(opt.vae, &vae, &opt, &o, opt.raw ? NULL : &dc) < 0) return fail_exit();
 
     /* KVs */
-    dit_gguf_writer *w = dit_gguf_writer_new();
+    w = dit_gguf_writer_new();
     if (!w) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return fail_exit(); }
     char namebuf[PATH_MAX];
     dit_gguf_set_str(w, "general.architecture", opt.raw ? "raw" : "dit");
     const char *gname = opt.name ? opt.name : stem_of(opt.ckpt, namebuf, sizeof namebuf);
     if (!utf8_ok(gname)) {
-        if (opt.name) { dit_gguf_writer_free(w); dit_set_error(DIT_ERR_INPUT, "--name is not valid UTF-8"); return fail_exit(); }
+        if (opt.name) { dit_set_error(DIT_ERR_INPUT, "--name is not valid UTF-8"); return fail_exit(); }
         gname = "dit";   /* a file name that is not UTF-8 */
     }
     dit_gguf_set_str(w, "general.name", gname);
@@ -1050,11 +1080,10 @@ int main(int argc, char **argv) {
         if (x->t.ndim > 4) {
             dit_set_error(DIT_ERR_INPUT, "%s: tensor '%s' has %d dimensions (GGUF allows 4)", ck_path(x->file),
                           x->src_name, x->t.ndim);
-            dit_gguf_writer_free(w);
             return fail_exit();
         }
         for (int d = 0; d < x->t.ndim; d++) ne[d] = x->t.size[x->t.ndim - 1 - d];   /* ggml order */
-        if (dit_gguf_add_tensor(w, x->name, x->type, nd, ne) < 0) { dit_gguf_writer_free(w); return fail_exit(); }
+        if (dit_gguf_add_tensor(w, x->name, x->type, nd, ne) < 0) return fail_exit();
         size_t in = (size_t)x->t.numel * (size_t)ck_dtype_size(x->t.st->dtype), out = dit_row_bytes(x->type, x->t.numel);
         if (in > maxin) maxin = in;
         if (out > maxout) maxout = out;
@@ -1081,10 +1110,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, PROG ": note: no --vae given: the file holds no VAE decoder (dit-sample will need one)\n");
 
     int rc = dit_gguf_writer_begin(w, opt.out);
-    if (rc != DIT_OK) { dit_gguf_writer_free(w); return fail_exit(); }
-    void *rbuf = malloc(maxin ? maxin : 1), *wbuf = malloc(maxout ? maxout : 1), *tmp = NULL;
+    if (rc != DIT_OK) return fail_exit();
+    rbuf = malloc(maxin ? maxin : 1);
+    wbuf = malloc(maxout ? maxout : 1);
     size_t tmpcap = 0;
-    if (!rbuf || !wbuf) { dit_gguf_writer_free(w); dit_set_error(DIT_ERR_NOMEM, "out of memory"); return fail_exit(); }
+    if (!rbuf || !wbuf) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return fail_exit(); }
     int tty = isatty(2);
     double t0 = now_s(), last = 0;
     uint64_t done = 0;
@@ -1092,7 +1122,6 @@ int main(int argc, char **argv) {
         out_tensor *x = &o.t[i];
         if (ck_read_tensor(x->file, &x->t, rbuf, &tmp, &tmpcap) < 0) {
             if (tty) fprintf(stderr, "\n");
-            dit_gguf_writer_free(w);
             return fail_exit();
         }
         int dt = x->t.st->dtype;
@@ -1104,28 +1133,18 @@ int main(int argc, char **argv) {
         }
         if (dit_gguf_writer_write(w, data, dit_row_bytes(x->type, x->t.numel)) != DIT_OK) {
             if (tty) fprintf(stderr, "\n");
-            dit_gguf_writer_free(w);
             return fail_exit();
         }
         done += (uint64_t)x->t.numel * (uint64_t)ck_dtype_size(dt);
         if (tty && now_s() - last > 0.1) { progress(t0, done, total_in, 0); last = now_s(); }
     }
-    rc = dit_gguf_writer_finish(w);
+    rc = dit_gguf_writer_finish(w);   /* frees w */
+    w = NULL;
     if (tty) progress(t0, done, total_in, 1);
     if (rc != DIT_OK) return fail_exit();
     double dt = now_s() - t0;
     fprintf(stderr, PROG ": wrote %s: %zu tensors, %.1f MB (file_type %u) from %.1f MB in %.2f s (%.0f MB/s)\n", opt.out,
             o.n, (double)total_bytes / 1e6, ftype, (double)total_in / 1e6, dt, dt > 0 ? (double)total_in / 1e6 / dt : 0);
-    free(rbuf);
-    free(wbuf);
-    free(tmp);
-    free(o.t);
-    free(set.e);
-    free(vae.set.e);
-    free(cls ? (opt.class_names ? cls[0] : NULL) : NULL);
-    free(cls);
-    ck_arena_free(vae.arena);
-    ck_close(vae.file);
-    ck_close(f);
+    release();
     return 0;
 }

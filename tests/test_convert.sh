@@ -7,7 +7,8 @@
 # VAE naming schemes; class names; every bad-input class (exit status, message names the file, no output
 # left behind); @huggingface/gguf parses every written file and agrees with dit-info --json.
 cd "$(dirname "$0")/.." || exit 2
-CONV=bin/dit-convert INFO=bin/dit-info FX=tests/fixtures BAD=tests/bad_inputs/convert
+B=${DIT_BIN:-bin}   # DIT_BIN: another directory holding the programs (e.g. a sanitizer build)
+CONV=$B/dit-convert INFO=$B/dit-info FX=tests/fixtures BAD=tests/bad_inputs/convert
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 fails=0
