@@ -25,6 +25,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#ifdef __F16C__
+#include <immintrin.h>
+#endif
 
 #ifdef DIT_CUDA
 #if __has_include("ggml-cuda/dit-cuda.h")
@@ -65,7 +68,28 @@ static int64_t tensor_numel(const dit_tensor *t)
    (the loader checked that every row length used here is). */
 static void tensor_read(const dit_tensor *t, int64_t e0, int64_t n, float *dst)
 {
-    dit_dequantize_row(t->type, (const uint8_t *)t->data + dit_row_bytes(t->type, e0), dst, n);
+    const uint8_t *src = (const uint8_t *)t->data + dit_row_bytes(t->type, e0);
+    int64_t i = 0;
+    if (t->type == DIT_TYPE_F16) {   /* exact conversion; F16C (x86-64-v3) does 8 at a time */
+#ifdef __F16C__
+        for (; i + 8 <= n; i += 8)
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
+#endif
+        for (; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            dst[i] = dit_fp16_to_fp32(h);
+        }
+    } else if (t->type == DIT_TYPE_BF16) {   /* bf16 is the top half of an fp32 */
+        for (; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, src + 2 * i, 2);
+            uint32_t u = (uint32_t)h << 16;
+            memcpy(dst + i, &u, 4);
+        }
+    } else {
+        dit_dequantize_row(t->type, src, dst, n);
+    }
 }
 
 /* Whole tensor as a malloc'd float32 array (for the small ones: biases, norms, pos_embed). NULL: no memory. */
@@ -79,12 +103,14 @@ static float *tensor_f32(const dit_tensor *t)
 
 static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
-/* PyTorch's tanh GELU (ActivationGeluKernel): 0.5 x (1 + tanh(kBeta (x + 0.044715 x^3))), kBeta = sqrt(2/pi) */
+/* PyTorch's tanh GELU (ActivationGeluKernel): 0.5 x (1 + tanh(u)), u = kBeta (x + 0.044715 x^3), kBeta = sqrt(2/pi).
+   Evaluated as x / (1 + exp(-2u)) (the same function: 0.5 (1 + tanh(u)) = sigmoid(2u)): one expf instead of
+   tanhf, which costs about twice as much; the two differ by float rounding only. */
 static inline float gelu_tanh(float x)
 {
     const float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
-    float x_cube = x * x * x;
-    return 0.5f * x * (1.0f + tanhf(kBeta * (x + kKappa * x_cube)));
+    float u = kBeta * (x + kKappa * (x * x * x));
+    return x / (1.0f + expf(-2.0f * u));
 }
 
 /* ==== Matmul: out (M, N) = a (M, K) @ W^T + b, W (N, K) of any supported type ====
@@ -100,21 +126,28 @@ static inline float gelu_tanh(float x)
 #define MM_NR 16
 typedef float v8f __attribute__((vector_size(32)));
 
-static void mm_pack(const dit_tensor *w, int64_t K, int taps, int64_t n0, int nr, float *row, float *bp)
+/* bp (K, 16) = rows n0 .. n0+nr-1 of W transposed (zeros past nr). rows: scratch (16 + 1, K). The rows are
+   dequantized first, then transposed in blocks of 64 k so that the writes stay in L1. */
+static void mm_pack(const dit_tensor *w, int64_t K, int taps, int64_t n0, int nr, float *rows, float *bp)
 {
+    float *tmp = rows + MM_NR * K;
     for (int j = 0; j < MM_NR; j++) {
+        float *r = rows + j * K;
         if (j >= nr) {
-            for (int64_t k = 0; k < K; k++) bp[k * MM_NR + j] = 0.0f;
-            continue;
-        }
-        tensor_read(w, (n0 + j) * K, K, row);
-        if (taps == 1) {
-            for (int64_t k = 0; k < K; k++) bp[k * MM_NR + j] = row[k];
-        } else {
-            int64_t cin = K / taps;
+            memset(r, 0, K * sizeof(float));
+        } else if (taps == 1) {
+            tensor_read(w, (n0 + j) * K, K, r);
+        } else {   /* (cin, taps) -> (taps, cin) */
+            const int64_t cin = K / taps;
+            tensor_read(w, (n0 + j) * K, K, tmp);
             for (int64_t ic = 0; ic < cin; ic++)
-                for (int tap = 0; tap < taps; tap++) bp[(tap * cin + ic) * MM_NR + j] = row[ic * taps + tap];
+                for (int tap = 0; tap < taps; tap++) r[tap * cin + ic] = tmp[ic * taps + tap];
         }
+    }
+    for (int64_t k0 = 0; k0 < K; k0 += 64) {
+        const int64_t k1 = k0 + 64 < K ? k0 + 64 : K;
+        for (int j = 0; j < MM_NR; j++)
+            for (int64_t k = k0; k < k1; k++) bp[k * MM_NR + j] = rows[j * K + k];
     }
 }
 
@@ -166,7 +199,7 @@ static int matmul_taps(float *out, const float *a, int64_t M, const dit_tensor *
         nth = omp_get_num_threads();
 #endif
         float *bp = aligned_alloc(64, ((size_t)K * MM_NR * sizeof(float) + 63) / 64 * 64);
-        float *row = malloc((size_t)K * sizeof(float));
+        float *row = malloc((size_t)(MM_NR + 1) * K * sizeof(float));
         if (!bp || !row) {
 #pragma omp atomic write
             err = 1;
@@ -258,7 +291,7 @@ static int attention(float *out, int64_t ldo, int64_t bso, const float *q, const
         tid = omp_get_thread_num();
         nth = omp_get_num_threads();
 #endif
-        float *kt = malloc((size_t)hd * T * sizeof(float)), *p = malloc((size_t)T * sizeof(float));
+        float *kt = malloc((size_t)hd * T * sizeof(float)), *p = malloc((size_t)QB * T * sizeof(float));
         if (!kt || !p) {
 #pragma omp atomic write
             err = 1;
@@ -273,30 +306,74 @@ static int attention(float *out, int64_t ldo, int64_t bso, const float *q, const
                         for (int d = 0; d < hd; d++) kt[(int64_t)d * T + j] = kb[j * ld + d];
                     head = bh;
                 }
-                const int i1 = (int)((it % nqb) * QB + QB < T ? (it % nqb) * QB + QB : T);
-                for (int i = (int)(it % nqb) * QB; i < i1; i++) {
-                    const float *qi = qb + i * ld;
-                    for (int j = 0; j < T; j++) p[j] = 0.0f;
-                    for (int d = 0; d < hd; d++) {
-                        const float qd = qi[d], *kd = kt + (int64_t)d * T;
-                        for (int j = 0; j < T; j++) p[j] += qd * kd[j];
+                const int i0 = (int)(it % nqb) * QB, nq = T - i0 < QB ? T - i0 : QB;
+                /* scores of the block: p[i][j] = sum_d q[i][d] kt[d][j] (a row of kt serves all queries) */
+                memset(p, 0, (size_t)nq * T * sizeof(float));
+                int d = 0;
+                for (; d + 4 <= hd; d += 4) {   /* 4 d at a time: one load/store of p per 4 FMAs, order kept */
+                    const float *k0 = kt + (int64_t)d * T, *k1 = k0 + T, *k2 = k1 + T, *k3 = k2 + T;
+                    for (int i = 0; i < nq; i++) {
+                        const float *qi = qb + (int64_t)(i0 + i) * ld + d;
+                        const float q0 = qi[0], q1 = qi[1], q2 = qi[2], q3 = qi[3];
+                        float *pi = p + (int64_t)i * T;
+                        for (int j = 0; j < T; j++) {
+                            float acc = pi[j];
+                            acc += q0 * k0[j];
+                            acc += q1 * k1[j];
+                            acc += q2 * k2[j];
+                            acc += q3 * k3[j];
+                            pi[j] = acc;
+                        }
                     }
-                    float mx = -INFINITY;
-                    for (int j = 0; j < T; j++) {
-                        p[j] *= scale;
-                        mx = p[j] > mx ? p[j] : mx;
+                }
+                for (; d < hd; d++) {
+                    const float *kd = kt + (int64_t)d * T;
+                    for (int i = 0; i < nq; i++) {
+                        const float qd = qb[(int64_t)(i0 + i) * ld + d];
+                        float *pi = p + (int64_t)i * T;
+                        for (int j = 0; j < T; j++) pi[j] += qd * kd[j];
                     }
-                    float sum = 0.0f;
+                }
+                /* softmax rows, normalised in place: p = exp(s*scale - max) / sum */
+                for (int i = 0; i < nq; i++) {
+                    float *pi = p + (int64_t)i * T, mx = -INFINITY, sum = 0.0f;
                     for (int j = 0; j < T; j++) {
-                        p[j] = expf(p[j] - mx);
-                        sum += p[j];
+                        pi[j] *= scale;
+                        mx = pi[j] > mx ? pi[j] : mx;
+                    }
+                    for (int j = 0; j < T; j++) {
+                        pi[j] = expf(pi[j] - mx);
+                        sum += pi[j];
                     }
                     const float inv = 1.0f / sum;
-                    float *o = out + b * bso + i * ldo + h * hd;
+                    for (int j = 0; j < T; j++) pi[j] *= inv;
+                    float *o = out + b * bso + (int64_t)(i0 + i) * ldo + h * hd;
                     for (int d = 0; d < hd; d++) o[d] = 0.0f;
-                    for (int j = 0; j < T; j++) {
-                        const float pj = p[j] * inv, *vj = vb + j * ld;
-                        for (int d = 0; d < hd; d++) o[d] += pj * vj[d];
+                }
+                /* o[i] = sum_j p[i][j] v[j] (a row of v serves all queries) */
+                int j = 0;
+                for (; j + 4 <= T; j += 4) {   /* 4 j at a time, order kept */
+                    const float *v0 = vb + (int64_t)j * ld, *v1 = v0 + ld, *v2 = v1 + ld, *v3 = v2 + ld;
+                    for (int i = 0; i < nq; i++) {
+                        const float *pi = p + (int64_t)i * T + j;
+                        const float p0 = pi[0], p1 = pi[1], p2 = pi[2], p3 = pi[3];
+                        float *o = out + b * bso + (int64_t)(i0 + i) * ldo + h * hd;
+                        for (int e = 0; e < hd; e++) {
+                            float acc = o[e];
+                            acc += p0 * v0[e];
+                            acc += p1 * v1[e];
+                            acc += p2 * v2[e];
+                            acc += p3 * v3[e];
+                            o[e] = acc;
+                        }
+                    }
+                }
+                for (; j < T; j++) {
+                    const float *vj = vb + (int64_t)j * ld;
+                    for (int i = 0; i < nq; i++) {
+                        const float pij = p[(int64_t)i * T + j];
+                        float *o = out + b * bso + (int64_t)(i0 + i) * ldo + h * hd;
+                        for (int e = 0; e < hd; e++) o[e] += pij * vj[e];
                     }
                 }
             }

@@ -372,6 +372,9 @@ static void test_forward_model(const char *file, const char *what, const char *r
 static void test_quantized(void)
 {
     static const int types[] = { DIT_TYPE_Q8_0, DIT_TYPE_Q4_0, DIT_TYPE_Q5_0, DIT_TYPE_F16, DIT_TYPE_BF16 };
+    /* deviation from the fp32 reference allowed per type, % of max|ref| (~2-4x the measured 0.9, 12.5, 7.0, 0.04,
+       0.5 %): catches a wrong dequantizer (errors of ~100 %) without depending on luck */
+    static const double bound[] = { 3, 25, 15, 0.2, 2 };
     float *x = fix("px_fwd_x", 128), *tf = fix("fwd_t", 2), *yf = fix("fwd_y", 2), *ref = fix("px_fwd_out", 256);
     if (!x || !tf || !yf || !ref) {
         ok(0, "quantized: fixtures");
@@ -393,11 +396,10 @@ static void test_quantized(void)
         int rc = !mq || !mt || dit_forward(mq, x, tf, y, 2, oq, 0) || dit_forward(mt, x, tf, y, 2, ot, 0);
         ok(!rc && mq->w.blocks[0].qkv_w.type == types[i] && !memcmp(oq, ot, sizeof oq),
            "dit_px with %s weights == f32 model holding the dequantized values (bit-identical)", tn);
-        /* and close to the unquantized reference: 4-bit weights move outputs by a few percent */
         double md = 0, mr = 0;
         for (int k = 0; k < 256; k++) md = fmax(md, fabs(oq[k] - ref[k])), mr = fmax(mr, fabs(ref[k]));
-        ok(!rc && md < 0.15 * mr, "dit_px %s vs px_fwd_out: max|diff| %.3g (%.1f%% of max|ref|, bound 15%%)", tn, md,
-           100 * md / mr);
+        ok(!rc && 100 * md <= bound[i] * mr, "dit_px %s vs px_fwd_out: max|diff| %.3g (%.2f%% of max|ref|, bound %g%%)", tn,
+           md, 100 * md / mr, bound[i]);
         dit_model_free(mq);
         dit_model_free(mt);
     }
