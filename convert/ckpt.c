@@ -7,11 +7,29 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
+
+int ck_error(int code, const char *fmt, ...) {
+    char buf[1024], out[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    /* names in messages come from the file: control bytes become \xNN so one line stays one printable line */
+    size_t o = 0;
+    for (const unsigned char *p = (const unsigned char *)buf; *p && o + 5 < sizeof out; p++) {
+        if (*p < 0x20 || *p == 0x7f) o += (size_t)snprintf(out + o, sizeof out - o, "\\x%02x", *p);
+        else out[o++] = (char)*p;
+    }
+    out[o] = 0;
+    dit_set_error(code, "%s", out);
+    return -1;
+}
 
 const char *ck_dtype_name(int dt) {
     static const char *const n[] = {"float32", "float16", "bfloat16", "float64", "int64", "int32", "int16",
@@ -579,34 +597,34 @@ void ck_close(ck_file *f) {
 
 ck_file *ck_open(const char *path, pv **root) {
     ck_file *f = calloc(1, sizeof *f);
-    if (!f) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
+    if (!f) { ck_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
     f->fd = -1;
     f->path = strdup(path);
     f->arena = ck_arena_new(CK_MAX_ARENA, f->path);
-    if (!f->path || !f->arena) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); ck_close(f); return NULL; }
+    if (!f->path || !f->arena) { ck_error(DIT_ERR_NOMEM, "out of memory"); ck_close(f); return NULL; }
     f->fd = open(path, O_RDONLY | O_CLOEXEC);
     struct stat sb;
     if (f->fd < 0) {
-        dit_set_error(errno == ENOENT || errno == ENOTDIR ? DIT_ERR_INPUT : DIT_ERR_IO, "%s: cannot open: %s", path,
+        ck_error(errno == ENOENT || errno == ENOTDIR ? DIT_ERR_INPUT : DIT_ERR_IO, "%s: cannot open: %s", path,
                       strerror(errno));
         ck_close(f);
         return NULL;
     }
-    if (fstat(f->fd, &sb) < 0) { dit_set_error(DIT_ERR_IO, "%s: %s", path, strerror(errno)); ck_close(f); return NULL; }
-    if (S_ISDIR(sb.st_mode)) { dit_set_error(DIT_ERR_INPUT, "%s: is a directory", path); ck_close(f); return NULL; }
-    if (!S_ISREG(sb.st_mode)) { dit_set_error(DIT_ERR_INPUT, "%s: not a regular file", path); ck_close(f); return NULL; }
+    if (fstat(f->fd, &sb) < 0) { ck_error(DIT_ERR_IO, "%s: %s", path, strerror(errno)); ck_close(f); return NULL; }
+    if (S_ISDIR(sb.st_mode)) { ck_error(DIT_ERR_INPUT, "%s: is a directory", path); ck_close(f); return NULL; }
+    if (!S_ISREG(sb.st_mode)) { ck_error(DIT_ERR_INPUT, "%s: not a regular file", path); ck_close(f); return NULL; }
     f->size = (uint64_t)sb.st_size;
     uint8_t h[64] = {0};
     size_t hn = f->size < sizeof h ? (size_t)f->size : sizeof h;
-    if (f->size == 0) { dit_set_error(DIT_ERR_INPUT, "%s: empty file", path); ck_close(f); return NULL; }
+    if (f->size == 0) { ck_error(DIT_ERR_INPUT, "%s: empty file", path); ck_close(f); return NULL; }
     if (pread_full(f, h, hn, 0) < 0) { ck_close(f); return NULL; }
     int rc;
     if (hn >= 23 && !memcmp(h, "version https://git-lfs", 23)) {
-        dit_set_error(DIT_ERR_INPUT, "%s: this is a Git LFS pointer file, not the checkpoint; fetch the real file "
+        ck_error(DIT_ERR_INPUT, "%s: this is a Git LFS pointer file, not the checkpoint; fetch the real file "
                       "with 'git lfs pull' (or 'git lfs fetch && git lfs checkout') in its repository", path);
         rc = -1;
     } else if (hn >= 4 && !memcmp(h, "GGUF", 4)) {
-        dit_set_error(DIT_ERR_INPUT, "%s: already a GGUF file (dit-info shows it)", path);
+        ck_error(DIT_ERR_INPUT, "%s: already a GGUF file (dit-info shows it)", path);
         rc = -1;
     } else if (hn >= 4 && (!memcmp(h, "PK\x03\x04", 4) || !memcmp(h, "PK\x05\x06", 4))) {
         f->fmt = CK_FMT_ZIP;
@@ -621,13 +639,13 @@ ck_file *ck_open(const char *path, pv **root) {
         f->fmt = CK_FMT_SAFETENSORS;
         rc = safetensors_open(f, root);
     } else if (hn >= 2 && h[0] == 0x80 && h[1] >= 2 && h[1] <= 5) {
-        dit_set_error(DIT_ERR_INPUT, "%s: a bare pickle, not a torch.save checkpoint (refusing plain pickles)", path);
+        ck_error(DIT_ERR_INPUT, "%s: a bare pickle, not a torch.save checkpoint (refusing plain pickles)", path);
         rc = -1;
     } else if (hn >= 5 && (!memcmp(h, "<!DOC", 5) || !memcmp(h, "<html", 5) || !memcmp(h, "<HTML", 5))) {
-        dit_set_error(DIT_ERR_INPUT, "%s: an HTML page, not a checkpoint (a failed download?)", path);
+        ck_error(DIT_ERR_INPUT, "%s: an HTML page, not a checkpoint (a failed download?)", path);
         rc = -1;
     } else {
-        dit_set_error(DIT_ERR_INPUT, "%s: not a checkpoint (neither a torch zip, a legacy torch.save file nor "
+        ck_error(DIT_ERR_INPUT, "%s: not a checkpoint (neither a torch zip, a legacy torch.save file nor "
                       "safetensors)", path);
         rc = -1;
     }

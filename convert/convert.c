@@ -955,7 +955,7 @@ int main(int argc, char **argv) {
     {
         struct stat a, b;
         if (stat(opt.ckpt, &a) == 0 && stat(opt.out, &b) == 0 && a.st_dev == b.st_dev && a.st_ino == b.st_ino) {
-            dit_set_error(DIT_ERR_INPUT, "%s: the output would overwrite the checkpoint", opt.out);
+            ck_error(DIT_ERR_INPUT, "%s: the output would overwrite the checkpoint", opt.out);
             return fail_exit();
         }
     }
@@ -998,7 +998,7 @@ int main(int argc, char **argv) {
     } else if (opt.class_names) {
         if (read_class_names(opt.class_names, &cls, &ncls) < 0) return fail_exit();
         if (ncls != dc.num_classes) {
-            dit_set_error(DIT_ERR_INPUT, "%s: has %d names, the model has %d classes", opt.class_names, ncls, dc.num_classes);
+            ck_error(DIT_ERR_INPUT, "%s: has %d names, the model has %d classes", opt.class_names, ncls, dc.num_classes);
             return fail_exit();
         }
     } else if (dc.num_classes == 1000) {
@@ -1014,7 +1014,7 @@ int main(int argc, char **argv) {
             *e = 0;
             p = e + 1;
         }
-        if (ncls != 1000) { dit_set_error(DIT_ERR_INPUT, "embedded ImageNet class list is damaged"); return fail_exit(); }
+        if (ncls != 1000) { ck_error(DIT_ERR_INPUT, "embedded ImageNet class list is damaged"); return fail_exit(); }
     }
 
     /* VAE */
@@ -1022,12 +1022,12 @@ int main(int argc, char **argv) {
 
     /* KVs */
     w = dit_gguf_writer_new();
-    if (!w) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return fail_exit(); }
+    if (!w) { ck_error(DIT_ERR_NOMEM, "out of memory"); return fail_exit(); }
     char namebuf[PATH_MAX];
     dit_gguf_set_str(w, "general.architecture", opt.raw ? "raw" : "dit");
     const char *gname = opt.name ? opt.name : stem_of(opt.ckpt, namebuf, sizeof namebuf);
     if (!utf8_ok(gname)) {
-        if (opt.name) { dit_set_error(DIT_ERR_INPUT, "--name is not valid UTF-8"); return fail_exit(); }
+        if (opt.name) { ck_error(DIT_ERR_INPUT, "--name is not valid UTF-8"); return fail_exit(); }
         gname = "dit";   /* a file name that is not UTF-8 */
     }
     dit_gguf_set_str(w, "general.name", gname);
@@ -1078,7 +1078,7 @@ int main(int argc, char **argv) {
         int64_t ne[4] = {1, 1, 1, 1};
         int nd = x->t.ndim ? x->t.ndim : 1;
         if (x->t.ndim > 4) {
-            dit_set_error(DIT_ERR_INPUT, "%s: tensor '%s' has %d dimensions (GGUF allows 4)", ck_path(x->file),
+            ck_error(DIT_ERR_INPUT, "%s: tensor '%s' has %d dimensions (GGUF allows 4)", ck_path(x->file),
                           x->src_name, x->t.ndim);
             return fail_exit();
         }
@@ -1114,7 +1114,7 @@ int main(int argc, char **argv) {
     rbuf = malloc(maxin ? maxin : 1);
     wbuf = malloc(maxout ? maxout : 1);
     size_t tmpcap = 0;
-    if (!rbuf || !wbuf) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return fail_exit(); }
+    if (!rbuf || !wbuf) { ck_error(DIT_ERR_NOMEM, "out of memory"); return fail_exit(); }
     int tty = isatty(2);
     double t0 = now_s(), last = 0;
     uint64_t done = 0;

@@ -10,9 +10,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* sets the error, evaluates to -1 (the internal failure value) */
-static inline int ck_minus1(int code) { (void)code; return -1; }
-#define CK_ERR(...) ck_minus1(dit_set_error(__VA_ARGS__))
+/* sets the error (dit_set_error, control bytes of file-supplied names escaped as \xNN), returns -1 */
+int ck_error(int code, const char *fmt, ...)
+#ifdef __GNUC__
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+#define CK_ERR(...) ck_error(__VA_ARGS__)
 
 /* ---------------------------------------------------------------- limits (all inputs are untrusted) */
 #define CK_MAX_PICKLE      (256u << 20)   /* data.pkl / one legacy pickle, bytes */

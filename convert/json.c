@@ -15,7 +15,7 @@ typedef struct {
 
 static js *jfail(jp *j, const char *what) {
     if (!j->failed)
-        dit_set_error(DIT_ERR_INPUT, "%s: bad JSON: %s at byte %zu", j->path, what, (size_t)(j->p - j->s));
+        ck_error(DIT_ERR_INPUT, "%s: bad JSON: %s at byte %zu", j->path, what, (size_t)(j->p - j->s));
     j->failed = 1;
     return NULL;
 }

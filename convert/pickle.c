@@ -38,14 +38,14 @@ void *ck_arena_alloc(ck_arena *a, size_t n) {
     n = (n + 15) & ~(size_t)15;
     if (n == 0) n = 16;
     if (n > a->cap || a->total > a->cap - n) {
-        dit_set_error(DIT_ERR_INPUT, "%s: needs more than %zu MB of metadata (limit)", a->path, a->cap >> 20);
+        ck_error(DIT_ERR_INPUT, "%s: needs more than %zu MB of metadata (limit)", a->path, a->cap >> 20);
         return NULL;
     }
     struct chunk *c = a->head;
     if (!c || c->cap - c->used < n) {
         size_t cap = n > (1u << 20) ? n : (1u << 20);
         c = malloc(sizeof *c + cap);
-        if (!c) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
+        if (!c) { ck_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
         c->cap = cap; c->used = 0;
         if (a->head && n > (1u << 20)) { c->next = a->head->next; a->head->next = c; }  /* keep head's room */
         else { c->next = a->head; a->head = c; }
@@ -94,7 +94,7 @@ uint64_t ck_reader_tell(const ck_reader *r) { return r->fpos - (r->blen - r->bpo
 static const uint8_t *rd_get(ck_reader *r, size_t n) {
     if (r->mem) {
         if (n > r->memlen - r->consumed) {
-            dit_set_error(DIT_ERR_INPUT, "%s: pickle data ends early (truncated file?)", r->path);
+            ck_error(DIT_ERR_INPUT, "%s: pickle data ends early (truncated file?)", r->path);
             return NULL;
         }
         const uint8_t *p = r->mem + r->consumed;
@@ -103,10 +103,15 @@ static const uint8_t *rd_get(ck_reader *r, size_t n) {
     }
     if (r->blen - r->bpos < n) {
         size_t have = r->blen - r->bpos;
+        uint64_t left = r->fend > r->fpos ? r->fend - r->fpos : 0;
+        if (n - have > left) {   /* before allocating: a length field must not buy memory the file lacks */
+            ck_error(DIT_ERR_INPUT, "%s: pickle data ends early (truncated file?)", r->path);
+            return NULL;
+        }
         size_t cap = n > RD_BUF ? n : RD_BUF;
         if (cap > RD_BUF) {
             uint8_t *nb = malloc(cap);
-            if (!nb) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
+            if (!nb) { ck_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
             memcpy(nb, r->buf + r->bpos, have);
             free(r->buf); r->buf = nb;
         } else memmove(r->buf, r->buf + r->bpos, have);
@@ -116,14 +121,14 @@ static const uint8_t *rd_get(ck_reader *r, size_t n) {
             size_t want = cap - r->blen;
             if (want > left) want = (size_t)left;
             if (want == 0) {
-                dit_set_error(DIT_ERR_INPUT, "%s: pickle data ends early (truncated file?)", r->path);
+                ck_error(DIT_ERR_INPUT, "%s: pickle data ends early (truncated file?)", r->path);
                 return NULL;
             }
             ssize_t k = pread(r->fd, r->buf + r->blen, want, (off_t)r->fpos);
             if (k < 0 && errno == EINTR) continue;
-            if (k < 0) { dit_set_error(DIT_ERR_IO, "%s: read failed: %s", r->path, strerror(errno)); return NULL; }
+            if (k < 0) { ck_error(DIT_ERR_IO, "%s: read failed: %s", r->path, strerror(errno)); return NULL; }
             if (k == 0) {
-                dit_set_error(DIT_ERR_INPUT, "%s: pickle data ends early (truncated file?)", r->path);
+                ck_error(DIT_ERR_INPUT, "%s: pickle data ends early (truncated file?)", r->path);
                 return NULL;
             }
             r->blen += (size_t)k; r->fpos += (uint64_t)k;
@@ -242,7 +247,7 @@ static int classify_global(const char *path, const char *mod, const char *name, 
         bad = 1;
     if (strchr(name, '.') && !strncmp(name, "__", 2)) bad = 1;     /* dotted dunder lookups */
     if (bad) {
-        dit_set_error(DIT_ERR_INPUT, "%s: refusing pickle global '%s' (it could run code; nothing was "
+        ck_error(DIT_ERR_INPUT, "%s: refusing pickle global '%s' (it could run code; nothing was "
                       "executed)", path, full);
         return -1;
     }
@@ -361,6 +366,7 @@ static pv *top(pk *p) {
 
 /* items above the last mark: start index, count; pops the mark */
 static int pop_mark(pk *p, size_t *start, size_t *n) {
+    *start = *n = 0;
     if (!p->nm) return fail(p, "missing MARK");
     *start = p->marks[--p->nm];
     *n = p->sp - *start;
@@ -458,7 +464,7 @@ static uint64_t le_u(const uint8_t *b, int n) {
 static char *read_line(pk *p, size_t *len) {
     size_t cap = 256, n = 0;
     char *tmp = malloc(cap);
-    if (!tmp) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
+    if (!tmp) { ck_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
     for (;;) {
         const uint8_t *c = rd_get(p->r, 1);
         if (!c) { free(tmp); return NULL; }
@@ -466,7 +472,7 @@ static char *read_line(pk *p, size_t *len) {
         if (n + 1 >= cap) {
             if (cap >= (1u << 20)) { free(tmp); fail(p, "text line too long"); return NULL; }
             char *nt = realloc(tmp, cap * 2);
-            if (!nt) { free(tmp); dit_set_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
+            if (!nt) { free(tmp); ck_error(DIT_ERR_NOMEM, "out of memory"); return NULL; }
             tmp = nt; cap *= 2;
         }
         tmp[n++] = (char)*c;
@@ -649,7 +655,7 @@ pv *pk_load(ck_reader *r, ck_arena *a, pk_persistent_fn fn, void *user, int allo
         if (!b) goto out;
         int op = p->op = *b;
         if (first && op != 0x80 && !allow_proto0) {
-            dit_set_error(DIT_ERR_INPUT, "%s: not a pickle of protocol 2-5 (first byte 0x%02x)", p->path, op);
+            ck_error(DIT_ERR_INPUT, "%s: not a pickle of protocol 2-5 (first byte 0x%02x)", p->path, op);
             goto out;
         }
         first = 0;
@@ -658,7 +664,7 @@ pv *pk_load(ck_reader *r, ck_arena *a, pk_persistent_fn fn, void *user, int allo
         case 0x80: {                                           /* PROTO */
             if (!(b = rd_get(r, 1))) goto out;
             if (*b < 2 || *b > 5) {
-                dit_set_error(DIT_ERR_INPUT, "%s: unsupported pickle protocol %d (need 2-5)", p->path, *b);
+                ck_error(DIT_ERR_INPUT, "%s: unsupported pickle protocol %d (need 2-5)", p->path, *b);
                 goto out;
             }
             break;
@@ -675,7 +681,7 @@ pv *pk_load(ck_reader *r, ck_arena *a, pk_persistent_fn fn, void *user, int allo
                 if (p->mcap >= CK_MAX_MARKS) { fail(p, "MARKs nested too deep"); goto out; }
                 size_t nc = p->mcap ? p->mcap * 2 : 64;
                 size_t *nmk = realloc(p->marks, nc * sizeof *nmk);
-                if (!nmk) { dit_set_error(DIT_ERR_NOMEM, "out of memory"); goto out; }
+                if (!nmk) { ck_error(DIT_ERR_NOMEM, "out of memory"); goto out; }
                 p->marks = nmk; p->mcap = nc;
             }
             p->marks[p->nm++] = p->sp;

@@ -183,6 +183,7 @@ bad() {
     left=$(ls $T/out.gguf* 2>/dev/null)
     if [ $rc -ne "$st" ]; then notok "$what" "exit $rc, expected $st ($msg)"
     elif [ "$(wc -l <$T/bad.err)" -ne 1 ] || ! grep -q "^dit-convert: error: " $T/bad.err; then notok "$what" "not one error line: $msg"
+    elif LC_ALL=C grep -q '[[:cntrl:]]' $T/bad.err; then notok "$what" "control characters in the message"
     elif ! grep -q -F "$file" $T/bad.err && ! grep -q -F "$ERRFILE" $T/bad.err; then notok "$what" "message does not name the file: $msg"
     elif ! grep -q -e "$pat" $T/bad.err; then notok "$what" "message lacks '$pat': $msg"
     elif [ -n "$left" ]; then notok "$what" "left $left behind"
@@ -222,6 +223,8 @@ bad 2 "expanded (stride 0) view" "more elements than its storage" $BAD/expanded_
 bad 2 "pickle protocol 1" "protocol 2-5" $BAD/pickle_protocol1.pt
 bad 2 "unsupported pickle opcode (EXT1)" "unsupported opcode.*0x82" $BAD/pickle_ext1.pt
 bad 2 "memo index over the limit" "memo index" $BAD/memo_index_huge.pt
+bad 2 "pickle string longer than the file (legacy)" "ends early" $BAD/legacy_huge_string.pt
+bad 2 "global with control bytes in its name" "refusing pickle global 'builtins.ev\\\\x1b\[2Jal\\\\x01'" $BAD/global_control_chars.pt
 bad 2 "storage entry missing from the zip" "data/0' is missing" $BAD/missing_storage_entry.pt
 bad 2 "storage smaller than its tensor" "holds 8 bytes" $BAD/storage_too_small.pt
 bad 2 "safetensors gap" "InvalidOffset" $BAD/st_gap.safetensors

@@ -161,6 +161,12 @@ def main():
     zip_with_pickle("missing_storage_entry.pt", pkl)                          # no data/0 entry
     zip_with_pickle("storage_too_small.pt", pkl, {"0": b"\0" * 8})             # 6 floats need 24 bytes
     zip_with_pickle("memo_index_huge.pt", b"\x80\x02}r\xff\xff\xff\x7f.")       # LONG_BINPUT 2^31-1
+    # a global whose name holds control bytes (the error message must stay one printable line)
+    zip_with_pickle("global_control_chars.pt", b"\x80\x02cbuiltins\nev\x1b[2Jal\x01\n)R.")
+    # legacy stream whose first string claims 50 MB: refused before allocating
+    with open(out("legacy_huge_string.pt"), "wb") as f:
+        f.write(b"\x80\x02\x8a\x0a" + bytes([0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]) + b"."
+                + b"\x80\x02X" + struct.pack("<I", 50_000_000) + b"abc")
 
     # ---- safetensors headers (reference library rules)
     w = np.arange(4, dtype=np.float32).tobytes()
