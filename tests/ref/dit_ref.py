@@ -48,8 +48,8 @@ def timestep_embedding(t, dim=256, max_period=10000):
     The cos/sin are evaluated in float64 on the float32 args, so the result is the exact value of the
     official fp32 arguments (fp32 cos/sin differ from it by <= 1 ulp). Returns float64 (B, dim)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half)  # (half,) fp32
-    args = t.detach().cpu().float()[:, None] * freqs[None]  # (B, half) fp32
+    freqs = torch.exp(-math.log(max_period) * torch.arange(0, half, dtype=torch.float32) / half)  # (half,) fp32, CPU
+    args = t.detach().float()[:, None] * freqs.to(t.device)[None]  # (B, half) fp32 product (exact IEEE rounding)
     args = args.double()
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (B, dim) float64
 
@@ -438,10 +438,13 @@ def discretized_gaussian_log_likelihood(x, means, log_scales):
     return torch.where(x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_delta))
 
 
-def _gather(arr, t, like):
-    """arr[t] for a batch of indices t, shaped (B,1,1,1) in like's dtype."""
-    a = torch.as_tensor(arr, device=t.device)[t].to(like.dtype)
-    return a.view(-1, *([1] * (like.dim() - 1)))
+def _gather(sched, name, t, like):
+    """sched.<name>[t] for a batch of indices t, shaped (B,1,1,1) in like's dtype (float64 table cached on t's device)."""
+    cache = sched.__dict__.setdefault("_dev_cache", {})
+    key = (name, str(t.device))
+    if key not in cache:
+        cache[key] = torch.as_tensor(getattr(sched, name), device=t.device)
+    return cache[key][t].to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
 
 
 def training_losses(model, sched, x0, t, y, noise=None):
@@ -453,18 +456,18 @@ def training_losses(model, sched, x0, t, y, noise=None):
     Returns dict(loss, mse, vb), each (B,)."""
     if noise is None:
         noise = torch.randn_like(x0)
-    x_t = _gather(sched.sqrt_alphas_cumprod, t, x0) * x0 + _gather(sched.sqrt_one_minus_alphas_cumprod, t, x0) * noise
+    x_t = _gather(sched, "sqrt_alphas_cumprod", t, x0) * x0 + _gather(sched, "sqrt_one_minus_alphas_cumprod", t, x0) * noise
     out = model(x_t, t, y).float()
     C = x0.shape[1]
     eps, v = out[:, :C], out[:, C:]
     # model's p(x_{t-1} | x_t) with eps frozen
-    x0_hat = _gather(sched.sqrt_recip_alphas_cumprod, t, x_t) * x_t - _gather(sched.sqrt_recipm1_alphas_cumprod, t, x_t) * eps.detach()
-    p_mean = _gather(sched.posterior_mean_coef1, t, x_t) * x0_hat + _gather(sched.posterior_mean_coef2, t, x_t) * x_t
+    x0_hat = _gather(sched, "sqrt_recip_alphas_cumprod", t, x_t) * x_t - _gather(sched, "sqrt_recipm1_alphas_cumprod", t, x_t) * eps.detach()
+    p_mean = _gather(sched, "posterior_mean_coef1", t, x_t) * x0_hat + _gather(sched, "posterior_mean_coef2", t, x_t) * x_t
     frac = (v + 1) / 2
-    p_logvar = frac * _gather(sched.log_betas, t, x_t) + (1 - frac) * _gather(sched.posterior_log_variance_clipped, t, x_t)
+    p_logvar = frac * _gather(sched, "log_betas", t, x_t) + (1 - frac) * _gather(sched, "posterior_log_variance_clipped", t, x_t)
     # true posterior q(x_{t-1} | x_t, x0)
-    q_mean = _gather(sched.posterior_mean_coef1, t, x_t) * x0 + _gather(sched.posterior_mean_coef2, t, x_t) * x_t
-    q_logvar = _gather(sched.posterior_log_variance_clipped, t, x_t)
+    q_mean = _gather(sched, "posterior_mean_coef1", t, x_t) * x0 + _gather(sched, "posterior_mean_coef2", t, x_t) * x_t
+    q_logvar = _gather(sched, "posterior_log_variance_clipped", t, x_t)
     kl = normal_kl(q_mean, q_logvar, p_mean, p_logvar).mean(dim=(1, 2, 3)) / math.log(2.0)
     nll = -discretized_gaussian_log_likelihood(x0, p_mean, 0.5 * p_logvar).mean(dim=(1, 2, 3)) / math.log(2.0)
     vb = torch.where(t == 0, nll, kl)
