@@ -223,7 +223,8 @@ static int convert_tensor(const dit_gguf_tensor *t, int otype, uint8_t *out, sta
 }
 
 /* Drops the input pages of a processed tensor from our resident set (the mapping is read-only and
-   private, so the pages are simply re-read if touched again), and asks for the next one early. */
+   private, so the pages are simply re-read if touched again). MADV_WILLNEED on the next tensor was
+   tried: it raised the peak RSS from 45 to 215 MB on DiT-XL and saved no time. */
 static void advise(const void *p, size_t n, int advice) {
     if (!p || !n) return;
     const uintptr_t pg = (uintptr_t)sysconf(_SC_PAGESIZE);
@@ -375,7 +376,6 @@ int main(int argc, char **argv) {
     int64_t counts[DIT_TYPE_COUNT] = {0};
     for (int64_t i = 0; i < nt; i++) {
         const dit_gguf_tensor *t = dit_gguf_tensor_at(g, i);
-        if (i + 1 < nt) advise(dit_gguf_tensor_at(g, i + 1)->data, dit_gguf_tensor_at(g, i + 1)->nbytes, MADV_WILLNEED);
         if (is_block_type(t->type) && otype[i] != t->type && otype[i] != DIT_TYPE_F32)
             fprintf(stderr, "dit-quantize: warning: requantizing %s tensor %s loses precision\n", dit_type_name(t->type),
                     t->name);
