@@ -104,6 +104,7 @@ typedef struct {
 enum { EPI_NONE = 0, EPI_BIAS = 1, EPI_GELU_BIAS = 2 };
 
 // cuBLASLt plans, cached by shape
+#define DIT_GEMM_CANDIDATES 8
 typedef struct {
     int a_type, x_type, y_type, epi;   // x_type holds (transa << 1) | transb
     int64_t M, N, K, lda, ldb, ldc, sa, sb, sc;
@@ -111,6 +112,8 @@ typedef struct {
     cublasLtMatmulDesc_t desc;
     cublasLtMatrixLayout_t la, lb, lc;
     cublasLtMatmulAlgo_t algo;
+    cublasLtMatmulAlgo_t cand[DIT_GEMM_CANDIDATES];   // heuristic's top answers, timed on first use
+    int n_cand, tuned;
 } dit_gemm_plan;
 #define DIT_MAX_PLANS 256
 
@@ -134,6 +137,7 @@ struct dit_cuda {
     double probe_err_tanh, probe_err_erf;   // GELU epilogue probe: max |error| against each form
     int cfg_ch;          // eps channels guided by CFG
     int use_graph;
+    int autotune;        // time the heuristic's candidates on a plan's first run (DIT_CUDA_TUNE=0: off)
 
     // model shape
     int D, H, hd, F, depth, C, L, p, g, T, oc, pp_oc, n_classes;

@@ -21,6 +21,9 @@
      DIT_CUDA_MOD_MB   size of the adaLN modulation cache in MiB (default 256): the modulation of all
                        steps is precomputed per chunk of steps that fits.
      DIT_CUDA_GRAPH=0  run the step eagerly instead of replaying a CUDA graph (debugging).
+     DIT_CUDA_TUNE=0   take cuBLASLt's first heuristic answer instead of timing its top 8 on the first
+                       run of each GEMM shape (timing makes the choice, so results can differ in the
+                       last bits between processes; with 0 they are reproducible across runs).
 */
 #ifndef DIT_CUDA_H
 #define DIT_CUDA_H

@@ -5,7 +5,8 @@
 // y^T (N x M) = op_T(W: K x N) * (x^T: K x M), the "TN" layout cuBLASLt is fastest at. The bias
 // epilogue adds b (N) along the rows of y^T; GELU_BIAS applies GELU after the bias (probed at init to
 // be the tanh form: dit_gemm_probe_gelu; otherwise fc1 runs BIAS + gelu_tanh kernel instead).
-// Plans (descriptors + heuristic algo) are cached by shape; the bias pointer is set per call.
+// Plans (descriptors + algorithm) are cached by shape; the bias pointer is set per call. The algorithm
+// is the fastest of the heuristic's top 8, timed on the plan's first run (gemm_autotune).
 #include "common.cuh"
 #include <string.h>
 
@@ -66,9 +67,10 @@ static int plan_find(dit_cuda *c, int ab_type, int y_type, int epi, int transa, 
     CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                                       &c->lt_ws_bytes, sizeof(c->lt_ws_bytes)));
-    cublasLtMatmulHeuristicResult_t res;
+    cublasLtMatmulHeuristicResult_t res[DIT_GEMM_CANDIDATES];
     int nres = 0;
-    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref, 1, &res, &nres);
+    cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(c->lt, p->desc, p->la, p->lb, p->lc, p->lc, pref,
+                                                       DIT_GEMM_CANDIDATES, res, &nres);
     cublasLtMatmulPreferenceDestroy(pref);
     c->n_plans++;
     if (st != CUBLAS_STATUS_SUCCESS || nres == 0) {
@@ -77,7 +79,11 @@ static int plan_find(dit_cuda *c, int ab_type, int y_type, int epi, int transa, 
                              dit_type_name(ab_type), dit_type_name(ab_type), dit_type_name(y_type), (long long)m,
                              (long long)n, (long long)k, epi, dit_cublas_status_name(st));
     }
-    p->algo = res.algo;
+    p->algo = res[0].algo;
+    for (int i = 0; i < nres; i++)
+        if (res[i].state == CUBLAS_STATUS_SUCCESS) p->cand[p->n_cand++] = res[i].algo;
+    // small problems keep the heuristic's first answer; the others are timed on their first run
+    p->tuned = !c->autotune || p->n_cand < 2 || (double)m * n * k * (batch > 0 ? batch : 1) < (double)(1 << 24);
     p->ok = 1;
     *out = p;
     return DIT_OK;
@@ -94,11 +100,47 @@ void dit_gemm_free_plans(dit_cuda *c) {
     c->n_plans = 0;
 }
 
+// First run of a plan outside stream capture: time each candidate algorithm (beta = 0, so repeating the
+// product is harmless) and keep the fastest. The heuristic's first pick is often not the best for the
+// small-M (M = 2T) GEMMs of a latency-bound sampler step.
+static void gemm_autotune(dit_cuda *c, dit_gemm_plan *p, const void *A, const void *Bm, void *Cm, float alpha,
+                          cudaStream_t st) {
+    p->tuned = 1;
+    cudaStreamCaptureStatus cs;
+    if (cudaStreamIsCapturing(st, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) return;
+    cudaEvent_t e0, e1;
+    if (cudaEventCreate(&e0) != cudaSuccess) return;
+    if (cudaEventCreate(&e1) != cudaSuccess) { cudaEventDestroy(e0); return; }
+    const float beta = 0.0f;
+    float best = 1e30f;
+    int bi = 0;
+    for (int i = 0; i < p->n_cand; i++) {
+        if (cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->cand[i],
+                           c->lt_ws, c->lt_ws_bytes, st) != CUBLAS_STATUS_SUCCESS)
+            continue;
+        cudaEventRecord(e0, st);
+        for (int r = 0; r < 3; r++)
+            cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->cand[i],
+                           c->lt_ws, c->lt_ws_bytes, st);
+        cudaEventRecord(e1, st);
+        float ms = 0;
+        if (cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms < best) {
+            best = ms;
+            bi = i;
+        }
+    }
+    p->algo = p->cand[bi];
+    cudaGetLastError();
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+}
+
 static int gemm_run(dit_cuda *c, dit_gemm_plan *p, const void *A, const void *Bm, void *Cm, const float *bias,
                     float alpha, cudaStream_t st) {
     const float beta = 0.0f;
     if (p->epi != EPI_NONE)
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
+    if (!p->tuned) gemm_autotune(c, p, A, Bm, Cm, alpha, st);
     CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->algo,
                                 c->lt_ws, c->lt_ws_bytes, st));
     return DIT_OK;

@@ -6,7 +6,7 @@
 //   q5_0 { d; qh[4]; qs[16] }  fifth bit of w[j] = bit j of qh, of w[j+16] = bit j+16; minus 16  22 B
 //   q5_1 { d; m; qh[4]; qs[16] } as q5_0 without the -16, plus m                                 24 B
 //   q8_0 { d; qs[32] int8 }    w[j] = qs[j] d                                                    34 B
-// One thread per weight: a warp covers one block, so reads and writes are coalesced. The result is
+// One thread per 8 weights: a warp covers 8 consecutive blocks, reads and writes coalesced. The result is
 // w = float(q) * float(d) (+ float(m)) rounded once to the output type, as dit_dequantize_row + cast.
 #include "common.cuh"
 
@@ -38,24 +38,35 @@ template <int TYPE> __device__ __forceinline__ float dequant_one(const uint8_t *
     }
 }
 
+// 8 consecutive weights (a quarter block) per thread, written with one 16-byte store (fp16/bf16)
 template <int TYPE, int BYTES, typename T>
-static __global__ void dequant_kernel(const uint8_t *__restrict__ src, T *__restrict__ dst, int64_t n) {
-    const int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= n) return;
-    const uint8_t *blk = src + (e >> 5) * BYTES;
-    dst[e] = from_f32<T>(dequant_one<TYPE>(blk, (int)(e & 31)));
+static __global__ void dequant_kernel(const uint8_t *__restrict__ src, T *__restrict__ dst, int64_t n8) {
+    const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (t >= n8) return;
+    const uint8_t *blk = src + (t >> 2) * BYTES;
+    const int j0 = (int)(t & 3) * 8;
+    struct __align__(16) { T v[8]; } o;
+#pragma unroll
+    for (int j = 0; j < 8; j++) o.v[j] = from_f32<T>(dequant_one<TYPE>(blk, j0 + j));
+    if (sizeof(T) == 2) {
+        *(uint4 *)(dst + 8 * t) = *(const uint4 *)&o;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) dst[8 * t + j] = o.v[j];
+    }
 }
 
 template <typename T>
 static int dequant_cuda(int type, const void *blocks, int64_t n, T *out, cudaStream_t st) {
-    const int grid = cdiv(n, DEQUANT_BLOCK_SIZE);
+    const int64_t n8 = n / 8;
+    const int grid = cdiv(n8, DEQUANT_BLOCK_SIZE);
     const uint8_t *src = (const uint8_t *)blocks;
     switch (type) {
-    case DIT_TYPE_Q8_0: dequant_kernel<DIT_TYPE_Q8_0, 34, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n); break;
-    case DIT_TYPE_Q4_0: dequant_kernel<DIT_TYPE_Q4_0, 18, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n); break;
-    case DIT_TYPE_Q4_1: dequant_kernel<DIT_TYPE_Q4_1, 20, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n); break;
-    case DIT_TYPE_Q5_0: dequant_kernel<DIT_TYPE_Q5_0, 22, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n); break;
-    case DIT_TYPE_Q5_1: dequant_kernel<DIT_TYPE_Q5_1, 24, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n); break;
+    case DIT_TYPE_Q8_0: dequant_kernel<DIT_TYPE_Q8_0, 34, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n8); break;
+    case DIT_TYPE_Q4_0: dequant_kernel<DIT_TYPE_Q4_0, 18, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n8); break;
+    case DIT_TYPE_Q4_1: dequant_kernel<DIT_TYPE_Q4_1, 20, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n8); break;
+    case DIT_TYPE_Q5_0: dequant_kernel<DIT_TYPE_Q5_0, 22, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n8); break;
+    case DIT_TYPE_Q5_1: dequant_kernel<DIT_TYPE_Q5_1, 24, T><<<grid, DEQUANT_BLOCK_SIZE, 0, st>>>(src, out, n8); break;
     default: return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: dequantize: unsupported type %d", type);
     }
     LAUNCH_CHECK();

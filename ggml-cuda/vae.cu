@@ -44,7 +44,7 @@ static int up_resnet(dit_wpass *w, const dit_vae_resnet *r, dit_cuda_resnet *o) 
     TRY(up_conv(w, &r->conv1_w, &r->conv1_b, &o->c1));
     TRY(up_conv(w, &r->conv2_w, &r->conv2_b, &o->c2));
     TRY(up_conv(w, &r->short_w, &r->short_b, &o->sc));
-    if (!o->c1.w.w || !o->c2.w.w || !o->n1_w || !o->n2_w)
+    if (!r->conv1_w.data || !r->conv2_w.data || !r->norm1_w.data || !r->norm2_w.data)
         return dit_set_error(DIT_ERR_INPUT, "cuda: vae: incomplete resnet block");
     return DIT_OK;
 }

@@ -1,11 +1,11 @@
 /* test_cuda.c - the CUDA backend (ggml-cuda/) against the CPU runtime and the float64 fixtures.
 
-   bin/tests/test_cuda [--quick] [MODELDIR]
+   bin/tests/test_cuda [--quick | --race] [MODELDIR]
      Per-op checks (Philox, dequantize, GEMM + epilogues, attention, sampler step) against CPU code in
      this file, then end to end against the CPU path (dit_forward, dit_sample DDPM/DDIM, dit_decode)
      on the fixture models (converted with bin/dit-convert, as test_runtime does, or read from
      MODELDIR) and on random-weight models of DiT-B and DiT-XL width. --quick: fixtures only (for
-     compute-sanitizer). Prints "ok - cuda # SKIP ..." and exits 0 without a GPU or a CUDA build.
+     compute-sanitizer memcheck); --race: attention, one forward, a 3-step sample and a decode (racecheck). Prints "ok - cuda # SKIP ..." and exits 0 without a GPU or a CUDA build.
 
    bin/tests/test_cuda --bench [--res 256|512] [--type f16|bf16|q8_0|q5_0|q4_0] [--n N] [--steps K]
                        [--reps R] [--depth D] [--model FILE.gguf] [--profile TRACE.json] [-v]
@@ -406,11 +406,18 @@ static void test_fixture_dit_s(void)
         setenv("DIT_CUDA_MOD_MB", "0.0001", 1);   /* one step per modulation chunk */
         r2 = dit_sample(m, &q, b);
         unsetenv("DIT_CUDA_MOD_MB");
-        check_close("modulation precomputed one step per chunk == all steps in one chunk", b, a, n, 1e-5);
+        /* other GEMM row counts pick other cuBLASLt algorithms (another summation order), amplified by 25
+           DDPM steps: measured 2.6e-5 x max|ref| on an H100 */
+        check_close("modulation precomputed one step per chunk == all steps in one chunk", b, a, n, 2e-4);
+        /* graph vs eager in two inits: GEMM autotuning off, so both pick the same algorithms */
+        setenv("DIT_CUDA_TUNE", "0", 1);
+        dit_cuda_free(m);
+        r1 = dit_sample(m, &q, a);
         dit_cuda_free(m);
         setenv("DIT_CUDA_GRAPH", "0", 1);
         r2 = dit_sample(m, &q, b);   /* re-initializes without graphs */
         unsetenv("DIT_CUDA_GRAPH");
+        unsetenv("DIT_CUDA_TUNE");
         ok(!r1 && !r2 && memcmp(a, b, n * 4) == 0, "eager steps == CUDA graph replay, bitwise");
         dit_cuda_free(m);
         free(a);
@@ -696,10 +703,11 @@ static int bench_main(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--bench")) return bench_main(argc, argv);
-    int quick = 0;
+    int quick = 0, race = 0;
     const char *dir = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--race")) race = quick = 1;
         else dir = argv[i];
     }
     if (dit_cuda_available() <= 0) {
@@ -711,9 +719,11 @@ int main(int argc, char **argv)
         printf("not ok - mkdtemp\n");
         return 1;
     }
-    test_philox();
-    test_dequant();
-    test_linear();
+    if (!race) {
+        test_philox();
+        test_dequant();
+        test_linear();
+    }
     test_attention(2, 200, 2, 72);
     test_attention(1, 256, 3, 64);
     test_attention(2, 16, 1, 72);
@@ -731,11 +741,30 @@ int main(int argc, char **argv)
                  moddir, moddir, moddir, moddir, moddir);
         if (system(cmd) != 0) printf("# bin/dit-convert / dit-quantize failed: model tests may fail\n");
     }
+    if (race) {   /* racecheck is slow: one forward, one short sample, one decode */
+        dit_model *m = dit_model_load(mpath("dit_s.gguf"));
+        if (m) {
+            float *x = malloc(2 * 256 * 4), *o = malloc(2 * 512 * 4), *img = malloc(3 * 64 * 64 * 4);
+            float t[2] = { 3, 999 };
+            int y[2] = { 1, 10 }, labels[1] = { 3 };
+            for (int i = 0; i < 512; i++) x[i] = frand(1.0f);
+            int rc = dit_cuda_forward(m, x, t, y, 2, o);
+            dit_sample_params p = dit_sample_params_default();
+            p.n = 1; p.labels = labels; p.steps = 3; p.backend = DIT_BACKEND_CUDA;
+            if (!rc) rc = dit_sample(m, &p, x);
+            if (!rc) rc = dit_cuda_decode(m, x, 1, img);
+            ok(rc == DIT_OK, "race mode: forward, 3-step sample, decode%s%s", rc ? ": " : "", rc ? dit_last_error() : "");
+            free(x); free(o); free(img);
+            dit_model_free(m);
+        }
+        goto out;
+    }
     test_fixture_dit_s();
     test_fixture_other("dit_px.gguf", "dit_px (1 channel, hd 64) forward GPU == CPU", "px_fwd_x", 1, 3e-2);
     test_fixture_other("dit_xs_bf16.gguf", "dit_xs bf16 weights (bf16 operands) forward GPU == CPU", "fwd_x", 4, 1e-1);
     test_fixture_other("dit_s_q8.gguf", "dit_s q8_0 (dequantized on the GPU) forward GPU == CPU", "fwd_x", 4, 3e-2);
     if (!quick) test_random_models();
+out:;
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
     if (system(cmd)) printf("# could not remove %s\n", tmpdir);

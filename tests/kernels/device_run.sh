@@ -15,20 +15,25 @@ if ! ldd bin/tests/test_cuda | grep -q "cublasLt.*=> /"; then
 fi
 ldd bin/tests/test_cuda | grep -E "cublas|cudart|not found"
 if has tests; then
-    echo "=== tests"; timeout 200 bin/tests/test_cuda; echo "test_cuda rc=$?"
+    echo "=== tests"; t0=$(date +%s); timeout 200 bin/tests/test_cuda; echo "test_cuda rc=$? ($(( $(date +%s) - t0 )) s)"
 fi
 if has bench; then
     echo "=== bench"
     timeout 60 bin/tests/test_cuda --bench --res 256 --steps 100 --reps 5 --profile "$out/trace256.json" -v
     timeout 60 bin/tests/test_cuda --bench --res 256 --type q8_0 --steps 100 --reps 5
     timeout 60 bin/tests/test_cuda --bench --res 512 --steps 50 --reps 3 --profile "$out/trace512.json" -v
+    timeout 60 bin/tests/test_cuda --bench --res 512 --type q8_0 --steps 50 --reps 3
+    timeout 60 bin/tests/test_cuda --bench --res 256 --n 8 --steps 20 --reps 3
+    DIT_CUDA_GRAPH=0 timeout 60 bin/tests/test_cuda --bench --res 256 --steps 50 --reps 3
 fi
 if has san; then
     echo "=== compute-sanitizer"
-    timeout 120 compute-sanitizer --tool memcheck --leak-check no bin/tests/test_cuda --quick > "$out/memcheck.log" 2>&1
-    echo "memcheck rc=$?"; tail -5 "$out/memcheck.log"
-    timeout 120 compute-sanitizer --tool racecheck bin/tests/test_cuda --quick > "$out/racecheck.log" 2>&1
-    echo "racecheck rc=$?"; tail -5 "$out/racecheck.log"
+    t0=$(date +%s)
+    timeout 150 compute-sanitizer --tool memcheck --leak-check no bin/tests/test_cuda --quick > "$out/memcheck.log" 2>&1
+    echo "memcheck rc=$? ($(( $(date +%s) - t0 )) s)"; grep -E "^not ok|ERROR SUMMARY" "$out/memcheck.log"
+    t0=$(date +%s)
+    timeout 150 compute-sanitizer --tool racecheck --racecheck-report all bin/tests/test_cuda --race > "$out/racecheck.log" 2>&1
+    echo "racecheck rc=$? ($(( $(date +%s) - t0 )) s)"; grep -E "^not ok|RACECHECK SUMMARY|ERROR SUMMARY" "$out/racecheck.log"
 fi
 } > "$log" 2>&1
 grep -E "^not ok|^bench:|rc=|ERROR SUMMARY|RACECHECK SUMMARY|^# (all passed|FAILED)" "$log"
