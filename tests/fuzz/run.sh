@@ -36,7 +36,11 @@ if [ "$secs" != 0 ] && ! command -v "$CC_FUZZ" >/dev/null; then
     echo "fuzz: $CC_FUZZ not found (Debian: apt-get install clang)" >&2
     exit 2
 fi
-SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
+# UBSan reports are recoverable in the build and made fatal at run time (halt_on_error), so that
+# FUZZ_KNOWN=1 can suppress the reported ones (tests/fuzz/known-bugs.supp).
+SAN="-fsanitize=address,undefined"
+UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${FUZZ_KNOWN:+:suppressions=$PWD/tests/fuzz/known-bugs.supp}"
+export UBSAN_OPTIONS
 CFLAGS_F="-g -O1 -std=gnu11 -D_GNU_SOURCE -I. -Iconvert -Itests/fuzz -I/usr/include/stb -Wno-unknown-pragmas $SAN"
 
 # obj SRC: compiles SRC (instrumented, no main) into $B/obj, prints the object path; rebuilds when stale
@@ -73,8 +77,8 @@ build() {
         [ "$name" = model ] && [ -f dit_runtime.c ] && srcs="$srcs dit_runtime.c"
         case $name in json|pickle|ckpt) for f in convert/*.c; do grep -q '^int main' "$f" || srcs="$srcs $f"; done ;; esac
         # shellcheck disable=SC2086
-        ${CC:-cc} -g -O1 -std=gnu11 -D_GNU_SOURCE -I. -Iconvert -Itests/fuzz -I/usr/include/stb -Wno-unknown-pragmas \
-            -fsanitize=address,undefined -fno-sanitize-recover=undefined "$src" tests/fuzz/replay.c $srcs \
+        ${CC_REPLAY:-$(command -v clang || echo cc)} -g -O1 -std=gnu11 -D_GNU_SOURCE -I. -Iconvert -Itests/fuzz -I/usr/include/stb -Wno-unknown-pragmas \
+            -fsanitize=address,undefined "$src" tests/fuzz/replay.c $srcs \
             -o "$B/replay_$name" -lz -lm || return 2
         return 0
     fi
