@@ -191,7 +191,7 @@ static void test_schedule(void)
 {
     static const struct { const char *spacing, *file; } tm[] = {
         { "250", "sched_250_tmap" }, { "50", "sched_50_tmap" }, { "ddim50", "sched_ddim50_tmap" },
-        { "10", "sched_10_tmap" }, { "10,20,30", "sched_10_20_30_tmap" },
+        { "10", "sched_10_tmap" }, { "ddim10", "sched_ddim10_tmap" }, { "10,20,30", "sched_10_20_30_tmap" },
     };
     for (size_t i = 0; i < sizeof tm / sizeof tm[0]; i++) {
         dit_schedule s;
@@ -460,8 +460,8 @@ static void progress_cb(int step, int steps, void *u)
 static void test_samplers(dit_model *m)
 {
     static const chain_case cases[] = {
-        { "DDIM \"10\" eta 0, CFG 4", "ddim10_out", "10", NULL, "e2e_init", DIT_SAMPLER_DDIM, 0, 4, 5e-5, 0 },
-        { "DDIM \"10\" eta 1, CFG 4, step noise", "ddim10_eta1_out", "10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDIM, 1, 4, 5e-5, 0 },
+        { "DDIM \"ddim10\" eta 0, CFG 4", "ddim10_out", "ddim10", NULL, "e2e_init", DIT_SAMPLER_DDIM, 0, 4, 5e-5, 0 },
+        { "DDIM \"ddim10\" eta 1, CFG 4, step noise", "ddim10_eta1_out", "ddim10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDIM, 1, 4, 5e-5, 0 },
         { "DDPM \"10\" CFG 4, step noise", "ddpm10_out", "10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDPM, 0, 4, 5e-5, 0 },
         { "DDPM \"10\" CFG 1 (CFG batch)", "ddpm10_cfg1_out", "10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDPM, 0, 1, 5e-5, 0 },
         { "DDPM \"250\" CFG 4, step noise", "ddpm250_out", "250", "e2e_step_noise250", "e2e_init", DIT_SAMPLER_DDPM, 0, 4, 1e-4, 0 },
