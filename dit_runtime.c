@@ -30,13 +30,7 @@
 #endif
 
 #ifdef DIT_CUDA
-#if __has_include("ggml-cuda/dit-cuda.h")
-#include "ggml-cuda/dit-cuda.h"
-#else
-/* Declared here until ggml-cuda/dit-cuda.h exists (owned by the CUDA engineer). */
-int dit_cuda_sample(dit_model *m, const dit_sample_params *p, const dit_schedule *s, float *out);
-int dit_cuda_available(void);
-#endif
+#include "ggml-cuda/dit-cuda.h"   /* dit_cuda_available/init/sample/free */
 #endif
 
 /* ==== Small helpers ==== */
@@ -1225,47 +1219,53 @@ dit_sample_params dit_sample_params_default(void)
     return p;
 }
 
-/* x <- one reverse step for the N kept chains, from the CFG model output mo (2N, OC, L, L) (rows n < N used).
+/* x[n] <- one reverse step of chain n at respaced step k, from the CFG model output mo (2N, OC, L, L) (row n).
    All tensor math fp32; every schedule coefficient is the float64 entry rounded once to fp32 (GD:870). */
-static void ddpm_step(const dit_model *m, const dit_sample_params *p, const dit_schedule *s, int k, float *x,
-                      const float *mo, int n, const float *noise)
+static void sampler_step(const dit_model *m, const dit_sample_params *p, const dit_schedule *s, int k, float *x,
+                         const float *mo, int n, const float *noise)
 {
     const int C = m->cfg.in_channels, OC = m->cfg.out_channels;
     const size_t plane = (size_t)m->cfg.input_size * m->cfg.input_size, CLL = C * plane;
+    const float *eps = mo + (size_t)n * OC * plane, *v = eps + CLL;   /* (C, L, L) each; v only with learn_sigma */
+    float *xn = x + (size_t)n * CLL;
     const float sr = (float)s->sqrt_recip_alphas_cumprod[k], srm1 = (float)s->sqrt_recipm1_alphas_cumprod[k];
+    const int clip = p->clip_denoised;
+    if (p->sampler == DIT_SAMPLER_DDIM) {
+        /* §3.7: x0 as DDPM; eps' = (sqrt_recip x - x0) / sqrt_recipm1;
+           x = x0 sqrt(abar_prev) + sqrt(1 - abar_prev - sigma^2) eps' + (k != 0) sigma noise,
+           sigma = eta sqrt((1 - abar_prev) / (1 - abar)) sqrt(1 - abar / abar_prev) (coefficients in double) */
+        const double ab = s->alphas_cumprod[k], abp = s->alphas_cumprod_prev[k];
+        const double sigma = (double)p->eta * sqrt((1 - abp) / (1 - ab)) * sqrt(1 - ab / abp);
+        const float a1 = (float)sqrt(abp), a2 = (float)sqrt(1 - abp - sigma * sigma), sg = (float)sigma;
+        const int add_noise = k != 0 && p->eta != 0.0f;
+        for (size_t e = 0; e < CLL; e++) {
+            float x0 = sr * xn[e] - srm1 * eps[e];
+            if (clip) x0 = x0 < -1.0f ? -1.0f : x0 > 1.0f ? 1.0f : x0;
+            const float eps2 = (sr * xn[e] - x0) / srm1;
+            float xv = x0 * a1 + a2 * eps2;
+            xn[e] = add_noise ? xv + sg * noise[e] : xv;
+        }
+        return;
+    }
+    /* §3.5-3.6 DDPM: x0 = sqrt_recip x - sqrt_recipm1 eps (GD:334-339; clamped only with clip_denoised);
+       mean = coef1 x0 + coef2 x; LEARNED_RANGE: frac = (v + 1) / 2, logvar = frac log(beta'_k) + (1 - frac) post_logvar_k
+       (without learn_sigma: FIXED_LARGE, log(append(post_var[1], betas[1:]))[k]);
+       x = mean + ((k != 0) exp(0.5 logvar)) noise */
     const float c1 = (float)s->posterior_mean_coef1[k], c2 = (float)s->posterior_mean_coef2[k];
     const float max_log = (float)log(s->betas[k]), min_log = (float)s->posterior_log_variance_clipped[k];
-    /* learn_sigma = 0: FIXED_LARGE, log(append(post_var[1], betas[1:]))[k] */
-    double var1 = s->K > 1 ? s->betas[1] * (1.0 - s->alphas_cumprod_prev[1]) / (1.0 - s->alphas_cumprod[1]) : s->betas[0];
+    const double var1 = s->K > 1 ? s->betas[1] * (1.0 - s->alphas_cumprod_prev[1]) / (1.0 - s->alphas_cumprod[1]) : s->betas[0];
     const float fixed_log = (float)log(k == 0 ? var1 : s->betas[k]);
-    const float mask = k != 0 ? 1.0f : 0.0f;
-    const float *eps = mo + (size_t)n * OC * plane, *v = eps + CLL;
-    float *xn = x + (size_t)n * CLL;
+    const int learned = m->cfg.learn_sigma;
     for (size_t e = 0; e < CLL; e++) {
-        /* x0 = sqrt_recip x - sqrt_recipm1 eps (GD:334-339), clamped only with clip_denoised */
         float x0 = sr * xn[e] - srm1 * eps[e];
-        if (p->clip_denoised) x0 = x0 < -1.0f ? -1.0f : x0 > 1.0f ? 1.0f : x0;
-        if (p->sampler == DIT_SAMPLER_DDIM) {
-            /* §3.7: eps' = (sqrt_recip x - x0) / sqrt_recipm1; x = x0 sqrt(abar_prev) + sqrt(1-abar_prev-sigma^2) eps'
-               + mask sigma noise; sigma = eta sqrt((1-abar_prev)/(1-abar)) sqrt(1 - abar/abar_prev) (in double) */
-            double ab = s->alphas_cumprod[k], abp = s->alphas_cumprod_prev[k];
-            double sigma = (double)p->eta * sqrt((1 - abp) / (1 - ab)) * sqrt(1 - ab / abp);
-            float a1 = (float)sqrt(abp), a2 = (float)sqrt(1 - abp - sigma * sigma), sg = (float)sigma;
-            float eps2 = (sr * xn[e] - x0) / srm1;
-            float xv = x0 * a1 + a2 * eps2;
-            if (k != 0 && p->eta != 0.0f) xv = xv + sg * noise[e];
-            xn[e] = xv;
-        } else {
-            /* §3.5-3.6: mean = coef1 x0 + coef2 x; frac = (v+1)/2; logvar = frac log(beta') + (1-frac) post_logvar;
-               x = mean + (mask exp(0.5 logvar)) noise */
-            float mean = c1 * x0 + c2 * xn[e];
-            float lv = fixed_log;
-            if (m->cfg.learn_sigma) {
-                float frac = (v[e] + 1.0f) / 2.0f;
-                lv = frac * max_log + (1.0f - frac) * min_log;
-            }
-            xn[e] = k != 0 ? mean + (mask * expf(0.5f * lv)) * noise[e] : mean;
+        if (clip) x0 = x0 < -1.0f ? -1.0f : x0 > 1.0f ? 1.0f : x0;
+        const float mean = c1 * x0 + c2 * xn[e];
+        float lv = fixed_log;
+        if (learned) {
+            const float frac = (v[e] + 1.0f) / 2.0f;
+            lv = frac * max_log + (1.0f - frac) * min_log;
         }
+        xn[e] = k != 0 ? mean + expf(0.5f * lv) * noise[e] : mean;   /* the mask multiplies by exactly 1 or 0 */
     }
 }
 
@@ -1303,7 +1303,7 @@ static int sample_cpu(dit_model *m, const dit_sample_params *p, const dit_schedu
                 if (p->step_noise) nz = p->step_noise + ((size_t)i * N + n) * CLL;
                 else dit_randn(p->seed, (uint32_t)n, (uint32_t)(i + 1), noise, CLL);
             }
-            ddpm_step(m, p, s, k, x, mo, n, nz);
+            sampler_step(m, p, s, k, x, mo, n, nz);
         }
         for (size_t e = 0; e < (size_t)N * CLL; e++)
             if (!isfinite(x[e])) {
