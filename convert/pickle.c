@@ -778,7 +778,7 @@ pv *pk_load(ck_reader *r, ck_arena *a, pk_persistent_fn fn, void *user, int allo
         case 't': case 'l': case 0x91: {                       /* TUPLE, LIST, FROZENSET */
             size_t s, n;
             if (pop_mark(p, &s, &n) < 0) goto out;
-            pv *v = make_seq(p, op == 't' ? PV_TUPLE : PV_LIST, p->st + s, n);
+            pv *v = make_seq(p, op == 't' ? PV_TUPLE : PV_LIST, n ? p->st + s : NULL, n);   /* st may be NULL */
             p->sp = s;
             rc = push(p, v);
             break;
