@@ -1207,6 +1207,13 @@ int dit_class_from_name(const dit_model *m, const char *s)
 
 /* ==== Sampling (§3.5-3.7, §7) ==== */
 
+static int all_finite(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(x[i])) return 0;
+    return 1;
+}
+
 dit_sample_params dit_sample_params_default(void)
 {
     dit_sample_params p;
@@ -1305,11 +1312,11 @@ static int sample_cpu(dit_model *m, const dit_sample_params *p, const dit_schedu
             }
             sampler_step(m, p, s, k, x, mo, n, nz);
         }
-        for (size_t e = 0; e < (size_t)N * CLL; e++)
-            if (!isfinite(x[e])) {
-                rc = dit_set_error(DIT_ERR_NUMERIC, "NaN in latents at step %d/%d (t=%d)", i + 1, K, s->timestep_map[k]);
-                goto done;
-            }
+        if (!all_finite(x, (size_t)N * CLL)) {
+            rc = dit_set_error(DIT_ERR_NUMERIC, "%s: NaN or Inf in latents at step %d/%d (t=%d)", dit_gguf_path(m->file),
+                               i + 1, K, s->timestep_map[k]);
+            goto done;
+        }
         if (p->progress) p->progress(i + 1, K, p->progress_user);
     }
 done:
@@ -1331,6 +1338,9 @@ int dit_sample(dit_model *m, const dit_sample_params *p, float *out)
         return dit_set_error(DIT_ERR_INPUT, "unknown sampler %d", p->sampler);
     if (!isfinite(p->cfg_scale) || !isfinite(p->eta) || p->eta < 0.0f)
         return dit_set_error(DIT_ERR_INPUT, "bad cfg scale or eta");
+    const size_t CLL = dit_latent_floats(m);
+    if (p->init_noise && !all_finite(p->init_noise, (size_t)p->n * CLL))
+        return dit_set_error(DIT_ERR_INPUT, "dit_sample: init_noise holds NaN or Inf");
     char spacing[32];
     if (!p->spacing) {
         if (p->steps < 1 || p->steps > 1000) return dit_set_error(DIT_ERR_INPUT, "steps must be 1..1000 (got %d)", p->steps);
@@ -1339,6 +1349,8 @@ int dit_sample(dit_model *m, const dit_sample_params *p, float *out)
     dit_schedule s;
     int rc = dit_schedule_init(&s, p->spacing ? p->spacing : spacing);
     if (rc) return rc;
+    if (p->step_noise && !all_finite(p->step_noise, (size_t)s.K * p->n * CLL))
+        return dit_set_error(DIT_ERR_INPUT, "dit_sample: step_noise holds NaN or Inf");
 #ifdef DIT_CUDA
     if (p->backend == DIT_BACKEND_CUDA || (p->backend == DIT_BACKEND_AUTO && dit_cuda_available() > 0)) {
         if (!m->cuda && (rc = dit_cuda_init(m, 0))) return rc;   /* weights uploaded once, kept in m->cuda */
@@ -1573,6 +1585,9 @@ int dit_decode(dit_model *m, const float *latents, int n, float *images, int thr
 {
     if (!m || !latents || !images || n < 1) return dit_set_error(DIT_ERR_INPUT, "dit_decode: bad arguments");
     const size_t lat = dit_latent_floats(m), img = dit_image_floats(m);
+    for (int i = 0; i < n; i++)
+        if (!all_finite(latents + i * lat, lat))
+            return dit_set_error(DIT_ERR_INPUT, "dit_decode: latents of image %d hold NaN or Inf", i);
     if (!m->cfg.has_vae) {
         memcpy(images, latents, (size_t)n * lat * sizeof(float));
         return DIT_OK;

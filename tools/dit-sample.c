@@ -107,6 +107,13 @@ static void progress(int step, int steps, void *user)
 
 /* ==== .npy inputs with a shape check ==== */
 
+static void check_finite(const char *path, const float *d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(d[i])) die(2, "%s: value %zu is %s (NaN and Inf are not valid noise or latents)", path, i,
+                                 isnan(d[i]) ? "NaN" : "Inf");
+}
+
 static float *read_npy(const char *path, int want_nd, const int64_t *want, const char *what)
 {
     int nd;
@@ -124,6 +131,9 @@ static float *read_npy(const char *path, int want_nd, const int64_t *want, const
         free(d);
         die(2, "%s: %s has shape (%s), expected (%s)", path, what, got, exp);
     }
+    size_t n = 1;
+    for (int i = 0; i < nd; i++) n *= (size_t)sh[i];
+    check_finite(path, d, n);
     return d;
 }
 
@@ -307,6 +317,7 @@ int main(int argc, char **argv)
             die(2, "%s: latents must have shape (N, %d, %d, %d)", decode_path, C, L, L);
         if (n && n != sh[0]) die(2, "%s holds %lld latents but -n is %d", decode_path, (long long)sh[0], n);
         n = (int)sh[0];
+        check_finite(decode_path, lat, CLL * n);
     } else {
         labels = malloc(sizeof(int) * (cf->num_classes + 1024));
         for (int i = 0; i < n_class_args; i++) {
