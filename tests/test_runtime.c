@@ -581,8 +581,20 @@ static void test_nan(void)
     sp.labels = y;
     float out[256];
     int rc = m ? dit_sample(m, &sp, out) : -1;
-    ok(rc == DIT_ERR_NUMERIC && strstr(dit_last_error(), "step 1/10 (t=999)"), "NaN weight -> DIT_ERR_NUMERIC: %s",
-       dit_last_error());
+    ok(rc == DIT_ERR_NUMERIC && strstr(dit_last_error(), "step 1/10 (t=999)") && strstr(dit_last_error(), "nan.gguf"),
+       "NaN weight -> DIT_ERR_NUMERIC: %s", dit_last_error());
+    dit_model_free(m);
+    /* NaN inputs are refused up front */
+    m = dit_model_load(mpath("dit_s.gguf"));
+    float bad[256];
+    for (int i = 0; i < 256; i++) bad[i] = i == 17 ? NAN : 0.0f;
+    sp.init_noise = bad;
+    rc = m ? dit_sample(m, &sp, out) : -1;
+    ok(rc == DIT_ERR_INPUT, "NaN init noise -> DIT_ERR_INPUT: %s", dit_last_error());
+    float *img = malloc(3 * 64 * 64 * sizeof(float));
+    rc = m ? dit_decode(m, bad, 1, img, 0) : -1;
+    ok(rc == DIT_ERR_INPUT, "NaN latents -> dit_decode DIT_ERR_INPUT: %s", dit_last_error());
+    free(img);
     dit_model_free(m);
 }
 
