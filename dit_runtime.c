@@ -99,7 +99,8 @@ static inline float silu(float x) { return x / (1.0f + expf(-x)); }
 
 /* PyTorch's tanh GELU (ActivationGeluKernel): 0.5 x (1 + tanh(u)), u = kBeta (x + 0.044715 x^3), kBeta = sqrt(2/pi).
    Evaluated as x / (1 + exp(-2u)) (the same function: 0.5 (1 + tanh(u)) = sigmoid(2u)): one expf instead of
-   tanhf, which costs about twice as much; the two differ by float rounding only. */
+   tanhf, which costs about twice as much. The two differ by float rounding only; for large negative x this form
+   is the more accurate one (no cancellation in 1 + tanh). */
 static inline float gelu_tanh(float x)
 {
     const float kBeta = 0.7978845608028654f, kKappa = 0.044715f;
@@ -115,7 +116,12 @@ static inline float gelu_tanh(float x)
    vector extension spells the 8-wide vectors; -march=x86-64-v3 turns each `acc += a * b` into one vfmadd.
    Work items are (panel, row block) pairs, split statically so a thread keeps its panel across row blocks.
    Conv weights (N, cin, taps) are reordered to (N, taps, cin) while packing (`taps` > 1), to match the
-   channels-last im2col rows of the VAE. */
+   channels-last im2col rows of the VAE. Each output is one sequential fp32 FMA chain over k, whatever the
+   thread count or the number of rows: results do not depend on batching or threads.
+   Measured on the 2-core dev box (Xeon, Sapphire Rapids class, AVX2 build), DiT-XL/2 f16 weights, B = 2,
+   one thread (CPU time, the box was shared): mm_tile ~76 GFLOP/s per core (~90% of the AVX2 FMA peak at
+   2.6 GHz); the whole forward 57 GFLOP/s per core (attention ~6%, panel packing ~5%). A naive triple loop
+   (dot product per output, same flags) is 3.5 GFLOP/s. */
 #define MM_MR 6
 #define MM_NR 16
 typedef float v8f __attribute__((vector_size(32)));
