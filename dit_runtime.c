@@ -119,8 +119,8 @@ static inline float gelu_tanh(float x)
    channels-last im2col rows of the VAE. Each output is one sequential fp32 FMA chain over k, whatever the
    thread count or the number of rows: results do not depend on batching or threads.
    Measured on the 2-core dev box (Xeon, Sapphire Rapids class, AVX2 build), DiT-XL/2 f16 weights, B = 2,
-   one thread (CPU time, the box was shared): mm_tile ~76 GFLOP/s per core (~90% of the AVX2 FMA peak at
-   2.6 GHz); the whole forward 57 GFLOP/s per core (attention ~6%, panel packing ~5%). A naive triple loop
+   one thread (CPU time, the box was shared): mm_tile ~76 GFLOP/s per core (the AVX2 FMA peak is 83 at the
+   nominal 2.6 GHz); the whole forward 57 GFLOP/s per core (attention ~6%, panel packing ~5%). A naive loop
    (dot product per output, same flags) is 3.5 GFLOP/s. */
 #define MM_MR 6
 #define MM_NR 16
