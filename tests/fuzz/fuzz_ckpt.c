@@ -4,7 +4,8 @@
    Per input (written to a memfd): ck_open; on failure one printable line naming the file, code 1-3.
    On success the value graph is walked (depth 80, 200000-path budget), and each tensor found is read
    into a buffer of exactly numel x dtype bytes (an overflow is an ASan error). Heap: open peak
-   <= 64 x input + 4 MiB (arena chunks of 1 MiB, 1 MiB zip inflate buffers); a tensor's bytes
+   <= 64 x input + 40 MiB (arena chunks of 1 MiB, 1 MiB zip inflate buffers, the unpickler's memo
+   of up to 32 MiB: see fuzz_pickle.c); a tensor's bytes
    <= 1032 x input + 1 MiB (1032:1 is deflate's best ratio: a larger tensor is declared, not stored). */
 #include "convert.h"
 #include "dit.h"
@@ -68,7 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     pv *root = NULL;
     fuzz_heap_begin();
     ck_file *f = ck_open(cur_path, &root);
-    fuzz_heap_end(size, 64, 4u << 20);
+    fuzz_heap_end(size, 64, 40u << 20);
     if (!f) {
         check_error();
         return 0;
