@@ -89,7 +89,7 @@ newout() { O=$T/out/$n_case; rm -rf "$O"; mkdir -p "$O"; }
 printf 'version https://git-lfs.github.com/spec/v1\noid sha256:4f3a0c1e2d5b6a798897a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5\nsize 2700000000\n' >"$T/in/lfs-pointer"
 printf '<!DOCTYPE html>\n<html><head><title>404 Not Found</title></head><body>Not Found</body></html>\n' >"$T/in/html-page"
 : >"$T/in/empty"
-head -c 4096 /dev/urandom >"$T/in/random" 2>/dev/null || dd if=/dev/zero of="$T/in/random" bs=1 count=4096 2>/dev/null
+tail -c 2048 "$F/fwd_x.npy" >"$T/in/random"   # float32 noise: random-looking, but the same every run
 mkdir -p "$T/in/a-directory"
 
 # ---------------------------------------------------------------- dit-convert
