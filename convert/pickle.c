@@ -430,6 +430,8 @@ static pv *read_str(pk *p, int kind, uint64_t n) {
 
 static int memo_put(pk *p, uint64_t idx, pv *v) {
     if (idx >= CK_MAX_MEMO) return fail(p, "memo index over the limit");
+    /* Python's pickler numbers memo entries 0, 1, 2, ...: a far jump would only buy a large sparse array */
+    if (idx > p->memo_n + 4096) return fail(p, "memo index out of sequence");
     if (idx >= p->memocap) {
         size_t nc = p->memocap ? p->memocap : 256;
         while (nc <= idx) nc *= 2;
