@@ -139,6 +139,14 @@ static float *read_npy(const char *path, int want_nd, const int64_t *want, const
 
 /* ==== Output ==== */
 
+/* Fails now, not after a long sampling run, when an output file cannot be created (nothing is left behind). */
+static void probe_output(const char *path)
+{
+    dit_atomic_file a;
+    if (dit_atomic_open(&a, path)) die_lib();
+    dit_atomic_abort(&a);
+}
+
 /* out.png -> out_001.png for image i > 0 (i = 0 keeps the name) */
 static char *image_path(const char *out, int i)
 {
@@ -343,6 +351,9 @@ int main(int argc, char **argv)
     }
     int *y = malloc(sizeof(int) * n);
     for (int i = 0; i < n; i++) y[i] = labels ? labels[i % n_labels] : -1;
+
+    probe_output(out);
+    if (save_latent) probe_output(save_latent);
 
     /* ---- sample */
     char spacing_buf[32];
