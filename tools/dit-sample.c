@@ -6,7 +6,13 @@
    Defaults follow the official sample.py: 250 DDPM steps, classifier-free guidance 4.0 on the first
    cfg_channels eps channels, clip_denoised off, seed 0, and its eight labels for a 1000-class model.
    Noise: image i of a run uses the Philox stream (seed, i) (dit.h dit_randn), so an image is reproduced by
-   the same seed, labels and any -n larger than i; the PNG text records "Seed: S, Image: i".
+   the same seed, labels and any -n larger than i (bit for bit: batch rows do not interact).
+   PNG text: a tEXt chunk "parameters" right after IHDR, A1111 / sd.cpp style. One image:
+     class: golden retriever (207)
+     Steps: 250, Sampler: ddpm, CFG scale: 4.0, Seed: 0, Image: 3, Size: 256x256, Model: DiT-XL-2-256, Version: dit.c
+   plus ", Eta: E" after the sampler (DDIM, eta != 0), ", Spacing: S", ", Clip denoised: 1", ", Init noise: FILE",
+   ", Step noise: FILE" before the seed when used. A grid says "classes: a (i), b (j), ..." and
+   "..., Seed: 0, Images: N, Grid: RxC, Size: ..." ; --decode says "Decoded from: FILE, Image: i, Size: ...".
    Exit status: 0 ok, 2 bad input (arguments, model file, .npy files), 1 I/O or any other failure. */
 #include "dit.h"
 
