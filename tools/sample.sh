@@ -1,0 +1,9 @@
+#!/bin/sh
+# make sample: the bundled Fashion-MNIST DiT, one row per class, DDIM 25 steps with CFG 4 -> samples/fashion.png
+set -e
+mkdir -p samples
+model=models/dit-fashion-f32.gguf
+[ -f "$model" ] || { echo "make sample: $model is missing (git lfs? re-clone)" >&2; exit 2; }
+bin/dit-sample -m "$model" --class 0,1,2,3,4,5,6,7,8,9 -n 80 --rows-per-class \
+    --sampler ddim --steps 25 --cfg-scale 4.0 -s 0 -o samples/fashion.png -v
+echo "open samples/fashion.png: rows are T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
