@@ -7,6 +7,7 @@
    dit-info FILE.gguf --dump NAME   the raw bytes of one tensor on stdout */
 #include "dit.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,6 +36,15 @@ static void shape_str(const dit_gguf_tensor *t, char *buf, size_t n) {
     for (int d = t->n_dims - 1; d >= 0 && l < n; d--)
         l += (size_t)snprintf(buf + l, n - l, d == t->n_dims - 1 ? "%" PRId64 : ", %" PRId64, t->ne[d]);
     if (l < n) snprintf(buf + l, n - l, "]");
+}
+
+/* flushes stdout; a failed write (full disk, closed pipe) is an I/O error: one line, status 1 */
+static int out_status(void) {
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, PROG ": error: writing to stdout failed: %s\n", strerror(errno ? errno : EIO));
+        return 1;
+    }
+    return 0;
 }
 
 static uint64_t fnv1a(const void *p, size_t n) {
@@ -127,10 +137,10 @@ int main(int argc, char **argv) {
         const dit_gguf_tensor *t = dit_gguf_find_tensor(g, dump);
         int rc = 0;
         if (!t) { fprintf(stderr, PROG ": error: %s: no tensor named '%s'\n", path, dump); rc = 2; }
-        else if (fwrite(t->data, 1, t->nbytes, stdout) != t->nbytes || fflush(stdout) != 0) {
-            fprintf(stderr, PROG ": error: writing to stdout failed\n");
+        else if (fwrite(t->data, 1, t->nbytes, stdout) != t->nbytes) {
+            fprintf(stderr, PROG ": error: writing to stdout failed: %s\n", strerror(errno ? errno : EIO));
             rc = 1;
-        }
+        } else rc = out_status();
         free(buf);
         dit_gguf_close(g);
         return rc;
@@ -143,7 +153,7 @@ int main(int argc, char **argv) {
         }
         free(buf);
         dit_gguf_close(g);
-        return 0;
+        return out_status();
     }
     if (json) {
         printf("{\"file\":");
@@ -173,7 +183,7 @@ int main(int argc, char **argv) {
         printf("]}\n");
         free(buf);
         dit_gguf_close(g);
-        return ferror(stdout) ? 1 : 0;
+        return out_status();
     }
 
     printf("%s: GGUF v%u, %zu bytes, alignment %zu, data at %zu, %" PRId64 " KVs, %" PRId64 " tensors\n", path,
@@ -207,5 +217,5 @@ int main(int argc, char **argv) {
                    by[t].params ? 8.0 * (double)by[t].bytes / (double)by[t].params : 0.0);
     free(buf);
     dit_gguf_close(g);
-    return ferror(stdout) ? 1 : 0;
+    return out_status();
 }
