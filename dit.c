@@ -1091,7 +1091,7 @@ int dit_npy_write(const char *path, int ndim, const int64_t *shape, const float 
     return dit_atomic_commit(&a);
 }
 
-/* ==== Runtime ============================================================================= 
+/* ==== Runtime =============================================================================
    model loading, the CPU fp32 reference (DiT forward, SD VAE decoder),
    the respaced diffusion schedule, Philox noise, the DDPM/DDIM samplers and the PNG writer.
 

@@ -249,7 +249,7 @@ void dit_model_free(dit_model *m);
 /* class by index ("207") or name (case-insensitive, exact or unique prefix); -1 + error naming close matches */
 int dit_class_from_name(const dit_model *m, const char *s);
 size_t dit_latent_floats(const dit_model *m);    /* C * L * L per image */
-size_t dit_image_floats(const dit_model *m);     /* 3 * 8L * 8L, or out C * L * L without a VAE */
+size_t dit_image_floats(const dit_model *m);     /* 3 * S * S with S = L * 2^(vae blocks - 1) (8L for the SD VAE); C * L * L without a VAE */
 int dit_image_channels(const dit_model *m);
 int dit_image_size(const dit_model *m);
 
