@@ -222,7 +222,9 @@ bad 2 "int64 weight" "'blocks.0.attn.proj.weight' has dtype int64" $BAD/int64_we
 bad 2 "expanded (stride 0) view" "more elements than its storage" $BAD/expanded_view.pt --heads 1
 bad 2 "pickle protocol 1" "protocol 2-5" $BAD/pickle_protocol1.pt
 bad 2 "unsupported pickle opcode (EXT1)" "unsupported opcode.*0x82" $BAD/pickle_ext1.pt
-bad 2 "memo index over the limit" "memo index" $BAD/memo_index_huge.pt
+bad 2 "memo index over the limit" "memo index over the limit" $BAD/memo_index_huge.pt
+bad 2 "memo index far out of sequence" "memo index out of sequence" $BAD/memo_index_sparse.pt
+bad 2 "empty tuple as the whole pickle" "holds a tuple, not a state_dict" $BAD/pickle_empty_tuple.pt
 bad 2 "pickle string longer than the file (legacy)" "ends early" $BAD/legacy_huge_string.pt
 bad 2 "global with control bytes in its name" "refusing pickle global 'builtins.ev\\\\x1b\[2Jal\\\\x01'" $BAD/global_control_chars.pt
 bad 2 "storage entry missing from the zip" "data/0' is missing" $BAD/missing_storage_entry.pt

@@ -161,6 +161,8 @@ def main():
     zip_with_pickle("missing_storage_entry.pt", pkl)                          # no data/0 entry
     zip_with_pickle("storage_too_small.pt", pkl, {"0": b"\0" * 8})             # 6 floats need 24 bytes
     zip_with_pickle("memo_index_huge.pt", b"\x80\x02}r\xff\xff\xff\x7f.")       # LONG_BINPUT 2^31-1
+    zip_with_pickle("memo_index_sparse.pt", b"\x80\x02}r\x00\x00\x10\x00.")  # LONG_BINPUT 2^20 as the first PUT
+    zip_with_pickle("pickle_empty_tuple.pt", b"\x80\x02(t.")                    # MARK TUPLE on an empty stack
     # a global whose name holds control bytes (the error message must stay one printable line)
     zip_with_pickle("global_control_chars.pt", b"\x80\x02cbuiltins\nev\x1b[2Jal\x01\n)R.")
     # legacy stream whose first string claims 50 MB: refused before allocating
