@@ -101,7 +101,7 @@ typedef struct {
     dit_cuda_conv c1, c2, sc;  // sc.w.w NULL when in == out
 } dit_cuda_resnet;
 
-enum { EPI_NONE = 0, EPI_BIAS = 1, EPI_GELU_BIAS = 2 };
+enum { EPI_NONE = 0, EPI_BIAS = 1, EPI_GELU_BIAS = 2, EPI_BIAS_OUTTYPE = 4 };   // 4: bias in the output type (bench)
 
 // cuBLASLt plans, cached by shape
 #define DIT_GEMM_CANDIDATES 8
@@ -204,6 +204,8 @@ int dit_op_gemm_raw(struct dit_cuda *c, int type, int y_type, int transa, int tr
                     int64_t k, const void *A, int64_t lda, int64_t sa, const void *Bm, int64_t ldb, int64_t sb,
                     void *Cm, int64_t ldc, int64_t sc, int batch, float alpha, cudaStream_t st);
 int dit_gemm_probe_gelu(struct dit_cuda *c, int *is_tanh);
+int dit_gemm_time(struct dit_cuda *c, int ab, int y_type, int epi, int64_t M, int64_t N, int64_t K, const void *W,
+                  const void *X, void *Y, const void *bias, int reps, float *us);
 void dit_gemm_free_plans(struct dit_cuda *c);
 
 // quant.cu: raw ggml blocks (rows, cols) -> ct or f32 row-major

@@ -1015,3 +1015,121 @@ int dit_cuda_test_sampler(dit_model *m, const dit_sample_params *p, const dit_sc
     CUDA_CHECK(cudaMemcpy(x, c->lat, (size_t)j.N * c->C * L * L * 4, cudaMemcpyDeviceToHost));
     return DIT_OK;
 }
+
+// ---------------------------------------------------------------- per-op microbenchmark (DiT-XL shapes)
+typedef struct { cudaEvent_t e0, e1; } evpair;
+static float ev_us(cudaStream_t st, evpair *e, int reps) {
+    cudaEventRecord(e->e1, st);
+    cudaEventSynchronize(e->e1);
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e->e0, e->e1);
+    return 1000.0f * ms / reps;
+}
+
+int dit_cuda_opbench(FILE *out) {
+    dit_cuda *c;
+    TRY(test_ctx(&c));
+    const int D = 1152, F = 4608, H = 16, hd = 72, reps = 20;
+    const int Ms[2] = { 512, 2048 };
+    const size_t maxM = 2048;
+    void *bufs[8] = { 0 };
+    const size_t sz[8] = { maxM * F * 2, maxM * F * 4, (size_t)F * F * 2, (size_t)3 * D * 4, (size_t)F * 4,
+                           maxM * 3 * D * 2, (size_t)F * D * 34 / 32, (size_t)64 * 6 * D * 4 };
+    int rc = DIT_OK;
+    for (int i = 0; i < 8 && rc == DIT_OK; i++)
+        if (cudaMalloc(&bufs[i], sz[i]) != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: opbench oom");
+    if (rc) goto done;
+    {
+        // fp16 data that is never zero: dequantized from pseudo-random q8_0 blocks (d = 2^-7)
+        uint8_t *hq = (uint8_t *)malloc(sz[6]);
+        if (!hq) { rc = dit_set_error(DIT_ERR_NOMEM, "cuda: oom"); goto done; }
+        for (size_t i = 0; i < sz[6]; i++) hq[i] = (uint8_t)((i * 2654435761u) >> 13);
+        for (size_t b = 0; b < sz[6] / 34; b++) { hq[b * 34] = 0x00; hq[b * 34 + 1] = 0x20; }
+        cudaMemcpy(bufs[6], hq, sz[6], cudaMemcpyHostToDevice);
+        free(hq);
+        cudaDeviceSynchronize();
+        const int fill[3] = { 0, 2, 5 };   // X, W, qkv (fp16)
+        for (int f = 0; f < 3; f++) {
+            const size_t n = sz[fill[f]] / 2;
+            for (size_t o = 0; o < n; o += (size_t)F * D) {
+                const int64_t rows = (int64_t)((n - o) / D < (size_t)F ? (n - o) / D : (size_t)F);
+                if (rows > 0) dit_op_dequant(DIT_TYPE_Q8_0, bufs[6], rows, D, (__half *)bufs[fill[f]] + o, DIT_TYPE_F16,
+                                             c->stream);
+            }
+        }
+        cudaMemsetAsync(bufs[1], 0, sz[1], c->stream);
+        cudaMemsetAsync(bufs[4], 0, sz[4], c->stream);   // bias (F)
+        cudaMemsetAsync(bufs[7], 0, sz[7], c->stream);   // modulation rows
+        cudaStreamSynchronize(c->stream);
+    }
+    {
+        const struct { const char *name; int N, K, y, epi; } g[] = {
+            { "qkv   f16 out, bias f32", 3 * D, D, DIT_TYPE_F16, EPI_BIAS },
+            { "qkv   f16 out, bias f16", 3 * D, D, DIT_TYPE_F16, EPI_BIAS | EPI_BIAS_OUTTYPE },
+            { "qkv   f16 out, no bias ", 3 * D, D, DIT_TYPE_F16, EPI_NONE },
+            { "proj  f32 out, bias    ", D, D, DIT_TYPE_F32, EPI_BIAS },
+            { "proj  f32 out, no bias ", D, D, DIT_TYPE_F32, EPI_NONE },
+            { "fc1   f16 out, GELU f32b", F, D, DIT_TYPE_F16, EPI_GELU_BIAS },
+            { "fc1   f16 out, GELU f16b", F, D, DIT_TYPE_F16, EPI_GELU_BIAS | EPI_BIAS_OUTTYPE },
+            { "fc1   f16 out, no epi  ", F, D, DIT_TYPE_F16, EPI_NONE },
+            { "fc2   f32 out, bias    ", D, F, DIT_TYPE_F32, EPI_BIAS },
+            { "fc2   f16 out, no bias ", D, F, DIT_TYPE_F16, EPI_NONE },
+        };
+        for (int mi = 0; mi < 2; mi++)
+            for (int tune = 0; tune < 2; tune++) {
+                c->autotune = tune;
+                dit_gemm_free_plans(c);
+                for (size_t i = 0; i < sizeof g / sizeof g[0]; i++) {
+                    float us;
+                    rc = dit_gemm_time(c, DIT_TYPE_F16, g[i].y, g[i].epi, Ms[mi], g[i].N, g[i].K, bufs[2], bufs[0],
+                                       bufs[1], bufs[4], reps, &us);
+                    if (rc) goto done;
+                    const double tf = 2.0 * Ms[mi] * g[i].N * g[i].K / (us * 1e-6) / 1e12;
+                    fprintf(out, "opbench: gemm %s M %4d %s: %8.2f us %6.1f TFLOP/s\n", g[i].name, Ms[mi],
+                            tune ? "autotuned" : "heuristic", us, us > 0 ? tf : 0.0);
+                }
+            }
+    }
+    {
+        evpair e;
+        cudaEventCreate(&e.e0);
+        cudaEventCreate(&e.e1);
+        const int Ts[2] = { 256, 1024 };
+        for (int ti = 0; ti < 2; ti++) {
+            const int T = Ts[ti];
+            // the qkv buffer holds 2048 rows: B*T = 2048
+            const int B = (int)(maxM / T);
+            dit_op_attention(bufs[5], bufs[0], DIT_TYPE_F16, B, T, H, hd, c->stream);   // warm-up
+            cudaEventRecord(e.e0, c->stream);
+            for (int r = 0; r < reps; r++) dit_op_attention(bufs[5], bufs[0], DIT_TYPE_F16, B, T, H, hd, c->stream);
+            const float us = ev_us(c->stream, &e, reps);
+            const double fl = 4.0 * B * H * (double)T * T * hd;
+            fprintf(out, "opbench: attention B %d T %4d H %d hd %d: %8.2f us %6.1f TFLOP/s\n", B, T, H, hd, us,
+                    fl / (us * 1e-6) / 1e12);
+        }
+        for (int mi = 0; mi < 2; mi++) {
+            const int M = Ms[mi];
+            dit_op_state_set((dit_cuda_state *)bufs[3], 0, 0, 1, c->stream);
+            cudaEventRecord(e.e0, c->stream);
+            for (int r = 0; r < reps; r++)
+                dit_op_resid_ln_mod((float *)bufs[1], (float *)bufs[1] + (size_t)M * D, bufs[0], DIT_TYPE_F16, M, D, 256,
+                                    (float *)bufs[7], 6 * D, (float *)bufs[7] + D, (float *)bufs[7] + 2 * D, 6 * D,
+                                    (const dit_cuda_state *)bufs[3], c->stream);
+            const float us = ev_us(c->stream, &e, reps);
+            fprintf(out, "opbench: resid_ln_mod M %4d D %d: %8.2f us %6.0f GB/s\n", M, D, us,
+                    (double)M * D * (4 * 3 + 2) / (us * 1e-6) / 1e9);
+        }
+        cudaEventRecord(e.e0, c->stream);
+        for (int r = 0; r < reps; r++) dit_op_dequant(DIT_TYPE_Q8_0, bufs[6], F, D, bufs[2], DIT_TYPE_F16, c->stream);
+        const float us = ev_us(c->stream, &e, reps);
+        fprintf(out, "opbench: dequant q8_0 -> f16 %dx%d: %8.2f us %6.0f GB/s\n", F, D, us,
+                (double)F * D * (34.0 / 32 + 2) / (us * 1e-6) / 1e9);
+        cudaEventDestroy(e.e0);
+        cudaEventDestroy(e.e1);
+    }
+    if (cudaDeviceSynchronize() != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: opbench failed");
+done:
+    for (int i = 0; i < 8; i++) cudaFree(bufs[i]);
+    cuda_teardown(c);
+    return rc;
+}

@@ -65,6 +65,10 @@ typedef struct {
 } dit_cuda_bench_result;
 int dit_cuda_bench(dit_model *m, int n, int steps, int reps, dit_cuda_bench_result *r);
 
+/* Per-op microbenchmark on DiT-XL shapes (GEMM variants heuristic vs autotuned, attention, LayerNorm,
+   dequantize), one line per op to `out`. */
+int dit_cuda_opbench(FILE *out);
+
 /* What the backend chose (for tests and -v). */
 typedef struct {
     int compute_type;         /* DIT_TYPE_F16 or DIT_TYPE_BF16: GEMM operand type */

@@ -42,12 +42,13 @@ static int plan_find(dit_cuda *c, int ab_type, int y_type, int epi, int transa, 
     const cublasOperation_t ta = transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-    cublasLtEpilogue_t e = epi == EPI_BIAS ? CUBLASLT_EPILOGUE_BIAS
-                         : epi == EPI_GELU_BIAS ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const int ep = epi & 3;
+    cublasLtEpilogue_t e = ep == EPI_BIAS ? CUBLASLT_EPILOGUE_BIAS
+                         : ep == EPI_GELU_BIAS ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof(e)));
-    if (epi != EPI_NONE) {
+    if (ep != EPI_NONE) {
         // fp32 bias even for fp16/bf16 output (keeps the bias exact); see the fallback below
-        int32_t bt = CUDA_R_32F;
+        int32_t bt = (epi & EPI_BIAS_OUTTYPE) ? (int32_t)yt : (int32_t)CUDA_R_32F;
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)));
     }
     CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p->la, ab, transa ? k : m, transa ? m : k, lda));
@@ -260,4 +261,26 @@ int dit_gemm_probe_gelu(dit_cuda *c, int *is_tanh) {
 done:
     cudaFree(dx); cudaFree(di); cudaFree(db); cudaFree(dy);
     return rc;
+}
+
+// time one GEMM configuration (mean of `reps` after a warm-up), for dit_cuda_opbench
+int dit_gemm_time(dit_cuda *c, int ab, int y_type, int epi, int64_t M, int64_t N, int64_t K, const void *W,
+                  const void *X, void *Y, const void *bias, int reps, float *us) {
+    dit_gemm_plan *p;
+    *us = -1;
+    if (plan_find(c, ab, y_type, epi, 1, 0, N, M, K, K, 0, K, 0, N, 0, 1, &p) != DIT_OK) return DIT_OK;
+    TRY(gemm_run(c, p, W, X, Y, (const float *)bias, 1.0f, c->stream));
+    cudaEvent_t e0, e1;
+    CUDA_CHECK(cudaEventCreate(&e0));
+    CUDA_CHECK(cudaEventCreate(&e1));
+    cudaEventRecord(e0, c->stream);
+    for (int r = 0; r < reps; r++) TRY(gemm_run(c, p, W, X, Y, (const float *)bias, 1.0f, c->stream));
+    cudaEventRecord(e1, c->stream);
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    cudaEventElapsedTime(&ms, e0, e1);
+    *us = 1000.0f * ms / reps;
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return DIT_OK;
 }

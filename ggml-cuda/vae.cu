@@ -187,10 +187,12 @@ static int resnet(dit_cuda *c, const dit_cuda_resnet *r, int G, int H, int W, fl
     return DIT_OK;
 }
 
-// x (C, HW) += to_out(softmax(q k^T / sqrt(C)) v), q, k, v = Linear(GN(x) as tokens)
-static int mid_attention(dit_cuda *c, int G, int C, int HW, float *x, const vae_bufs *b, cudaStream_t st) {
-    TRY(dit_op_group_norm(x, b->t, DIT_TYPE_F32, c->attn_n_w, c->attn_n_b, 1, C, HW, G, VAE_EPS, 0, st));
-    TRY(dit_op_to_tokens(b->t, b->tok, c->ct, C, HW, st));
+// x (C, HW) += to_out(softmax(q k^T / sqrt(C)) v), q, k, v = Linear(GN(x) as tokens); tmp: (C, HW) fp32
+// scratch distinct from x (x and the resnets' swap buffer trade places, so pass the free one)
+static int mid_attention(dit_cuda *c, int G, int C, int HW, float *x, float *tmp, const vae_bufs *b,
+                         cudaStream_t st) {
+    TRY(dit_op_group_norm(x, tmp, DIT_TYPE_F32, c->attn_n_w, c->attn_n_b, 1, C, HW, G, VAE_EPS, 0, st));
+    TRY(dit_op_to_tokens(tmp, b->tok, c->ct, C, HW, st));
     TRY(dit_op_linear(c, &c->attn_q, b->tok, HW, b->q, c->ct, EPI_BIAS, st));
     TRY(dit_op_linear(c, &c->attn_k, b->tok, HW, b->k, c->ct, EPI_BIAS, st));
     TRY(dit_op_linear(c, &c->attn_v, b->tok, HW, b->v, c->ct, EPI_BIAS, st));
@@ -212,7 +214,7 @@ static int decode_one(dit_cuda *c, const dit_model *m, int L, float *z, vae_bufs
     TRY(conv_gemm(c, &c->pq, z, DIT_TYPE_F32, H, H, 0, b->h, NULL, b, st));
     TRY(conv_gemm(c, &c->conv_in, b->h, DIT_TYPE_F32, H, H, 0, x, NULL, b, st));
     TRY(resnet(c, &c->mid[0], G, H, H, &x, &t, b, st));
-    TRY(mid_attention(c, G, c->mid[0].c2.cout, H * H, x, b, st));
+    TRY(mid_attention(c, G, c->mid[0].c2.cout, H * H, x, t, b, st));
     TRY(resnet(c, &c->mid[1], G, H, H, &x, &t, b, st));
     for (int i = 0; i < nb; i++) {
         for (int j = 0; j <= k->vae_layers_per_block; j++) TRY(resnet(c, &c->up[i][j], G, H, H, &x, &t, b, st));

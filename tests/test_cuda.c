@@ -7,6 +7,10 @@
      MODELDIR) and on random-weight models of DiT-B and DiT-XL width. --quick: fixtures only (for
      compute-sanitizer memcheck); --race: attention, one forward, a 3-step sample and a decode (racecheck). Prints "ok - cuda # SKIP ..." and exits 0 without a GPU or a CUDA build.
 
+   bin/tests/test_cuda --opbench
+     Per-op timings on DiT-XL shapes: GEMM epilogue / bias-type variants (heuristic vs autotuned),
+     attention at T 256 and 1024, LayerNorm + modulate, q8_0 dequantize.
+
    bin/tests/test_cuda --bench [--res 256|512] [--type f16|bf16|q8_0|q5_0|q4_0] [--n N] [--steps K]
                        [--reps R] [--depth D] [--model FILE.gguf] [--profile TRACE.json] [-v]
      Timing harness (no pass/fail): DiT-XL/2 shapes with random weights (or FILE.gguf), CFG batch 2N,
@@ -703,6 +707,12 @@ static int bench_main(int argc, char **argv)
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--bench")) return bench_main(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "--opbench")) {
+        if (dit_cuda_available() <= 0) { fprintf(stderr, "test_cuda: error: no GPU\n"); return 1; }
+        int rc = dit_cuda_opbench(stdout);
+        if (rc) fprintf(stderr, "test_cuda: error: %s\n", dit_last_error());
+        return rc ? 1 : 0;
+    }
     int quick = 0, race = 0;
     const char *dir = NULL;
     for (int i = 1; i < argc; i++) {
