@@ -164,8 +164,9 @@ int main(void) {
     dit_gguf_close(g);
 
     /* ---- hostile variants of the same file */
-    size_t n;
+    size_t n = 0;
     uint8_t *good = slurp(tmp("a.gguf"), &n);
+    if (!good) return 1;
     expect_bad(good, n, 0, "GGUX", 4, n, "bad magic", "a bad magic");
     expect_bad(good, n, 4, "\x01\x00\x00\x00", 4, n, "version", "version 1");
     expect_bad(good, n, 0, NULL, 0, n - 40, "truncated", "a truncated data section");
