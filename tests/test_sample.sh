@@ -17,6 +17,10 @@ check() { # check "what" command...  (passes when the command succeeds)
     what=$1; shift
     if "$@"; then ok "$what"; else nok "$what"; fi
 }
+checks() { # checks "what" 'condition && condition ...'  (eval'd: all the parts count, not just the first)
+    what=$1
+    if eval "$2"; then ok "$what"; else nok "$what"; fi
+}
 PY=/usr/bin/python3
 HAVE_NP=0
 $PY -c 'import numpy' 2>/dev/null && HAVE_NP=1
@@ -51,7 +55,7 @@ png_info() { od -An -tu1 -j16 -N10 "$1" | awk '{printf "%d %d %d\n", $1*16777216
 
 # ---- usage and argument errors
 run --help
-check "--help exits 0 and shows the usage" [ $rc -eq 0 ] && grep -q "^usage: dit-sample" "$T/log"
+checks "--help exits 0 and shows the usage" '[ $rc -eq 0 ] && grep -q "^usage: dit-sample" "$T/log"'
 expect_error 2 "no model" -o "$T/x.png"
 expect_error 2 "unknown option" -m "$M" --frobnicate
 expect_error 2 "close matches" -m "$M" --class goldfsh -o "$T/x.png"
@@ -67,7 +71,7 @@ check "no output file after the errors" [ ! -e "$T/x.png" ]
 # ---- numerics: DDPM "10", labels 1,7, CFG 4, fixture noise == ddpm10_out (fp32 vs float64, tol 5e-5 as test_runtime)
 run -m "$M" --class 1,7 --spacing 10 --init-noise $F/e2e_init.npy --step-noise $F/e2e_step_noise10.npy \
     --save-latent "$T/lat.npy" -o "$T/e2e.png" -q
-check "DDPM-10 with --init-noise/--step-noise runs (exit $rc)" [ $rc -eq 0 ] && [ -f "$T/lat.npy" ] && [ -f "$T/e2e_001.png" ]
+checks "DDPM-10 with --init-noise/--step-noise runs (exit $rc)" '[ $rc -eq 0 ] && [ -f "$T/lat.npy" ] && [ -f "$T/e2e_001.png" ]'
 if [ $HAVE_NP = 1 ]; then
     r=$($PY -c "
 import numpy as np
@@ -95,7 +99,7 @@ check "64x64 RGB PNGs" [ "$(png_info "$T/e2e.png")" = "64 64 2" ]
 
 # ---- --decode: the saved latents give the same PNGs as the sampling run
 run -m "$M" --decode "$T/lat.npy" -o "$T/dec.png" --no-metadata
-check "--decode writes one PNG per latent (exit $rc)" [ $rc -eq 0 ] && [ -f "$T/dec.png" ] && [ -f "$T/dec_001.png" ] && [ ! -e "$T/dec_002.png" ]
+checks "--decode writes one PNG per latent (exit $rc)" '[ $rc -eq 0 ] && [ -f "$T/dec.png" ] && [ -f "$T/dec_001.png" ] && [ ! -e "$T/dec_002.png" ]'
 if [ $HAVE_NP = 1 ]; then
     r=$($PY -c "
 import zlib, struct
@@ -113,7 +117,7 @@ check "--no-metadata: no tEXt chunk" sh -c "! grep -aq tEXt '$T/dec.png'"
 
 # ---- Philox noise, determinism, naming
 run -m "$M" --class goldfish -n 3 -s 5 --steps 4 --sampler ddim -o "$T/a.png" -q
-check "3 images -> a.png a_001.png a_002.png (exit $rc)" [ $rc -eq 0 ] && [ -f "$T/a.png" ] && [ -f "$T/a_001.png" ] && [ -f "$T/a_002.png" ]
+checks "3 images -> a.png a_001.png a_002.png (exit $rc)" '[ $rc -eq 0 ] && [ -f "$T/a.png" ] && [ -f "$T/a_001.png" ] && [ -f "$T/a_002.png" ]'
 run -m "$M" --class goldfish -n 1 -s 5 --steps 4 --sampler ddim -o "$T/b.png" -q
 check "image 0 of a batch == the same image alone (same bytes)" cmp -s "$T/a.png" "$T/b.png"
 run -m "$M" --class goldfish -n 1 -s 6 --steps 4 --sampler ddim -o "$T/c.png" -q
@@ -125,10 +129,10 @@ expect_error 2 "eta" -m "$M" --eta 0.5 -o "$T/x.png"
 
 # ---- grids (make_grid: padding 2): 3 images in one row -> 3*66+2 x 68; rows per class: 2 classes x 2 -> 134 x 134
 run -m "$M" --class 1 -n 3 --steps 2 --grid -o "$T/g.png" -q
-check "--grid: one 200x68 PNG (exit $rc)" [ $rc -eq 0 ] && [ "$(png_info "$T/g.png")" = "200 68 2" ] && [ ! -e "$T/g_001.png" ]
+checks "--grid: one 200x68 PNG (exit $rc)" '[ $rc -eq 0 ] && [ "$(png_info "$T/g.png")" = "200 68 2" ] && [ ! -e "$T/g_001.png" ]'
 run -m "$M" --class 1 -n 5 --steps 2 --grid --nrow 2 -o "$T/g2.png" -q
 check "--grid --nrow 2, 5 images: 3 rows -> 134x200" [ "$(png_info "$T/g2.png")" = "134 200 2" ]
-run -m "$M" --class 1,2 -n 4 --steps 2 --rows-per-class -o "$T/g3.png" -q
+run -m "$M" --class 1,2 -n 4 --steps 2 --rows-per-class --no-labels -o "$T/g3.png" -q
 check "--rows-per-class, 2 classes x 2 images -> 134x134" [ "$(png_info "$T/g3.png")" = "134 134 2" ]
 check "grid text lists the classes" grep -aq "classes: goldfish (1), great white shark (2), goldfish (1), great white shark (2)" "$T/g3.png"
 if [ $HAVE_NP = 1 ]; then   # the grid cells hold the single images: cell (0,1) of g.png == image 1 of a run with -n 3
@@ -164,7 +168,7 @@ fi
 
 # ---- pixel-space model: grayscale PNG, no VAE
 run -m "$T/px.gguf" --class 3 -n 2 --steps 3 -o "$T/px.png" -q
-check "pixel model: 8x8 grayscale PNGs (exit $rc)" [ $rc -eq 0 ] && [ "$(png_info "$T/px.png")" = "8 8 0" ] && [ -f "$T/px_001.png" ]
+checks "pixel model: 8x8 grayscale PNGs (exit $rc)" '[ $rc -eq 0 ] && [ "$(png_info "$T/px.png")" = "8 8 0" ] && [ -f "$T/px_001.png" ]'
 
 # ---- .npy inputs: dtype, shape, order, truncation -> exit 2 naming the file; missing -> exit 1
 if [ $HAVE_NP = 1 ]; then
@@ -205,5 +209,76 @@ else
 fi
 run -m "$M" --class 1 --steps 2 --backend cpu -v -o "$T/v.png" -q
 check "-v prints the model and the stage timings" grep -q "^timings: load .* s, sample .* s, decode .* s, write .* s" "$T/log"
+
+# ---- grid row labels: class names in white 5x9 text (tools/font.h, scale 1 + size/64) in a black margin of
+# scale * (2 + 6 * longest label) columns left of the grid; the grid itself is the same as with --no-labels.
+# 64 px RGB: scale 2, "great white shark" > 16 characters -> "great white sha.", margin 2 * (2 + 6 * 16) = 196.
+run -m "$M" --class 0,1,2 -n 6 --steps 2 --rows-per-class --save-latent "$T/lab.npy" -o "$T/lab.png" -q
+checks "--rows-per-class labels: 196 + 134 x 200 RGB PNG (exit $rc)" '[ $rc -eq 0 ] && [ "$(png_info "$T/lab.png")" = "330 200 2" ]'
+run -m "$M" --class 0,1,2 -n 6 --steps 2 --rows-per-class --no-labels --save-latent "$T/nolab.npy" -o "$T/nolab.png" -q
+checks "--no-labels: the plain 134x200 grid (exit $rc)" '[ $rc -eq 0 ] && [ "$(png_info "$T/nolab.png")" = "134 200 2" ]'
+check "labels do not change the sampled latents" cmp -s "$T/lab.npy" "$T/nolab.npy"
+# rows (1, 2) and (2, 1): "goldfish,great white shark" -> "goldfish,great." (no ' ' before the '.'), and
+# "great white shark,goldfish" -> "great white sha."
+run -m "$M" --class 1,2,2,1 --steps 2 --grid --nrow 2 --labels -o "$T/glab.png" -q
+checks "--grid --labels: a row label lists the row's classes (exit $rc)" '[ $rc -eq 0 ] && [ "$(png_info "$T/glab.png")" = "330 134 2" ]'
+run -m "$M" --class 1,2,2,1 --steps 2 --grid --nrow 2 -o "$T/gnolab.png" -q
+# 8 px grayscale pixel model without class names: the labels are the indices, scale 1, margin 1 * (2 + 6) = 8
+run -m "$T/px.gguf" --class 3,5 -n 4 --steps 2 --rows-per-class -o "$T/plab.png" -q
+checks "pixel model labels: 8 + 22 x 22 grayscale PNG (exit $rc)" '[ $rc -eq 0 ] && [ "$(png_info "$T/plab.png")" = "30 22 0" ]'
+run -m "$T/px.gguf" --class 3,5 -n 4 --steps 2 --rows-per-class --no-labels -o "$T/pnolab.png" -q
+expect_error 2 "--labels applies to --grid" -m "$M" --class 1 --labels -o "$T/x.png"
+expect_error 2 "--labels: --decode" -m "$M" --decode "$T/lab.npy" --grid --labels -o "$T/x.png"
+check "no output file after the label errors" [ ! -e "$T/x.png" ]
+if [ $HAVE_NP = 1 ]; then
+    # labelled PNG == margin (expected text drawn from the tools/font.h bitmaps, 255 in every channel on 0) ++ the
+    # unlabelled grid, byte for byte; each row's label has white pixels (an empty font would not pass)
+    r=$($PY - "$T" <<'EOF'
+import re, struct, sys, zlib
+import numpy as np
+T = sys.argv[1]
+def png(p):   # 8-bit gray or RGB PNG -> uint8 (H, W, C)
+    d = open(p, 'rb').read(); i = 8; idat = b''
+    while i < len(d):
+        n, t = struct.unpack('>I4s', d[i:i+8]); i += 8
+        if t == b'IHDR': w, h, _, ct = struct.unpack('>IIBB', d[i:i+10])
+        if t == b'IDAT': idat += d[i:i+n]
+        i += n + 4
+    c = 3 if ct == 2 else 1; s = w * c; raw = zlib.decompress(idat); prev = bytearray(s); out = []
+    for y in range(h):
+        f = raw[y*(s+1)]; line = bytearray(raw[y*(s+1)+1:(y+1)*(s+1)])
+        for x in range(s):
+            a = line[x-c] if x >= c else 0; b = prev[x]; q = prev[x-c] if x >= c else 0
+            p0 = a + b - q; pa, pb, pc = abs(p0-a), abs(p0-b), abs(p0-q)
+            line[x] = (line[x] + [0, a, b, (a + b) // 2, a if pa <= pb and pa <= pc else b if pb <= pc else q][f]) & 255
+        out.append(bytes(line)); prev = line
+    return np.frombuffer(b''.join(out), np.uint8).reshape(h, w, c)
+font = [[int(v, 16) for v in g.split(', ')] for g in re.findall(r'\{ ((?:0x[0-9A-F]{2}, ){8}0x[0-9A-F]{2}) \}', open('tools/font.h').read())]
+assert len(font) == 95
+def check(lab, nolab, labels, S):
+    L, P = png(lab), png(nolab); k = 1 + S // 64; M = k * (2 + 6 * max(map(len, labels)))
+    if L.shape != (P.shape[0], P.shape[1] + M, P.shape[2]): return '%s: shape %s vs %s + %d' % (lab, L.shape, P.shape, M)
+    if not np.array_equal(L[:, M:], P): return lab + ': the grid differs from --no-labels'
+    want = np.zeros((L.shape[0], M), np.uint8)
+    for r, text in enumerate(labels):
+        y0 = r * (S + 2) + 2 + (S - 7 * k) // 2
+        if (L[r*(S+2)+2:(r+1)*(S+2), :M] == 255).sum() < 10 * k * k: return '%s: row %d label %r is not drawn' % (lab, r, text)
+        for j, ch in enumerate(text):
+            for y in range(9 * k):
+                for x in range(5 * k):
+                    if font[ord(ch) - 32][y // k] >> (4 - x // k) & 1: want[y0 + y, 2 * k + 6 * k * j + x] = 255
+    for c in range(L.shape[2]):
+        if not np.array_equal(L[:, :M, c], want): return '%s: margin channel %d != the expected text' % (lab, c)
+    return ''
+err = check(T + '/lab.png', T + '/nolab.png', ['tench', 'goldfish', 'great white sha.'], 64) or \
+      check(T + '/glab.png', T + '/gnolab.png', ['goldfish,great.', 'great white sha.'], 64) or \
+      check(T + '/plab.png', T + '/pnolab.png', ['3', '5'], 8)
+print(err or 'same')
+EOF
+)
+    check "labelled grids == font.h text in the margin + the --no-labels grid (RGB and gray, names, indices, truncation)${r#same}" [ "$r" = same ]
+else
+    ok "label pixels # SKIP no numpy"
+fi
 
 exit $fail

@@ -13,6 +13,8 @@
    plus ", Eta: E" after the sampler (DDIM, eta != 0), ", Spacing: S", ", Clip denoised: 1", ", Init noise: FILE",
    ", Step noise: FILE" before the seed when used. A grid says "classes: a (i), b (j), ..." and
    "..., Seed: 0, Images: N, Grid: RxC, Size: ..." ; --decode says "Decoded from: FILE, Image: i, Size: ...".
+   Grid labels (--rows-per-class, or --labels): each row's class names in white 5x9 bitmap text (tools/font.h),
+   scaled by 1 + size/64, in a black margin left of the make_grid grid; the grid itself is unchanged.
    Exit status: 0 ok, 2 bad input (arguments, model file, .npy files), 1 I/O or any other failure. */
 #include "dit.h"
 
@@ -27,6 +29,7 @@
 #ifdef DIT_CUDA
 #include "ggml-cuda/dit-cuda.h"
 #endif
+#include "font.h"
 
 static const char *usage_text =
     "usage: dit-sample -m MODEL.gguf [options]\n"
@@ -48,7 +51,9 @@ static const char *usage_text =
     "  -o, --output FILE       PNG path (default sample.png); several images: FILE, FILE_001, FILE_002, ...\n"
     "      --grid              one PNG with all images (torchvision make_grid: padding 2, black)\n"
     "      --nrow R            images per grid row (default 8)\n"
-    "      --rows-per-class    grid with one row per class (implies --grid)\n"
+    "      --rows-per-class    grid with one row per class (implies --grid and --labels)\n"
+    "      --labels            label each grid row with its classes (names, else indices) in a left margin\n"
+    "      --no-labels         no row labels (for --rows-per-class)\n"
     "      --no-metadata       no \"parameters\" text chunk in the PNGs\n"
     "  -t, --threads N         CPU threads (default: all cores)\n"
     "      --backend B         auto (default: CUDA when a GPU is there), cpu or cuda\n"
@@ -169,13 +174,16 @@ static char *image_path(const char *out, int i)
     return p;
 }
 
-/* make_grid: cells of (H + pad) x (W + pad) plus a pad border, value -1 (black after save_image);
-   image k goes to cell (row[k], col[k]). One image alone is returned as is (make_grid does that too). */
+#define GRID_PAD 2
+
+/* make_grid: cells of (H + pad) x (W + pad) plus a pad border, value -1 (black after save_image), moved right
+   by a black margin of `left` columns; image k goes to cell (row[k], col[k]). One image alone without a margin
+   is returned as is (make_grid does that too). */
 static float *make_grid(const float *imgs, int n, int C, int H, int W, const int *row, const int *col, int rows,
-                        int cols, int *GH, int *GW)
+                        int cols, int left, int *GH, int *GW)
 {
-    const int pad = 2;
-    if (n == 1) {
+    const int pad = GRID_PAD;
+    if (n == 1 && !left) {
         *GH = H, *GW = W;
         float *g = malloc((size_t)C * H * W * sizeof(float));
         if (!g) die(1, "out of memory");
@@ -183,7 +191,7 @@ static float *make_grid(const float *imgs, int n, int C, int H, int W, const int
         return g;
     }
     *GH = rows * (H + pad) + pad;
-    *GW = cols * (W + pad) + pad;
+    *GW = left + cols * (W + pad) + pad;
     size_t plane = (size_t)*GH * *GW;
     float *g = malloc(C * plane * sizeof(float));
     if (!g) die(1, "out of memory (grid %dx%d)", *GW, *GH);
@@ -191,7 +199,7 @@ static float *make_grid(const float *imgs, int n, int C, int H, int W, const int
     for (int k = 0; k < n; k++)
         for (int c = 0; c < C; c++)
             for (int y = 0; y < H; y++)
-                memcpy(g + c * plane + (size_t)(row[k] * (H + pad) + pad + y) * *GW + col[k] * (W + pad) + pad,
+                memcpy(g + c * plane + (size_t)(row[k] * (H + pad) + pad + y) * *GW + left + col[k] * (W + pad) + pad,
                        imgs + (((size_t)k * C + c) * H + y) * W, W * sizeof(float));
     return g;
 }
@@ -223,6 +231,49 @@ static const char *fmt_num(char *buf, float v)
     return buf;
 }
 
+/* ==== Row labels: white bitmap text (tools/font.h) in a margin left of the grid ==== */
+
+/* Draws text into the (C, H, W) canvas img ([-1, 1] space) with its top-left corner at (x, y): each set font
+   pixel becomes a scale x scale block of +1 (white) in every channel; the rest is left as it is; clipped. */
+static void draw_text(float *img, int C, int H, int W, int x, int y, int scale, const char *text)
+{
+    for (; *text; text++, x += (FONT_W + 1) * scale) {
+        unsigned char ch = (unsigned char)*text;
+        const unsigned char *glyph = font_glyphs[(ch < 32 || ch > 126 ? '?' : ch) - 32];
+        for (int r = 0; r < FONT_H * scale; r++)
+            for (int c = 0; c < FONT_W * scale; c++) {
+                int py = y + r, px = x + c;
+                if ((glyph[r / scale] >> (FONT_W - 1 - c / scale) & 1) && py >= 0 && py < H && px >= 0 && px < W)
+                    for (int k = 0; k < C; k++) img[((size_t)k * H + py) * W + px] = 1.0f;
+            }
+    }
+}
+
+#define LABEL_MAX 16   /* characters in a row label; a longer one is cut to 15 (less trailing ' ' and ',') + '.' */
+
+/* Label of grid row r: the classes of its images, each once, in order, joined by ','; a class is its name up to
+   the first comma ("tench, Tinca tinca" -> "tench"), or its index when the model has no names. */
+static void row_label(const dit_model *m, const int *y, const int *row, int n, int r, char buf[LABEL_MAX + 1])
+{
+    char s[256] = "";
+    int seen[LABEL_MAX + 1], n_seen = 0;
+    for (int i = 0; i < n && n_seen <= LABEL_MAX; i++) {
+        int dup = row[i] != r;
+        for (int j = 0; j < n_seen && !dup; j++) dup = seen[j] == y[i];
+        if (dup) continue;
+        seen[n_seen++] = y[i];
+        const char *name = m->class_names && y[i] < m->cfg.num_classes ? m->class_names[y[i]] : NULL;
+        if (name && strcspn(name, ",")) append(s, sizeof s, 0, "%s%.*s", *s ? "," : "", (int)strcspn(name, ","), name);
+        else append(s, sizeof s, 0, "%s%d", *s ? "," : "", y[i]);
+    }
+    if (strlen(s) > LABEL_MAX) {
+        int k = LABEL_MAX - 1;
+        while (k > 0 && (s[k - 1] == ' ' || s[k - 1] == ',')) k--;
+        s[k] = '.', s[k + 1] = 0;
+    }
+    strcpy(buf, s);
+}
+
 /* ==== Arguments ==== */
 
 static long long parse_int(const char *opt, const char *s, long long lo, long long hi)
@@ -247,7 +298,7 @@ int main(int argc, char **argv)
 {
     const char *model = NULL, *out = "sample.png", *init_path = NULL, *step_path = NULL, *save_latent = NULL;
     const char *decode_path = NULL, *spacing = NULL, *class_args[256];
-    int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1;
+    int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1, labelled = -1;
     dit_sample_params p = dit_sample_params_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -281,6 +332,8 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--grid")) grid = 1;
         else if (!strcmp(a, "--nrow")) nrow = (int)parse_int(a, VAL(), 1, 10000);
         else if (!strcmp(a, "--rows-per-class")) rows_per_class = grid = 1;
+        else if (!strcmp(a, "--labels")) labelled = 1;
+        else if (!strcmp(a, "--no-labels")) labelled = 0;
         else if (!strcmp(a, "--no-metadata")) metadata = 0;
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) p.threads = (int)parse_int(a, VAL(), 1, 4096);
         else if (!strcmp(a, "--backend")) {
@@ -301,6 +354,9 @@ int main(int argc, char **argv)
     if (!model) die(2, "no model given (-m MODEL.gguf; see --help)");
     if (p.eta < 0) die(2, "--eta must be >= 0");
     if (p.eta != 0 && p.sampler != DIT_SAMPLER_DDIM) die(2, "--eta applies to --sampler ddim only");
+    if (labelled == 1 && !grid) die(2, "--labels applies to --grid and --rows-per-class only");
+    if (labelled == 1 && decode_path) die(2, "--labels: --decode has no classes to label the rows with");
+    if (labelled < 0) labelled = rows_per_class && !decode_path;
     p.spacing = spacing;
     int backend_req = p.backend;
 #ifndef DIT_CUDA
@@ -471,8 +527,20 @@ int main(int argc, char **argv)
             rows = (n + cols - 1) / cols;
             for (int i = 0; i < n; i++) row[i] = i / cols, col[i] = i % cols;
         }
+        /* labels: text FONT_H * scale px high (9 px for 28 px images: 1/3 of the row; 45 px for 256 px ones) */
+        const int scale = 1 + S / 64;
+        char (*lab)[LABEL_MAX + 1] = labelled ? malloc(sizeof *lab * rows) : NULL;
+        size_t longest = 0;
+        if (labelled && !lab) die(1, "out of memory");
+        for (int r = 0; labelled && r < rows; r++) {
+            row_label(m, y, row, n, r, lab[r]);
+            if (strlen(lab[r]) > longest) longest = strlen(lab[r]);
+        }
+        const int margin = labelled ? scale * (2 + (FONT_W + 1) * (int)longest) : 0;
         int GH, GW;
-        float *g = make_grid(imgs, n, IC, S, S, row, col, rows, cols, &GH, &GW);
+        float *g = make_grid(imgs, n, IC, S, S, row, col, rows, cols, margin, &GH, &GW);
+        for (int r = 0; labelled && r < rows; r++)   /* capitals centred on the row's images */
+            draw_text(g, IC, GH, GW, 2 * scale, r * (S + GRID_PAD) + GRID_PAD + (S - FONT_CAP * scale) / 2, scale, lab[r]);
         size_t k = 0;
         if (decode_path) {
             snprintf(text, 4096, "%s, Images: %d, Grid: %dx%d, Size: %dx%d, Model: %s, Version: dit.c", common, n, rows, cols,
@@ -486,7 +554,7 @@ int main(int argc, char **argv)
         }
         if (dit_png_write(out, g, IC, GH, GW, metadata ? text : NULL)) die_lib();
         if (verbose) fprintf(stderr, "wrote %s (%dx%d grid, %dx%d px)\n", out, rows, cols, GW, GH);
-        free(g), free(row), free(col);
+        free(g), free(row), free(col), free(lab);
         t_write += now() - t0;
     }
     if (verbose)
