@@ -57,6 +57,7 @@ $(BUILD)/cuda/%.o: ggml-cuda/%.cu $(wildcard ggml-cuda/*.cuh) ggml-cuda/dit-cuda
 	$(NVCC) $(NVCCFLAGS) -DDIT_CUDA -c $< -o $@
 
 $(BUILD)/convert/classes.o: convert/imagenet_classes.txt
+$(BUILD)/tools/dit-sample.o: tools/font.h
 CONVERT_OBJ  = $(patsubst %.c,$(BUILD)/%.o,$(wildcard convert/*.c))
 QUANTIZE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard quantize/*.c))
 

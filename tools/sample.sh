@@ -6,4 +6,4 @@ model=models/dit-fashion-f32.gguf
 [ -f "$model" ] || { echo "make sample: $model is missing (git lfs? re-clone)" >&2; exit 2; }
 bin/dit-sample -m "$model" --class 0,1,2,3,4,5,6,7,8,9 -n 80 --rows-per-class \
     --sampler ddim --steps 25 --cfg-scale 4.0 -s 0 -o samples/fashion.png -v
-echo "open samples/fashion.png: rows are T-shirt/top, Trouser, Pullover, Dress, Coat, Sandal, Shirt, Sneaker, Bag, Ankle boot"
+echo "wrote samples/fashion.png (one labelled row per class)"
