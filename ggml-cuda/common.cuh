@@ -85,6 +85,7 @@ typedef struct {
     int64_t n_out, n_in;
     void *w;
     float *b;            // (n_out) fp32, may be NULL
+    void *bh;            // the bias in ct, for ct-output GEMMs (cuBLASLt has no fp32 bias with fp16 output)
 } dit_cuda_lin;
 
 typedef struct {
@@ -138,6 +139,7 @@ struct dit_cuda {
     int cfg_ch;          // eps channels guided by CFG
     int use_graph;
     int autotune;        // time the heuristic's candidates on a plan's first run (DIT_CUDA_TUNE=0: off)
+    int tune_now;        // set while the per-step network runs: only its GEMMs are worth tuning
 
     // model shape
     int D, H, hd, F, depth, C, L, p, g, T, oc, pp_oc, n_classes;

@@ -18,8 +18,9 @@
      are dequantized into one small reusable scratch right before their GEMM.
 
    ENVIRONMENT
-     DIT_CUDA_MOD_MB   size of the adaLN modulation cache in MiB (default 256): the modulation of all
-                       steps is precomputed per chunk of steps that fits.
+     DIT_CUDA_MOD_MB   size of the adaLN modulation cache in MiB (default 64, about 40 steps of DiT-XL/2
+                       with CFG for one image): the modulation of all steps is precomputed per chunk
+                       of steps that fits (~0.5 ms per chunk warm).
      DIT_CUDA_GRAPH=0  run the step eagerly instead of replaying a CUDA graph (debugging).
      DIT_CUDA_TUNE=0   take cuBLASLt's first heuristic answer instead of timing its top 8 on the first
                        run of each GEMM shape (timing makes the choice, so results can differ in the
@@ -57,7 +58,7 @@ int dit_cuda_profile_end(dit_model *m, const char *trace_path, FILE *summary);
 typedef struct {
     double ms_per_step;       /* median over reps */
     double ms_per_step_min;
-    double ms_precompute;     /* adaLN modulation for all steps (once per sample) */
+    double ms_precompute;     /* adaLN modulation of one chunk of steps, warm (once per chunk) */
     double ms_decode;         /* VAE decode of n images, 0 without a VAE */
     size_t weight_bytes;      /* DiT (+VAE) weights on the GPU */
     size_t arena_bytes;       /* activations, modulation cache, scratch, workspace */

@@ -84,7 +84,8 @@ static int plan_find(dit_cuda *c, int ab_type, int y_type, int epi, int transa, 
     for (int i = 0; i < nres; i++)
         if (res[i].state == CUBLAS_STATUS_SUCCESS) p->cand[p->n_cand++] = res[i].algo;
     // small problems keep the heuristic's first answer; the others are timed on their first run
-    p->tuned = !c->autotune || p->n_cand < 2 || (double)m * n * k * (batch > 0 ? batch : 1) < (double)(1 << 24);
+    p->tuned = !c->autotune || !c->tune_now || p->n_cand < 2 ||
+               (double)m * n * k * (batch > 0 ? batch : 1) < (double)(1 << 24);
     p->ok = 1;
     *out = p;
     return DIT_OK;
@@ -136,7 +137,7 @@ static void gemm_autotune(dit_cuda *c, dit_gemm_plan *p, const void *A, const vo
     cudaEventDestroy(e1);
 }
 
-static int gemm_run(dit_cuda *c, dit_gemm_plan *p, const void *A, const void *Bm, void *Cm, const float *bias,
+static int gemm_run(dit_cuda *c, dit_gemm_plan *p, const void *A, const void *Bm, void *Cm, const void *bias,
                     float alpha, cudaStream_t st) {
     const float beta = 0.0f;
     if (p->epi != EPI_NONE)
@@ -179,15 +180,21 @@ int dit_op_linear(dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, 
     if (!w->b) epi = EPI_NONE;
     int post = 0;   // 1: bias by hand, 2: bias + GELU by hand
     if (epi == EPI_GELU_BIAS && !c->gelu_epilogue) post = 2;
+    // cuBLASLt (13.0, H100) has no algorithm for an fp32 bias with fp16/bf16 output: use the ct copy there
+    const void *bias = w->b;
+    if (epi != EPI_NONE && y_type != DIT_TYPE_F32 && w->bh) {
+        epi |= EPI_BIAS_OUTTYPE;
+        bias = w->bh;
+    }
     dit_gemm_plan *p = NULL;
     if (!post && plan_find(c, ab, y_type, epi, 1, 0, w->n_out, M, w->n_in, w->n_in, 0, w->n_in, 0, w->n_out, 0, 1,
                            &p) != DIT_OK) {
         if (epi == EPI_NONE) return dit_last_error_code();
-        post = epi == EPI_GELU_BIAS ? 2 : 1;   // this epilogue has no algorithm here: do it by hand
+        post = (epi & 3) == EPI_GELU_BIAS ? 2 : 1;   // this epilogue has no algorithm here: do it by hand
     }
     if (post) TRY(plan_find(c, ab, y_type, EPI_NONE, 1, 0, w->n_out, M, w->n_in, w->n_in, 0, w->n_in, 0, w->n_out, 0,
                             1, &p));
-    TRY(gemm_run(c, p, W, x, y, w->b, 1.0f, st));
+    TRY(gemm_run(c, p, W, x, y, bias, 1.0f, st));
     if (post) TRY(bias_act_cuda(y, y_type, w->b, M, (int)w->n_out, post == 2, st));
     return DIT_OK;
 }
@@ -269,12 +276,12 @@ int dit_gemm_time(dit_cuda *c, int ab, int y_type, int epi, int64_t M, int64_t N
     dit_gemm_plan *p;
     *us = -1;
     if (plan_find(c, ab, y_type, epi, 1, 0, N, M, K, K, 0, K, 0, N, 0, 1, &p) != DIT_OK) return DIT_OK;
-    TRY(gemm_run(c, p, W, X, Y, (const float *)bias, 1.0f, c->stream));
+    TRY(gemm_run(c, p, W, X, Y, bias, 1.0f, c->stream));
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
     CUDA_CHECK(cudaEventCreate(&e1));
     cudaEventRecord(e0, c->stream);
-    for (int r = 0; r < reps; r++) TRY(gemm_run(c, p, W, X, Y, (const float *)bias, 1.0f, c->stream));
+    for (int r = 0; r < reps; r++) TRY(gemm_run(c, p, W, X, Y, bias, 1.0f, c->stream));
     cudaEventRecord(e1, c->stream);
     CUDA_CHECK(cudaEventSynchronize(e1));
     float ms = 0;

@@ -390,7 +390,7 @@ static void test_fixture_dit_s(void)
         p.n = 2; p.labels = labels; p.steps = 10; p.init_noise = init; p.step_noise = sn10;
         sample_vs(m, "dit_s DDPM 10 steps, cfg 4, user noise: GPU == float64 ddpm10_out", p, r_ddpm, 5e-2);
         sample_vs(m, "dit_s DDPM 10 steps: GPU == CPU dit_sample", p, NULL, 5e-2);
-        p.sampler = DIT_SAMPLER_DDIM; p.spacing = "10"; p.eta = 0.0f; p.step_noise = NULL;
+        p.sampler = DIT_SAMPLER_DDIM; p.spacing = "ddim10"; p.eta = 0.0f; p.step_noise = NULL;
         sample_vs(m, "dit_s DDIM 10 steps eta 0: GPU == float64 ddim10_out", p, r_ddim, 5e-2);
         p.eta = 1.0f; p.step_noise = sn10;
         sample_vs(m, "dit_s DDIM 10 steps eta 1, user noise: GPU == float64 ddim10_eta1_out", p, r_eta, 5e-2);
