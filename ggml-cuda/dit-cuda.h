@@ -14,6 +14,8 @@
      GEMM operands are fp16 (bf16 when the file's weights are bf16), accumulation fp32 (cuBLASLt).
      f32 files are uploaded as f16 for the GEMM weights; biases, embeddings, pos_embed, the timestep
      MLP and the whole residual stream, LayerNorm, softmax, GroupNorm and the sampler stay fp32.
+     GEMMs whose output is fp16/bf16 (qkv, fc1, VAE q/k/v) add the bias rounded to that type in the
+     epilogue: cuBLASLt 13.0 offers no algorithm for an fp32 bias with fp16 output.
      q8_0 / q4_0 / q5_0 / q4_1 / q5_1 weights stay quantized in GPU memory (the raw ggml blocks) and
      are dequantized into one small reusable scratch right before their GEMM.
 
