@@ -17,14 +17,15 @@ ifeq ($(SANITIZE),1)
   CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
   CUDA    = 0
-  BUILD   = build-san
-else
-  BUILD   = build
 endif
 
 ifeq ($(CUDA),)
   CUDA := $(if $(NVCC),1,0)
 endif
+# Objects of each flavour live apart (a CPU-only dit.o must never reach a CUDA link); bin/ is shared,
+# so a stamp per flavour relinks the programs when the flavour changes.
+BUILD := $(if $(filter 1,$(SANITIZE)),build-san,$(if $(filter 1,$(CUDA)),build,build-cpu))
+FLAVOR_STAMP = bin/.built-with-$(BUILD)
 ifeq ($(CUDA),1)
   $(info ✓ CUDA backend: $(NVCC) -arch=$(CUDA_ARCH))
   CFLAGS  += -DDIT_CUDA
@@ -37,7 +38,7 @@ endif
 
 # The runtime is one translation unit (dit.c); RUNTIME_EXTRA holds files being merged into it.
 RUNTIME_EXTRA = $(wildcard dit_runtime.c)
-RT_OBJ   = $(BUILD)/dit.o $(patsubst %.c,$(BUILD)/%.o,$(RUNTIME_EXTRA)) $(CU_OBJ)
+RT_OBJ   = $(BUILD)/dit.o $(patsubst %.c,$(BUILD)/%.o,$(RUNTIME_EXTRA)) $(CU_OBJ) $(FLAVOR_STAMP)
 PROGRAMS = bin/dit-convert bin/dit-quantize bin/dit-sample bin/dit-info bin/dit-quality
 TESTS    = $(patsubst tests/%.c,bin/tests/%,$(wildcard tests/test_*.c))
 DEPS_OK  = $(BUILD)/.deps-ok
@@ -47,6 +48,9 @@ all: $(PROGRAMS)
 # Debian packages: installed when root, else the exact apt-get line is printed.
 $(DEPS_OK): tools/deps.sh
 	@sh tools/deps.sh && mkdir -p $(BUILD) && touch $@
+
+$(FLAVOR_STAMP):
+	@mkdir -p bin && rm -f bin/.built-with-* && touch $@
 
 $(BUILD)/%.o: %.c dit.h $(DEPS_OK)
 	@mkdir -p $(dir $@)
@@ -63,25 +67,25 @@ QUANTIZE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard quantize/*.c))
 
 bin/dit-convert: $(CONVERT_OBJ) $(RT_OBJ)
 	@mkdir -p bin
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
 bin/dit-quantize: $(QUANTIZE_OBJ) $(RT_OBJ)
 	@mkdir -p bin
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
 bin/dit-sample: $(BUILD)/tools/dit-sample.o $(RT_OBJ)
 	@mkdir -p bin
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
 bin/dit-info: $(BUILD)/tools/dit-info.o $(RT_OBJ)
 	@mkdir -p bin
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
 bin/dit-quality: $(BUILD)/tools/dit-quality.o $(RT_OBJ)
 	@mkdir -p bin
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
 bin/bench/%: $(BUILD)/bench/%.o $(RT_OBJ)
 	@mkdir -p bin/bench
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
 bin/tests/%: $(BUILD)/tests/%.o $(RT_OBJ)
 	@mkdir -p bin/tests
-	$(CC) $(CFLAGS) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
 
 test: $(PROGRAMS) $(TESTS)
 	@sh tests/run.sh
@@ -96,7 +100,7 @@ bench: $(PROGRAMS) $(patsubst bench/%.c,bin/bench/%,$(wildcard bench/*.c))
 	@sh bench/bench.sh
 
 clean:
-	rm -rf build build-san bin
+	rm -rf build build-cpu build-san bin
 
 .PHONY: all test sample quality bench clean
-.SECONDARY:
+.PRECIOUS: $(BUILD)/%.o $(BUILD)/tests/%.o $(BUILD)/bench/%.o $(BUILD)/tools/%.o

@@ -60,6 +60,8 @@ static const char *usage_text =
     "      --init-noise F.npy  initial latents x_T, float32 (N, C, L, L), instead of Philox\n"
     "      --step-noise F.npy  per-step noise, float32 (K, N, C, L, L); entry i is used by loop step i\n"
     "      --save-latent F.npy write the final latents (N, C, L, L) (before the VAE)\n"
+    "      --profile F.json    CUDA: per-op GPU times as a Chrome trace (chrome://tracing, Perfetto);\n"
+    "                          with -v also a summary table (ops run one by one, no CUDA graph)\n"
     "      --decode F.npy      no sampling: decode these latents (N, C, L, L) and write the PNGs\n"
     "  -q, --quiet             no progress bar\n"
     "  -v, --verbose           model summary and per-stage timings\n"
@@ -297,7 +299,7 @@ static float parse_float(const char *opt, const char *s)
 int main(int argc, char **argv)
 {
     const char *model = NULL, *out = "sample.png", *init_path = NULL, *step_path = NULL, *save_latent = NULL;
-    const char *decode_path = NULL, *spacing = NULL, *class_args[256];
+    const char *decode_path = NULL, *spacing = NULL, *class_args[256], *profile = NULL;
     int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1, labelled = -1;
     dit_sample_params p = dit_sample_params_default();
     for (int i = 1; i < argc; i++) {
@@ -345,6 +347,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--init-noise")) init_path = VAL();
         else if (!strcmp(a, "--step-noise")) step_path = VAL();
         else if (!strcmp(a, "--save-latent")) save_latent = VAL();
+        else if (!strcmp(a, "--profile")) profile = VAL();
         else if (!strcmp(a, "--decode")) decode_path = VAL();
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
         else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) verbose = 1;
@@ -430,6 +433,11 @@ int main(int argc, char **argv)
     }
 #endif
     p.backend = use_cuda ? DIT_BACKEND_CUDA : DIT_BACKEND_CPU;
+    if (profile && !use_cuda) die(2, "--profile needs the CUDA backend (a GPU and a CUDA build)");
+    if (profile) probe_output(profile);
+#ifdef DIT_CUDA
+    if (profile && dit_cuda_profile_begin(m)) die_lib();
+#endif
     dit_schedule sched;
     if (!decode_path) {
         if (!spacing) snprintf(spacing_buf, sizeof spacing_buf, "%s%d", p.sampler == DIT_SAMPLER_DDIM ? "ddim" : "", p.steps);
@@ -462,6 +470,11 @@ int main(int argc, char **argv)
             if (dit_npy_write(save_latent, 4, sh, lat)) die_lib();
         }
     }
+
+#ifdef DIT_CUDA
+    if (profile && dit_cuda_profile_end(m, profile, verbose ? stderr : NULL)) die_lib();
+    if (profile && verbose) fprintf(stderr, "wrote profile %s\n", profile);
+#endif
 
     /* ---- decode + write */
     float *imgs = malloc(IMG * (grid ? n : 1) * sizeof(float));
