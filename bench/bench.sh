@@ -20,9 +20,11 @@
 #
 # Environment:
 #   BENCH_BUDGET_S=540      wall-clock budget in seconds for this script (the device allows 600 per command)
-#   BENCH_COMPILE=1         1: compile 256/1, and 256/8 when it fits; 0: no torch.compile; only: just the
-#                           two compiled cases (no dit.c), merged into the table of the previous run if
-#                           bench/.work/results.json (or BENCH_MERGE=FILE) exists
+#   BENCH_COMPILE=1         1: torch.compile 256/1, and 256/8 when it fits (a max-autotune compile took
+#                           ~240 s on an H100: two rarely fit in 540 s); 0: no torch.compile;
+#                           only: the compiled 256/8 case alone (no checkpoints, no dit.c), merged into the
+#                           table of the earlier run in bench/.work/results.json or BENCH_MERGE=FILE (with
+#                           no earlier compiled 256/1 there, 256/1 is compiled too)
 #   BENCH_COMPILE_EST_S=260 assumed seconds per max-autotune compile until one has been measured
 #   BENCH_DIT_RESERVE_S=110 seconds kept for the dit.c runs and the report at the end
 #   BENCH_TINY=1            CPU self-test: tiny models, CPU backend, no GPU needed; the table goes to
@@ -110,6 +112,12 @@ if [ "$COMPILE" != only ]; then
 fi
 
 # ---- plan
+MERGE_FILE=""
+if [ "$COMPILE" = only ]; then
+    if [ -n "${BENCH_MERGE:-}" ]; then MERGE_FILE=$BENCH_MERGE
+    elif [ -f "$W/results.json" ]; then MERGE_FILE="$W/results.json"; fi
+    [ -n "$MERGE_FILE" ] && [ ! -f "$MERGE_FILE" ] && { echo "bench: error: BENCH_MERGE=$MERGE_FILE: no such file"; RC=2; exit 2; }
+fi
 TORCH_DEADLINE=$(( T0 + BUDGET - RESERVE ))
 [ "$COMPILE" = only ] && TORCH_DEADLINE=$(( T0 + BUDGET - 10 ))
 if [ "$TINY" = 1 ]; then
@@ -119,31 +127,40 @@ else
     case "$COMPILE" in
         0) TORCH_CASES="eager256x1,eager256x8,eager512x1,loop256x1,vae256x1" ;;
         1) TORCH_CASES="compile256x1,loopc256x1,eager256x1,eager256x8,eager512x1,loop256x1,vae256x1,compile256x8" ;;
-        only) TORCH_CASES="compile256x1,loopc256x1,compile256x8" ;;
+        only)   # 256/8, plus 256/1 when the earlier run being merged has no compiled 256/1
+            TORCH_CASES="compile256x8,compile256x1,loopc256x1"
+            if [ -n "$MERGE_FILE" ] && "$PY" -c 'import json, sys; c = json.load(open(sys.argv[1])).get("torch", {}); sys.exit(0 if "ms" in c.get("compile256x1", {}) else 1)' "$MERGE_FILE" 2>/dev/null; then
+                TORCH_CASES="compile256x8"
+            fi ;;
     esac
     TORCH_ARGS="--device cuda --reps 20 --warmup 5 --loop-reps 2"
 fi
-say "plan (estimates for one H100; the budget is enforced, not the estimates):"
-if [ "$COMPILE" != only ]; then
-    say "  [cpu] make_xl ~35 s, 2 conversions ~20 s, 2 quantizations ~10 s (while PyTorch compiles)"
-fi
-if [ "$COMPILE" != 0 ] && [ "$TINY" != 1 ]; then
-    say "  [gpu] PyTorch compile 256/1 ~${COMPILE_EST} s (started now), then timed after the CPU steps"
-fi
-if [ "$COMPILE" != only ]; then
-    say "  [gpu] PyTorch eager 256/1, 256/8, 512/1, 2+1 x 250-step loop, VAE: ~45 s"
-fi
-if [ "$COMPILE" != 0 ] && [ "$TINY" != 1 ]; then
-    say "  [gpu] PyTorch compile 256/8 ~${COMPILE_EST} s: only if it ends before t=$(( TORCH_DEADLINE - T0 )) s"
-fi
-if [ "$COMPILE" != only ]; then
-    say "  [gpu] dit.c f16 + q8_0: 256/1, 256/8, 512/1 + VAE in the last ${RESERVE} s (t=$(( TORCH_DEADLINE - T0 ))..${BUDGET} s)"
+TD=$(( TORCH_DEADLINE - T0 ))
+say "plan (time from now; estimates for one H100; the budget is enforced, the estimates are not):"
+if [ "$COMPILE" = only ]; then
+    say "  t=0:   PyTorch torch.compile max-autotune, cases $TORCH_CASES (~${COMPILE_EST} s per compile), each"
+    say "         started only if it can end by t=${TD} s; nothing else (BENCH_COMPILE=only)${MERGE_FILE:+; merged with $MERGE_FILE}"
+else
+    say "  t=0:   [cpu] make_xl ~35 s, 2 conversions ~25 s, 2 quantizations ~15 s"
+    if [ "$COMPILE" = 1 ] && [ "$TINY" != 1 ]; then
+        say "  t=0:   [gpu] PyTorch builds the model and compiles 256/1 (~${COMPILE_EST} s) meanwhile"
+        say "  t~$(( COMPILE_EST + 10 )): [gpu] PyTorch times compiled 256/1 + its 250-step loop, then eager 256/1, 256/8, 512/1,"
+        say "         the eager 250-step loop (1 warm-up + 2 timed) and the VAE: ~50 s"
+        say "  t~$(( COMPILE_EST + 60 )): [gpu] PyTorch compiles 256/8 only if it can end by t=${TD} s, i.e. only if a compile"
+        say "         takes <= ~$(( (TD - COMPILE_EST - 60) * 10 / 11 )) s; if not: BENCH_COMPILE=only sh bench/bench.sh afterwards"
+    else
+        say "  t~75:  [gpu] PyTorch eager 256/1, 256/8, 512/1, 250-step loop (1 warm-up + 2 timed), VAE: ~50 s"
+    fi
+    say "  t<=${TD}: [gpu] dit.c f16 + q8_0 at 256/1, 256/8, 512/1 + VAE decode (~70 s), in the last ${RESERVE} s"
+    say "  then the report; the whole run ends by t=${BUDGET} s"
 fi
 
 # ---- 2. PyTorch in the background (it waits for $W/.prep-done before timing anything)
-rm -f "$W/.prep-done" "$W/torch.json" "$W/torch.log"
+# results of an earlier run must not pass for this run's (an earlier run's table comes in only through
+# the merge file of BENCH_COMPILE=only)
+rm -f "$W/.prep-done" "$W/torch.json" "$W/torch.log" "$W/prep.txt" "$W"/dit-*.json "$W"/img-*.npy
 TIMEOUT=""
-command -v timeout >/dev/null 2>&1 && TIMEOUT="timeout -s KILL $(( TORCH_DEADLINE - $(date +%s) + 30 ))"
+command -v timeout >/dev/null 2>&1 && TIMEOUT="timeout -k 10 $(( TORCH_DEADLINE - $(date +%s) + 20 ))"
 # shellcheck disable=SC2086
 $TIMEOUT "$PY" bench/torch_baseline.py --out "$W/torch.json" --cases "$TORCH_CASES" $TORCH_ARGS \
     --deadline "$TORCH_DEADLINE" --compile-est "$COMPILE_EST" --wait-file "$W/.prep-done" >"$W/torch.log" 2>&1 &
@@ -206,7 +223,7 @@ wait "$TORCH_PID"
 TRC=$?
 sed 's/^/    /' "$W/torch.log"
 if [ "$TRC" -ne 0 ]; then
-    if [ "$TRC" -eq 137 ]; then fail "torch_baseline.py killed at its deadline (a compile overran; partial results kept)"
+    if [ "$TRC" -eq 124 ] || [ "$TRC" -eq 137 ]; then fail "torch_baseline.py stopped at its deadline (a compile overran; partial results kept)"
     else fail "torch_baseline.py (exit $TRC; see above)"; fi
 fi
 
@@ -238,9 +255,9 @@ fi
 # ---- 5. report
 say "report"
 MERGE=""
-if [ "$COMPILE" = only ]; then
-    if [ -n "${BENCH_MERGE:-}" ]; then MERGE="--merge $BENCH_MERGE"
-    elif [ -f "$W/results.json" ]; then MERGE="--merge $W/results.json"; fi
+if [ -n "$MERGE_FILE" ]; then
+    cp "$MERGE_FILE" "$W/merge-source.json" 2>/dev/null   # results.json is rewritten below
+    MERGE="--merge $W/merge-source.json"
 fi
 # shellcheck disable=SC2086
 if ! "$PY" bench/report.py --work "$W" --gpu "$GPU_NAME" --driver "${DRIVER:-?}" --cuda "${CUDA_VER:-?}" \
@@ -248,6 +265,6 @@ if ! "$PY" bench/report.py --work "$W" --gpu "$GPU_NAME" --driver "${DRIVER:-?}"
     fail "report.py"
 fi
 if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then
-    cp "$W/results.json" "$W/RESULTS-append.md" "$OUT/" 2>/dev/null && say "copied results.json, RESULTS-append.md to \$OUT"
+    cp "$W/results.json" "$W/RESULTS-append.md" "$W/torch.json" "$OUT/" 2>/dev/null && say "copied results.json, RESULTS-append.md, torch.json to \$OUT"
 fi
 say "done in $(elapsed) s (budget $BUDGET s)${FAILED:+; failures: $FAILED}"
