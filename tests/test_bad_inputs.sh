@@ -326,6 +326,8 @@ model_case m-heads "model with 7 heads for hidden 72" gguf "$G" "$T/in/m-heads.g
 model_case m-hidden "model with hidden size 0" gguf "$G" "$T/in/m-hidden.gguf" set-u32 dit.hidden_size 0
 model_case m-hidden-huge "model with hidden size 2^32-1" gguf "$G" "$T/in/m-hidden-huge.gguf" set-u32 dit.hidden_size 0xffffffff
 model_case m-input "model with input size 2^31" gguf "$G" "$T/in/m-input.gguf" set-u32 dit.input_size 0x80000000
+model_case m-inch "model with 2^30+1 input channels (doubled by learn_sigma)" gguf "$G" "$T/in/m-inch.gguf" set-u32 dit.in_channels 0x40000001
+model_case m-hidden-2p30 "model with hidden size 2^30 (4 x hidden overflows int)" gguf "$G" "$T/in/m-hidden-2p30.gguf" set-u32 dit.hidden_size 0x40000000
 model_case m-nokey "model without dit.depth" gguf "$G" "$T/in/m-nokey.gguf" del-kv dit.depth
 model_case m-arch "model whose dit.depth is a string" gguf "$G" "$T/in/m-arch.gguf" set-str dit.depth deep
 

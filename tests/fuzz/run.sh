@@ -149,8 +149,8 @@ run_one() {
     rc=$?
     last=$(grep -a -E '^#[0-9]+' "$log" | tail -1)
     execs=$(grep -a -o 'number_of_executed_units: [0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
-    cov=$(echo "$last" | grep -o 'cov: [0-9]*' | grep -o '[0-9]*$')
-    ft=$(echo "$last" | grep -o 'ft: [0-9]*' | grep -o '[0-9]*$')
+    cov=$(echo "$last" | grep -a -o 'cov: [0-9]*' | grep -o '[0-9]*$')
+    ft=$(echo "$last" | grep -a -o 'ft: [0-9]*' | grep -o '[0-9]*$')
     units=$(ls $B/corpus/$name | wc -l)
     heap=$(grep -a 'fuzz-heap: worst' "$log" | tail -1 | sed 's/fuzz-heap: //')
     echo "fuzz $name: ${secs}s, execs ${execs:-?}, cov ${cov:-?}, ft ${ft:-?}, corpus $units, ${heap:-heap stats n/a}"
