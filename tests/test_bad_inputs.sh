@@ -48,12 +48,18 @@ run() {
         echo "ok - $name: $what # SKIP $name not built"
         return 0
     fi
+    # BAD_RSS=1: measure each case's peak memory with GNU time (printed on the "ok" line)
+    tm=
+    [ -n "${BAD_RSS:-}" ] && [ -x /usr/bin/time ] && tm="/usr/bin/time -f %M -o $T/rss"
     if [ -n "${FSIZE:-}" ]; then   # a full disk: file size limit, SIGXFSZ ignored so write() fails with EFBIG
-        timeout 20 sh -c 'trap "" XFSZ; ulimit -f "$0"; exec "$@"' "$FSIZE" "$prog" "$@" >"$T/stdout" 2>"$T/stderr" </dev/null
+        timeout 20 $tm sh -c 'trap "" XFSZ; ulimit -f "$0"; exec "$@"' "$FSIZE" "$prog" "$@" >"$T/stdout" 2>"$T/stderr" </dev/null
     else
-        timeout 20 "$prog" "$@" >"$T/stdout" 2>"$T/stderr" </dev/null
+        timeout 20 $tm "$prog" "$@" >"$T/stdout" 2>"$T/stderr" </dev/null
     fi
     rc=$?
+    rss=
+    [ -n "$tm" ] && rss=", maxrss $(tail -1 "$T/rss") KB"
+    [ -n "$tm" ] && sed -i '/^Command exited with non-zero status/d' "$T/stderr"
     why=
     if [ $rc = 124 ]; then why="timed out after 20 s"
     elif [ $rc -ge 128 ]; then why="crashed (exit status $rc)"
@@ -77,7 +83,7 @@ run() {
         echo "not ok - $name: $what: $why"
         fails=$((fails + 1))
     else
-        echo "ok - $name: $what (exit $rc)"
+        echo "ok - $name: $what (exit $rc$rss)"
     fi
     return 0
 }
