@@ -302,6 +302,7 @@ gguf_case g-strlen "GGUF string length 2^64-256" gguf "$G" "$T/in/g-strlen.gguf"
 gguf_case g-arrcount "GGUF array of 2^48 elements" gguf "$G" "$T/in/g-arrcount.gguf" arr-count 0x1000000000000
 gguf_case g-dims "GGUF dims whose product overflows" gguf "$G" "$T/in/g-dims.gguf" dims pos_embed 4294967296 4294967296 72
 gguf_case g-dims0 "GGUF dims 0 x 2^62 (no bytes, product overflows)" gguf "$G" "$T/in/g-dims0.gguf" dims pos_embed 0 4611686018427387904
+gguf_case g-dims00 "GGUF tensor of 0 x 2^40 x 2^40 elements (no bytes, the count overflows int64)" gguf "$G" "$T/in/g-dims00.gguf" reshape pos_embed 0 1099511627776 1099511627776
 gguf_case g-ndims "GGUF tensor with 5 dims" gguf "$G" "$T/in/g-ndims.gguf" ndims pos_embed 5
 gguf_case g-type "GGUF unknown tensor type" gguf "$G" "$T/in/g-type.gguf" type pos_embed 99
 gguf_case g-block "GGUF q8_0 row of 72 (not a multiple of 32)" gguf "$G" "$T/in/g-block.gguf" type pos_embed 8
