@@ -30,7 +30,8 @@
 #   BENCH_TINY=1            CPU self-test: tiny models, CPU backend, no GPU needed; the table goes to
 #                           bench/.work/RESULTS-tiny.md, never to bench/RESULTS.md
 #   BENCH_NO_APPEND=1       print the table but leave bench/RESULTS.md alone
-cd "$(dirname "$0")/.." || exit 2
+SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
+cd "$(dirname "$SELF")/.." || exit 2
 W=bench/.work
 mkdir -p "$W" || { echo "bench: error: cannot create $W"; exit 1; }
 
@@ -38,7 +39,7 @@ mkdir -p "$W" || { echo "bench: error: cannot create $W"; exit 1; }
 if [ -z "${BENCH_CHILD:-}" ]; then
     LOG="$W/bench-$(date -u +%Y%m%d-%H%M%S).log"
     rm -f "$W/.rc"
-    BENCH_CHILD=1 BENCH_LOG="$LOG" sh "$0" "$@" 2>&1 | tee "$LOG"
+    BENCH_CHILD=1 BENCH_LOG="$LOG" sh "$SELF" "$@" 2>&1 | tee "$LOG"
     rc=$(cat "$W/.rc" 2>/dev/null || echo 1)
     if [ -n "${OUT:-}" ] && [ -d "${OUT:-}" ]; then cp "$LOG" "$OUT/bench.log"; fi
     echo "bench: log in $LOG (exit status $rc)"
@@ -71,7 +72,7 @@ case "$COMPILE" in 0|1|only) ;; *) echo "bench: error: BENCH_COMPILE must be 0, 
 if [ "$TINY" = 1 ]; then
     say "BENCH_TINY=1: CPU self-test with tiny models (no GPU; results go to $W/RESULTS-tiny.md)"
     GPU_NAME="cpu (tiny self-test)"; DRIVER="-"; CUDA_VER="-"
-    BACKEND=cpu; SIZE_ARGS="--tiny"; CK=DiT-tiny-2; VAEDIR=sd-vae-tiny; CONVERT_ARGS="--heads 2"
+    BACKEND=cpu; SIZE_ARGS="--tiny"; CK=DiT-tiny-2; VAEDIR=sd-vae-tiny; CONVERT_ARGS="--heads 2"; SAVE_STEPS=20
     RESULTS="$W/RESULTS-tiny.md"
 else
     if ! command -v nvidia-smi >/dev/null 2>&1; then
@@ -86,7 +87,7 @@ else
     fi
     DRIVER=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1)
     CUDA_VER=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9.]*\).*/\1/p' | head -n 1)
-    BACKEND=cuda; SIZE_ARGS=""; CK=DiT-XL-2; VAEDIR=sd-vae-ft-mse; CONVERT_ARGS=""
+    BACKEND=cuda; SIZE_ARGS=""; CK=DiT-XL-2; VAEDIR=sd-vae-ft-mse; CONVERT_ARGS=""; SAVE_STEPS=250
     RESULTS=bench/RESULTS.md
 fi
 [ "${BENCH_NO_APPEND:-0}" = 1 ] && RESULTS=""
@@ -105,6 +106,17 @@ if [ "$COMPILE" != only ]; then
     for p in bin/dit-convert bin/dit-quantize bin/bench/bench_dit; do
         [ -x "$p" ] || { echo "bench: error: $p is missing: run 'make bench' (or 'make' and 'make bin/bench/bench_dit') first"; RC=1; exit 1; }
     done
+    # CUDA libraries the binaries were linked with but the loader cannot find (a machine whose CUDA
+    # libraries come with PyTorch's nvidia-* wheels): add those wheels' lib folders
+    if ldd bin/bench/bench_dit 2>/dev/null | grep -q "not found"; then
+        NVLIBS=$("$PY" -c 'import glob, os, nvidia
+print(":".join(sorted({os.path.dirname(f) for p in nvidia.__path__ for f in glob.glob(p + "/**/lib/*.so*", recursive=True)})))' 2>/dev/null)
+        if [ -n "$NVLIBS" ]; then
+            export LD_LIBRARY_PATH="$NVLIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            say "CUDA libraries from PyTorch's nvidia wheels added to LD_LIBRARY_PATH"
+        fi
+        ldd bin/bench/bench_dit | grep "not found" && say "warning: libraries still missing (above)"
+    fi
     if [ "$BACKEND" = cuda ] && ! bin/bench/bench_dit --info; then
         echo "bench: error: bin/bench/bench_dit cannot use the GPU (CPU-only build, or no GPU visible): rebuild with nvcc present"
         RC=1; exit 1
@@ -151,7 +163,7 @@ else
     else
         say "  t~75:  [gpu] PyTorch eager 256/1, 256/8, 512/1, 250-step loop (1 warm-up + 2 timed), VAE: ~50 s"
     fi
-    say "  t<=${TD}: [gpu] dit.c f16 + q8_0 at 256/1, 256/8, 512/1 + VAE decode (~70 s), in the last ${RESERVE} s"
+    say "  t~${TD}: [gpu] dit.c f16 + q8_0 at 256/1, 256/8, 512/1 + VAE decode (~70 s): the last ${RESERVE} s are kept for it"
     say "  then the report; the whole run ends by t=${BUDGET} s"
 fi
 
@@ -165,6 +177,7 @@ command -v timeout >/dev/null 2>&1 && TIMEOUT="timeout -k 10 $(( TORCH_DEADLINE 
 $TIMEOUT "$PY" bench/torch_baseline.py --out "$W/torch.json" --cases "$TORCH_CASES" $TORCH_ARGS \
     --deadline "$TORCH_DEADLINE" --compile-est "$COMPILE_EST" --wait-file "$W/.prep-done" >"$W/torch.log" 2>&1 &
 TORCH_PID=$!
+trap 'kill "$TORCH_PID" 2>/dev/null; echo "bench: interrupted"; RC=130; exit 130' INT TERM
 say "PyTorch baseline started (pid $TORCH_PID, log $W/torch.log)"
 
 # ---- 3. checkpoints, conversion, quantization
@@ -241,7 +254,7 @@ if [ "$PREP_OK" = 1 ]; then
         secs=$(( ( $(left) - 10 - 8 * jobs_left ) * u / units_left ))
         [ "$secs" -lt 5 ] && secs=5
         save=""
-        [ "$s" = 256 ] && save="--save $W/img-$ty-$s.npy"
+        [ "$s" = 256 ] && save="--save $W/img-$ty-$s.npy --save-steps $SAVE_STEPS"
         say "dit.c: bin/bench/bench_dit $g -n $ns --steps 250 --max-seconds $secs --backend $BACKEND"
         # shellcheck disable=SC2086
         bin/bench/bench_dit "$g" -n "$ns" --steps 250 --max-seconds "$secs" --backend "$BACKEND" \

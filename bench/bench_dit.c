@@ -98,12 +98,13 @@ typedef struct {
     size_t mem_delta;           /* max GPU bytes in use minus the bytes in use before the model reached the GPU */
     float lat_absmax, img_absmax;
     int finite;
+    int saved_steps;            /* steps of the images written by --save, 0 if none */
 } bench_case;
 
 typedef struct {
     const char *model_path, *json_path, *save_path, *label;
     int ns[MAX_CASES], n_cases;
-    int steps, reps, warm_steps, decode_reps, threads, backend, verbose;
+    int steps, reps, warm_steps, decode_reps, threads, backend, verbose, save_steps;
     double max_seconds;
     uint64_t seed;
 } options;
@@ -122,7 +123,9 @@ static void usage(FILE *f)
         "  -t N               CPU threads (default: all)\n"
         "  --seed S           noise seed (default 0)\n"
         "  --json FILE        write the results as JSON (atomically)\n"
-        "  --save FILE.npy    decoded images of the first case's last timed sample (float32, N,3,H,W)\n"
+        "  --save FILE.npy    decoded images of the first case (float32, N,3,H,W), sampled with --save-steps\n"
+        "  --save-steps S     steps of that sample (default: --steps); when the timed samples had fewer steps\n"
+        "                     (time budget), one more sample is run for it, so saved images stay comparable\n"
         "  --label TEXT       free text copied into the JSON (e.g. \"f16\")\n"
         "  --info             print how this binary was built (CUDA or not) and exit\n"
         "  -v                 more detail\n");
@@ -198,6 +201,7 @@ static void parse_args(int argc, char **argv, options *o)
         }
         else if (!strcmp(a, "--json")) { NEED_VALUE(); o->json_path = v; }
         else if (!strcmp(a, "--save")) { NEED_VALUE(); o->save_path = v; }
+        else if (!strcmp(a, "--save-steps")) { NEED_VALUE(); o->save_steps = parse_int(v, a, 1, 1000); }
         else if (!strcmp(a, "--label")) { NEED_VALUE(); o->label = v; }
         else if (a[0] == '-' && a[1]) die(2, NULL, "unknown option '%s' (see --help)", a);
         else if (!o->model_path) o->model_path = a;
@@ -205,6 +209,7 @@ static void parse_args(int argc, char **argv, options *o)
 #undef NEED_VALUE
     }
     if (!o->model_path) { usage(stderr); exit(2); }
+    if (!o->save_steps) o->save_steps = o->steps;
 #ifndef DIT_CUDA
     if (o->backend == DIT_BACKEND_CUDA) die(2, NULL, "this build has no CUDA backend (build with nvcc, or use --backend cpu)");
 #endif
@@ -392,6 +397,13 @@ static void bench_one(dit_model *m, const options *o, int n, double budget_s, si
             c->decode_api_ms = (now_s() - t0) * 1e3;
         }
         if (save && o->save_path) {
+            if (c->steps != o->save_steps) {   /* the timed samples were shorter: sample the saved images anew */
+                if ((rc = run_sample(m, o, n, o->save_steps, labels, lat, &ms)))
+                    die(rc, o->model_path, "sample for --save (%d steps): %s", o->save_steps, dit_last_error());
+                if ((rc = decode(m, o, lat, n, img, &fn))) die(rc, o->model_path, "decode: %s", dit_last_error());
+                absmax_check(img, img_n, &c->img_absmax, &c->finite);
+            }
+            c->saved_steps = o->save_steps;
             int64_t shape[4] = { n, dit_image_channels(m), dit_image_size(m), dit_image_size(m) };
             if ((rc = dit_npy_write(o->save_path, 4, shape, img))) die(rc, o->save_path, "%s", dit_last_error());
         }
@@ -475,9 +487,9 @@ static void write_json(const options *o, const dit_model *m, const char *main_ty
         json_str(f, c->decode_fn ? c->decode_fn : "");
         fprintf(f, ", \"decode_api_ms\": %.4f,\n     \"mem_delta_bytes\": %zu, \"backend_weight_bytes\": %zu, "
                    "\"backend_arena_bytes\": %zu, \"backend_peak_bytes\": %zu, \"latent_absmax\": %.6g, "
-                   "\"image_absmax\": %.6g, \"finite\": %s}%s\n",
+                   "\"image_absmax\": %.6g, \"finite\": %s, \"saved_steps\": %d}%s\n",
                 c->decode_api_ms, c->mem_delta, c->be_weight_bytes, c->be_arena_bytes, c->be_peak_bytes,
-                c->lat_absmax, c->img_absmax, c->finite ? "true" : "false", i + 1 < nc ? "," : "");
+                c->lat_absmax, c->img_absmax, c->finite ? "true" : "false", c->saved_steps, i + 1 < nc ? "," : "");
     }
     fprintf(f, "  ]\n}\n");
     if (dit_atomic_commit(&af)) die(1, o->json_path, "%s", dit_last_error());

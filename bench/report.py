@@ -89,13 +89,13 @@ def gather(work, merge):
     fresh = os.path.exists(os.path.join(work, "img-f16-256.npy"))
     if not fresh:
         pass   # nothing new to compare (BENCH_COMPILE=only): keep what the merge file said
-    elif a and b and a["steps"] == b["steps"]:
+    elif a and b and a.get("saved_steps") and a.get("saved_steps") == b.get("saved_steps"):
         p = psnr(os.path.join(work, "img-f16-256.npy"), os.path.join(work, "img-q8_0-256.npy"))
         if p is not None:
             res["psnr_q8_0_vs_f16_256"] = p
-            res["psnr_steps"] = a["steps"]
+            res["psnr_steps"] = a["saved_steps"]
     elif a and b:
-        res["psnr_note"] = "not comparable: f16 and q8_0 timed %d and %d steps" % (a["steps"], b["steps"])
+        res["psnr_note"] = "not comparable: images of %s and %s steps" % (a.get("saved_steps"), b.get("saved_steps"))
     return res
 
 
