@@ -30,6 +30,14 @@
 #   BENCH_TINY=1            CPU self-test: tiny models, CPU backend, no GPU needed; the table goes to
 #                           bench/.work/RESULTS-tiny.md, never to bench/RESULTS.md
 #   BENCH_NO_APPEND=1       print the table but leave bench/RESULTS.md alone
+#
+# On the lent GPU machine (no network): build here first (`make && make bin/bench/bench_dit`, nvcc 13 as
+# there), then run `sh bench/bench.sh` there carrying bin/ (python3 there has torch, numpy). It copies
+# bench.log, results.json, torch.json and RESULTS-append.md to $OUT; append RESULTS-append.md to
+# bench/RESULTS.md here. Expected: ~6.5 min with one torch.compile; the compiled 256/8 case then comes from
+# a second run, `BENCH_COMPILE=only sh bench/bench.sh` (~5 min; merges the first run's results.json when
+# the machine still has bench/.work, else it also compiles 256/1 and `python3 bench/report.py --work DIR2
+# --merge DIR1/results.json --out /tmp/merged --gpu NAME --driver D --cuda C` merges here).
 SELF="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$SELF")/.." || exit 2
 W=bench/.work

@@ -360,6 +360,7 @@ def main():
     ap.add_argument("--failed", default="")
     ap.add_argument("--append", help="RESULTS.md to append the section to")
     ap.add_argument("--merge", help="results.json of an earlier run: its entries fill what this run lacks")
+    ap.add_argument("--out", help="folder for results.json and RESULTS-append.md (default: --work)")
     a = ap.parse_args()
 
     res = gather(a.work, a.merge)
@@ -381,10 +382,12 @@ def main():
     out += ["", "Details:", ""] + details(res) + [""]
     section = "\n".join(out)
     print(section)
-    with open(os.path.join(a.work, "results.json"), "w") as f:
+    out_dir = a.out or a.work
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump(res, f, indent=1)
         f.write("\n")
-    with open(os.path.join(a.work, "RESULTS-append.md"), "w") as f:
+    with open(os.path.join(out_dir, "RESULTS-append.md"), "w") as f:
         f.write(section)
     if a.append:
         append_results(a.append, section)
