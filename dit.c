@@ -484,6 +484,13 @@ static int dit__gguf_read_tensors(dit_gguf *g, dit__cur *c) {
         if (c->what) return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': %s", t->name, c->what);
         if (!dit__type_known(t->type))
             return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': unknown ggml type %d", t->name, t->type);
+        uint64_t rows = 1;   /* ne1*ne2*ne3 must fit in int64 even when ne0 = 0 makes the byte count 0 */
+        for (int d = 1; d < 4; d++) {
+            if (t->ne[d] && rows > (uint64_t)INT64_MAX / (uint64_t)t->ne[d])
+                return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': element count of dims [%lld, %lld, %lld, %lld] overflows",
+                                      t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3]);
+            rows *= (uint64_t)t->ne[d];
+        }
         int blck = dit__types[t->type].blck;
         if (t->ne[0] % blck)
             return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': row length %lld is not a multiple of the %s block size %d",
