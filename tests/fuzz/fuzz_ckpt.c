@@ -35,8 +35,7 @@ static void read_tensor(ck_file *f, const ck_tensor *t) {
     unsigned __int128 bytes = (unsigned __int128)(uint64_t)t->numel * es;
     if (bytes > (unsigned __int128)in_size * 1032 + (1u << 20)) {
         fprintf(stderr, "fuzz: tensor of %lld elements x %zu bytes declared by a %zu-byte file\n", (long long)t->numel, es, in_size);
-        FUZZ_ASSERT(getenv("FUZZ_KNOWN"));   /* regress-expanded-view-huge-numel */
-        return;
+        FUZZ_ASSERT(!"tensor larger than the file could hold");   /* regress-expanded-view-huge-numel */
     }
     uint8_t *dst = malloc((size_t)bytes ? (size_t)bytes : 1);
     FUZZ_ASSERT(dst);
@@ -77,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     FUZZ_ASSERT(root && ck_file_size(f) == size && ck_format(f) >= CK_FMT_ZIP && ck_format(f) <= CK_FMT_SAFETENSORS);
     budget = 200000;
     walk(f, root, 0);
-    if (budget >= 0 || !getenv("FUZZ_KNOWN")) (void)pv_find_opaque(root, 0);   /* regress-shared-list-cycle */
+    (void)pv_find_opaque(root, 0);   /* bounded on shared/cyclic graphs: regress-shared-list-cycle */
     ck_close(f);
     free(tmp);
     tmp = NULL, tmpcap = 0;

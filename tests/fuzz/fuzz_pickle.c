@@ -109,9 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     else {
         budget = 200000;
         walk(root, 0);
-        /* FUZZ_KNOWN: skip pv_find_opaque on graphs with > 200000 paths (regress-shared-list-cycle:
-           it walks shared/cyclic values path by path, 2^64 steps for a 13-byte pickle) */
-        if (budget >= 0 || !getenv("FUZZ_KNOWN")) (void)pv_find_opaque(root, 0);
+        (void)pv_find_opaque(root, 0);   /* must stay bounded on shared/cyclic graphs (regress-shared-list-cycle) */
         (void)pv_dict_get(root, "state_dict"), (void)pv_dict_get(root, "ema");
     }
     ck_arena_free(a);
