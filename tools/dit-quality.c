@@ -162,18 +162,23 @@ static void usage(void) {
            "  --data DIR        Fashion-MNIST idx files for the real test set (default /usr/share/datasets/fashion-mnist)\n"
            "  --min-accuracy A  exit 3 if the conditional accuracy is below A (0..1)\n"
            "  --min-diversity D exit 3 if any class's mean pairwise pixel distance is below D\n"
-           "  --backend B       auto | cpu | cuda;  -t THREADS;  -v\n");
+           "  --backend B       auto | cpu | cuda;  -t THREADS;  -v\n"
+           "negative controls for the tests (a check that cannot fail proves nothing):\n"
+           "  --label-shift K   ask the model for class (c+K)%%10 but score against c (accuracy collapses)\n"
+           "  --same-noise      every image of a run starts from the same noise (DDIM: classes collapse)\n");
 }
 
 int main(int argc, char **argv) {
     const char *model_path = NULL, *cls_path = NULL, *data = "/usr/share/datasets/fashion-mnist";
     int per_class = 100, steps = 50, sampler = DIT_SAMPLER_DDIM, threads = 0, backend = DIT_BACKEND_AUTO, verbose = 0;
     float cfg = 4.0f, min_acc = -1, min_div = -1;
+    int label_shift = 0, same_noise = 0;
     uint64_t seed = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
         else if (!strcmp(a, "-v")) verbose = 1;
+        else if (!strcmp(a, "--same-noise")) same_noise = 1;
         else if (!v) { usage(); die(2, "missing value for an option"); }
         else if (!strcmp(a, "-m")) model_path = argv[++i];
         else if (!strcmp(a, "-c")) cls_path = argv[++i];
@@ -185,6 +190,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--min-accuracy")) min_acc = (float)atof(argv[++i]);
         else if (!strcmp(a, "--min-diversity")) min_div = (float)atof(argv[++i]);
         else if (!strcmp(a, "-t")) threads = atoi(argv[++i]);
+        else if (!strcmp(a, "--label-shift")) label_shift = atoi(argv[++i]);
         else if (!strcmp(a, "--sampler")) {
             i++;
             if (!strcmp(argv[i], "ddpm")) sampler = DIT_SAMPLER_DDPM;
@@ -207,9 +213,17 @@ int main(int argc, char **argv) {
     const int n = 10 * per_class, px = 784;
     int *labels = malloc(sizeof(int) * n);
     float *lat = malloc(sizeof(float) * (size_t)n * px), *gfeat = malloc(sizeof(float) * (size_t)n * FD);
-    for (int i = 0; i < n; i++) labels[i] = i / per_class;
+    int *asked = malloc(sizeof(int) * n);
+    for (int i = 0; i < n; i++) labels[i] = i / per_class, asked[i] = ((labels[i] + label_shift) % 10 + 10) % 10;
+    float *init = NULL;
+    if (same_noise) {   /* image 0's noise for every image */
+        init = malloc(sizeof(float) * (size_t)n * px);
+        dit_randn(seed, 0, 0, init, px);
+        for (int i = 1; i < n; i++) memcpy(init + (size_t)i * px, init, sizeof(float) * px);
+    }
     dit_sample_params p = dit_sample_params_default();
-    p.sampler = sampler, p.steps = steps, p.cfg_scale = cfg, p.seed = seed, p.n = n, p.labels = labels;
+    p.sampler = sampler, p.steps = steps, p.cfg_scale = cfg, p.seed = seed, p.n = n, p.labels = asked;
+    p.init_noise = init;
     p.threads = threads, p.backend = backend, p.verbose = verbose;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -248,10 +262,11 @@ int main(int argc, char **argv) {
     snprintf(ip, sizeof ip, "%s/t10k-images-idx3-ubyte.gz", data), snprintf(lp, sizeof lp, "%s/t10k-labels-idx1-ubyte.gz", data);
     int nr = 0, nl = 0;
     uint8_t *rimg = idx_read(ip, 3, &nr), *rlab = idx_read(lp, 1, &nl);
-    double real_acc = -1, fd = -1;
+    double real_acc = -1, fd = -1, fd_real = -1;
     if (rimg && rlab && nr == nl) {
         float *rfeat = malloc(sizeof(float) * (size_t)nr * FD);
         int rc = 0;
+#pragma omp parallel for reduction(+ : rc) schedule(static)
         for (int i = 0; i < nr; i++) {
             float x[784];
             for (int k = 0; k < px; k++) x[k] = rimg[(size_t)i * px + k] / 255.0f * 2 - 1;
@@ -259,6 +274,22 @@ int main(int argc, char **argv) {
         }
         real_acc = (double)rc / nr;
         fd = frechet(gfeat, n, rfeat, nr);
+        /* the floor of this measure: n real training images against the same test set */
+        snprintf(ip, sizeof ip, "%s/train-images-idx3-ubyte.gz", data);
+        int nt = 0;
+        uint8_t *timg = idx_read(ip, 3, &nt);
+        if (timg && nt >= n) {
+            float *tfeat = malloc(sizeof(float) * (size_t)n * FD);
+#pragma omp parallel for schedule(static)
+            for (int i = 0; i < n; i++) {
+                float x[784];
+                for (int k = 0; k < px; k++) x[k] = timg[(size_t)i * px + k] / 255.0f * 2 - 1;
+                classify(&c, x, tfeat + (size_t)i * FD);
+            }
+            fd_real = frechet(tfeat, n, rfeat, nr);
+            free(tfeat);
+        }
+        free(timg);
         free(rfeat);
     }
 
@@ -275,11 +306,12 @@ int main(int argc, char **argv) {
     if (real_acc >= 0) printf("classifier on real test set %.1f%%\nfrechet distance (64-d features, %d generated vs %d real) %.3f\n",
                               100 * real_acc, n, nr, fd);
     else printf("real test set not found under %s (install dataset-fashion-mnist): no real accuracy or FD\n", data);
+    if (fd_real >= 0) printf("frechet distance of %d real training images vs the test set (the floor) %.3f\n", n, fd_real);
     printf("min class diversity    %.3f\n", min_d);
     int fail = 0;
     if (min_acc >= 0 && acc < min_acc) { fprintf(stderr, "dit-quality: conditional accuracy %.3f below %.3f\n", acc, min_acc); fail = 1; }
     if (min_div >= 0 && min_d < min_div) { fprintf(stderr, "dit-quality: a class collapsed (diversity %.4f below %.4f)\n", min_d, min_div); fail = 1; }
-    free(labels), free(lat), free(gfeat), free(rimg), free(rlab);
+    free(labels), free(asked), free(init), free(lat), free(gfeat), free(rimg), free(rlab);
     dit_model_free(m);
     dit_gguf_close(c.g);
     return fail ? 3 : 0;
