@@ -99,11 +99,10 @@ else
     RESULTS=bench/RESULTS.md
 fi
 [ "${BENCH_NO_APPEND:-0}" = 1 ] && RESULTS=""
-if ! "$PY" -c 'import torch' >/dev/null 2>&1; then
+if ! TORCH_INFO=$("$PY" -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "no-cuda")' 2>/dev/null); then
     echo "bench: $PY cannot import torch: PyTorch is needed for the checkpoints and the baselines; nothing to time."
     exit 0
 fi
-TORCH_INFO=$("$PY" -c 'import torch; print(torch.__version__, "cuda" if torch.cuda.is_available() else "no-cuda")' 2>/dev/null)
 say "GPU: $GPU_NAME (driver ${DRIVER:-?}, CUDA ${CUDA_VER:-?}); torch $TORCH_INFO; budget ${BUDGET} s"
 if [ "$TINY" != 1 ]; then
     case "$TORCH_INFO" in *no-cuda*) echo "bench: torch has no CUDA here: PyTorch baselines cannot run on the GPU; nothing to compare."; exit 0 ;; esac
@@ -193,7 +192,8 @@ PREP_OK=0
 if [ "$COMPILE" != only ]; then
     PREP_OK=1
     STAMP=$(cat bench/make_xl.py tests/ref/dit_ref.py | cksum | cut -d' ' -f1)
-    if [ -f "$W/$CK-256x256.pt" ] && [ -f "$W/$CK-512x512.pt" ] && [ "$(cat "$W/xl.stamp" 2>/dev/null)" = "$STAMP$TINY" ]; then
+    if [ -f "$W/$CK-256x256.pt" ] && [ -f "$W/$CK-512x512.pt" ] && [ -f "$W/$VAEDIR/config.json" ] \
+            && [ "$(cat "$W/xl.stamp" 2>/dev/null)" = "$STAMP$TINY" ]; then
         say "checkpoints: reusing $W/$CK-*.pt (same make_xl.py)"
     else
         say "checkpoints: python3 bench/make_xl.py $W $SIZE_ARGS"

@@ -500,6 +500,9 @@ int main(int argc, char **argv)
     options o;
     parse_args(argc, argv, &o);
     const double t_start = now_s();
+#ifndef DIT_CUDA
+    printf("bench_dit: CPU-only build: timing the CPU backend (GPU timings need a build with nvcc)\n");
+#endif
 
     /* GPU memory in use before this process puts anything there (creates the CUDA context) */
     size_t used0 = o.backend == DIT_BACKEND_CUDA ? gpu_used() : 0;
