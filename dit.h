@@ -313,7 +313,9 @@ dit_sample_params dit_sample_params_default(void);
 /* out: (n, C, L, L) final latents (before the VAE). NaN/Inf is reported as DIT_ERR_NUMERIC with the step. */
 int dit_sample(dit_model *m, const dit_sample_params *p, float *out);
 /* latents (n, C, L, L) as sampled (divided by the scaling factor inside) -> images (n, 3, 8L, 8L).
-   Without a VAE the latents are copied (pixel-space models). */
+   Without a VAE the latents are copied (pixel-space models).
+   Always the CPU fp32 reference (the oracle); the GPU decoder is dit_cuda_decode in ggml-cuda/dit-cuda.h,
+   which dit-sample uses when it samples on the GPU. */
 int dit_decode(dit_model *m, const float *latents, int n, float *images, int threads);
 
 /* ---------------------------------------------------------------- files */
