@@ -3,6 +3,7 @@
 #   make            programs in bin/          make test     tests (GPU parts skip without a GPU)
 #   make sample     the bundled model         make bench    dit.c vs PyTorch timings (GPU)
 #   make CUDA=0     CPU only                  make SANITIZE=1 test   ASan + UBSan build
+#   make quality    sample quality table      make fuzz     libFuzzer harnesses (FUZZ_SECONDS=60 each)
 CC       ?= cc
 OPT      ?= -O3 -march=x86-64-v3 -ffp-contract=fast
 CFLAGS   += $(OPT) -std=c11 -Wall -Wextra -Wno-unused-parameter -fopenmp -D_GNU_SOURCE -I. -I/usr/include/stb
@@ -96,11 +97,15 @@ sample: bin/dit-sample
 quality: bin/dit-sample
 	@sh tools/quality.sh
 
+# libFuzzer harnesses (clang): FUZZ_SECONDS per harness (0 = replay the committed corpora only)
+fuzz:
+	@sh tests/fuzz/run.sh $(or $(FUZZ_SECONDS),60)
+
 bench: $(PROGRAMS) $(patsubst bench/%.c,bin/bench/%,$(wildcard bench/*.c))
 	@sh bench/bench.sh
 
 clean:
 	rm -rf build build-cpu build-san bin
 
-.PHONY: all test sample quality bench clean
+.PHONY: all test sample quality bench fuzz clean
 .PRECIOUS: $(BUILD)/%.o $(BUILD)/tests/%.o $(BUILD)/bench/%.o $(BUILD)/tools/%.o
