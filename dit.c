@@ -41,6 +41,8 @@ int dit_set_error(int code, const char *fmt, ...) {
     va_start(ap, fmt);
     vsnprintf(dit__err_msg, sizeof dit__err_msg, fmt, ap);
     va_end(ap);
+    for (char *p = dit__err_msg; *p; p++)   /* names from files must not forge lines or terminal codes */
+        if ((unsigned char)*p < 0x20 || *p == 0x7f) *p = '?';
     dit__err_code = code;
     return code;
 }
@@ -484,12 +486,13 @@ static int dit__gguf_read_tensors(dit_gguf *g, dit__cur *c) {
         if (c->what) return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': %s", t->name, c->what);
         if (!dit__type_known(t->type))
             return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': unknown ggml type %d", t->name, t->type);
-        uint64_t rows = 1;   /* ne1*ne2*ne3 must fit in int64 even when ne0 = 0 makes the byte count 0 */
-        for (int d = 1; d < 4; d++) {
-            if (t->ne[d] && rows > (uint64_t)INT64_MAX / (uint64_t)t->ne[d])
+        uint64_t rows = 1;   /* the product of the non-zero dims stays below 2^56 (the writer's rule), even
+                                when a zero dim makes the byte count 0 */
+        for (int d = 0; d < 4; d++) {
+            if (t->ne[d] && rows > (UINT64_MAX >> 8) / (uint64_t)t->ne[d])
                 return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': element count of dims [%lld, %lld, %lld, %lld] overflows",
                                       t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3]);
-            rows *= (uint64_t)t->ne[d];
+            rows *= t->ne[d] ? (uint64_t)t->ne[d] : 1;
         }
         int blck = dit__types[t->type].blck;
         if (t->ne[0] % blck)
@@ -892,7 +895,7 @@ int dit_gguf_add_tensor(dit_gguf_writer *w, const char *name, int type, int n_di
     for (int d = 0; d < n_dims; d++) {
         if (ne[d] < 0 || (ne[d] && nel > (UINT64_MAX >> 8) / (uint64_t)ne[d]))
             return dit_set_error(DIT_ERR_INPUT, "tensor '%s': bad dimension %lld", name, (long long)ne[d]), -1;
-        t.ne[d] = ne[d], nel *= (uint64_t)ne[d];
+        t.ne[d] = ne[d], nel *= ne[d] ? (uint64_t)ne[d] : 1;   /* zero dims: same rule as the reader */
     }
     if (t.ne[0] % dit__types[type].blck)
         return dit_set_error(DIT_ERR_INPUT, "tensor '%s': row length %lld is not a multiple of the %s block size %d", name,
@@ -1976,8 +1979,12 @@ static int load_config(dit_model *m)
         (rc = kv_int(g, "dit.num_heads", 1, 0, &c->heads)) || (rc = kv_int(g, "dit.patch_size", 1, 0, &c->patch)) ||
         (rc = kv_int(g, "dit.input_size", 1, 0, &c->input_size)) ||
         (rc = kv_int(g, "dit.in_channels", 1, 0, &c->in_channels)) ||
-        (rc = kv_int(g, "dit.learn_sigma", 0, 1, &c->learn_sigma)) ||
-        (rc = kv_int(g, "dit.out_channels", 0, c->in_channels * (c->learn_sigma ? 2 : 1), &c->out_channels)) ||
+        (rc = kv_int(g, "dit.learn_sigma", 0, 1, &c->learn_sigma)))
+        return rc;
+    /* the defaults below are computed from these two: range-check them first (no int overflow) */
+    if (c->hidden < 1 || c->hidden > 65536) return dit_set_error(DIT_ERR_INPUT, "%s: bad value of dit.hidden_size", path);
+    if (c->in_channels < 1 || c->in_channels > 64) return dit_set_error(DIT_ERR_INPUT, "%s: bad value of dit.in_channels", path);
+    if ((rc = kv_int(g, "dit.out_channels", 0, c->in_channels * (c->learn_sigma ? 2 : 1), &c->out_channels)) ||
         (rc = kv_int(g, "dit.num_classes", 1, 0, &c->num_classes)) ||
         (rc = kv_int(g, "dit.mlp_hidden", 0, 4 * c->hidden, &c->mlp_hidden)) ||
         (rc = kv_int(g, "dit.cfg_channels", 0, c->in_channels == 4 ? 3 : c->in_channels, &c->cfg_channels)))
