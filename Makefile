@@ -14,7 +14,7 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 NVCCFLAGS ?= -O3 -std=c++17 -arch=$(CUDA_ARCH) -lineinfo --use_fast_math -Xcompiler -fopenmp,-Wall -I.
 
 ifeq ($(SANITIZE),1)
-  OPT     = -O1 -g -fno-omit-frame-pointer
+  OPT     = -O2 -g -fno-omit-frame-pointer
   CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=undefined
   LDFLAGS += -fsanitize=address,undefined
   CUDA    = 0
@@ -89,7 +89,7 @@ bin/tests/%: $(BUILD)/tests/%.o $(RT_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
 
 test: $(PROGRAMS) $(TESTS)
-	@sh tests/run.sh
+	@DIT_SANITIZE=$(SANITIZE) sh tests/run.sh
 
 sample: bin/dit-sample
 	@sh tools/sample.sh
