@@ -179,6 +179,7 @@ int main(void) {
     at = find(good, n, "c\x02\x00\x00\x00", 5);   /* tensor c: n_dims 2, ne0 64 -> 63 (not a multiple of 32) */
     expect_bad(good, n, at + 5, "\x3f", 1, n, "multiple of", "a row not divisible by the block size");
     expect_bad(good, n, at + 5 + 8, "\xff\xff\xff\xff\xff\xff\xff\x0f", 8, n, "overflows", "dims whose size overflows");
+    expect_bad(good, n, at + 5 + 8, "\x00\x00\x10\x00\x00\x00\x00\x00", 8, n, "exceeds the file", "dims larger than the file");
     expect_bad(good, n, at + 5 + 16 + 4, "\x60", 1, n, "has offset", "a tensor offset off the running sum");
     expect_bad(good, n, at + 5 + 16, "\x63\x00\x00\x00", 4, n, "unknown ggml type", "an unknown tensor type");
     spit(tmp("lfs.gguf"), (const uint8_t *)"version https://git-lfs.github.com/spec/v1\noid sha256:00\nsize 12\n", 62);
