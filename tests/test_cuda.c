@@ -46,24 +46,7 @@
 #ifdef DIT_CUDA
 #include "ggml-cuda/dit-cuda.h"
 
-#define FIX "tests/fixtures/"
-static int failures;
-static char moddir[256], tmpdir[256];
-
-static void ok(int cond, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void ok(int cond, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf(cond ? "ok - " : "not ok - ");
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    if (!cond) failures++;
-    fflush(stdout);
-}
-
-static void skip(const char *what, const char *why) { printf("ok - %s # SKIP %s\n", what, why); }
+#include "tap.h"   /* ok(), skip(), failures, FIX, moddir, tmpdir */
 
 /* ---------------------------------------------------------------- random numbers, comparisons */
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;

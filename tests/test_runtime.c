@@ -38,27 +38,7 @@ int dit__forward_taps(const dit_model *m, const float *x, const float *t, const 
                       int threads, float *temb, float *c, float *block0);
 void dit__philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
-#define FIX "tests/fixtures/"
-static int failures;
-static char moddir[256], tmpdir[256];
-
-static void ok(int cond, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void ok(int cond, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    printf(cond ? "ok - " : "not ok - ");
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-    if (!cond) failures++;
-    fflush(stdout);
-}
-
-static void skip(const char *what, const char *why)
-{
-    printf("ok - %s # SKIP %s\n", what, why);
-}
+#include "tap.h"   /* ok(), skip(), failures, FIX, moddir, tmpdir */
 
 static const char *mpath(const char *name)
 {
