@@ -63,6 +63,7 @@ $(BUILD)/cuda/%.o: ggml-cuda/%.cu $(wildcard ggml-cuda/*.cuh) ggml-cuda/dit-cuda
 
 $(BUILD)/convert/classes.o: convert/imagenet_classes.txt
 $(BUILD)/tools/dit-sample.o: tools/font.h
+$(patsubst tests/%.c,$(BUILD)/tests/%.o,$(wildcard tests/test_*.c)): tests/tap.h
 CONVERT_OBJ  = $(patsubst %.c,$(BUILD)/%.o,$(wildcard convert/*.c))
 QUANTIZE_OBJ = $(patsubst %.c,$(BUILD)/%.o,$(wildcard quantize/*.c))
 
