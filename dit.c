@@ -469,7 +469,8 @@ static int dit__gguf_read_tensors(dit_gguf *g, dit__cur *c) {
         if (len > DIT_GGUF_MAX_NAME)
             return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor %lld: name is %llu bytes, the limit is %d", (long long)i,
                                   (unsigned long long)len, DIT_GGUF_MAX_NAME);
-        if (memchr(name, 0, len)) return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor %lld: name contains a NUL byte", (long long)i);
+        if (len == 0 || memchr(name, 0, len))   /* same rule as the writer */
+            return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor %lld: name is empty or contains a NUL byte", (long long)i);
         memcpy(t->name, name, len), t->name[len] = 0;
         uint32_t nd = dit__u32(c);
         if (!c->what && (nd < 1 || nd > 4))
