@@ -13,17 +13,6 @@
 
 static const char *cur_path;
 
-static void check_error(void) {
-    const char *e = dit_last_error();
-    int code = dit_last_error_code();
-    FUZZ_ASSERT(code >= DIT_ERR_IO && code <= DIT_ERR_NOMEM);
-    int clean = 1;
-    for (const char *q = e; *q; q++) clean &= (unsigned char)*q >= 0x20 && *q != 0x7f;
-    if ((!clean && !getenv("FUZZ_KNOWN")) || !strstr(e, cur_path)) fprintf(stderr, "fuzz: message: %s\n", e);
-    FUZZ_ASSERT(strstr(e, cur_path) != NULL);
-    FUZZ_ASSERT(clean || getenv("FUZZ_KNOWN"));
-}
-
 static long budget;
 static size_t in_size;
 static void *tmp;
@@ -39,7 +28,7 @@ static void read_tensor(ck_file *f, const ck_tensor *t) {
     }
     uint8_t *dst = malloc((size_t)bytes ? (size_t)bytes : 1);
     FUZZ_ASSERT(dst);
-    if (ck_read_tensor(f, t, dst, &tmp, &tmpcap) != 0) check_error();
+    if (ck_read_tensor(f, t, dst, &tmp, &tmpcap) != 0) fuzz_check_error(cur_path, DIT_ERR_IO, DIT_ERR_NOMEM);
     free(dst);
 }
 
@@ -70,7 +59,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ck_file *f = ck_open(cur_path, &root);
     fuzz_heap_end(size, 64, 40u << 20);
     if (!f) {
-        check_error();
+        fuzz_check_error(cur_path, DIT_ERR_IO, DIT_ERR_NOMEM);
         return 0;
     }
     FUZZ_ASSERT(root && ck_file_size(f) == size && ck_format(f) >= CK_FMT_ZIP && ck_format(f) <= CK_FMT_SAFETENSORS);

@@ -11,17 +11,6 @@
 
 static const char *PATH = "fuzz/config.json";
 
-static void check_error(void) {
-    const char *e = dit_last_error();
-    int code = dit_last_error_code();
-    FUZZ_ASSERT(code == DIT_ERR_INPUT || code == DIT_ERR_NOMEM);
-    int clean = 1;
-    for (const char *q = e; *q; q++) clean &= (unsigned char)*q >= 0x20 && *q != 0x7f;
-    if ((!clean && !getenv("FUZZ_KNOWN")) || !strstr(e, PATH)) fprintf(stderr, "fuzz: message: %s\n", e);
-    FUZZ_ASSERT(strstr(e, PATH) != NULL);
-    FUZZ_ASSERT(clean || getenv("FUZZ_KNOWN"));
-}
-
 static size_t walk(const js *v, int depth) {
     FUZZ_ASSERT(v && depth <= CK_MAX_JSON_DEPTH + 1);
     size_t nodes = 1;
@@ -55,7 +44,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ck_arena *a = ck_arena_new(64u << 20, PATH);
     FUZZ_ASSERT(a);
     js *v = js_parse(a, PATH, text, size);
-    if (!v) check_error();
+    if (!v) fuzz_check_error(PATH, DIT_ERR_INPUT, DIT_ERR_NOMEM);
     else { walk(v, 0); FUZZ_ASSERT(js_get(v, "x") == NULL || v->kind == JS_OBJ); }
     ck_arena_free(a);
     fuzz_heap_end(size, 64, 4u << 20);

@@ -16,17 +16,6 @@
 
 static const char *PATH = "fuzz/data.pkl";
 
-static void check_error(void) {
-    const char *e = dit_last_error();
-    int code = dit_last_error_code();
-    FUZZ_ASSERT(code == DIT_ERR_INPUT || code == DIT_ERR_NOMEM);
-    int clean = 1;
-    for (const char *q = e; *q; q++) clean &= (unsigned char)*q >= 0x20 && *q != 0x7f;
-    if ((!clean && !getenv("FUZZ_KNOWN")) || !strstr(e, PATH)) fprintf(stderr, "fuzz: message: %s\n", e);
-    FUZZ_ASSERT(strstr(e, PATH) != NULL);
-    FUZZ_ASSERT(clean || getenv("FUZZ_KNOWN"));
-}
-
 static pv *persistent(void *user, ck_arena *a, pv *pid) {
     (void)user;
     if (pid->kind != PV_TUPLE || pid->u.seq.n < 5) {
@@ -105,7 +94,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     ck_arena *a = ck_arena_new(64u << 20, PATH);
     FUZZ_ASSERT(a);
     pv *root = pk_load(&r, a, persistent, NULL, proto0);
-    if (!root) check_error();
+    if (!root) fuzz_check_error(PATH, DIT_ERR_INPUT, DIT_ERR_NOMEM);
     else {
         budget = 200000;
         walk(root, 0);
