@@ -4,6 +4,8 @@
 #define DIT_TESTS_TAP_H
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include "dit.h"
 
 #define FIX "tests/fixtures/"
 static int failures;
@@ -23,4 +25,27 @@ static void ok(int cond, const char *fmt, ...)
 }
 
 static void skip(const char *what, const char *why) { printf("ok - %s # SKIP %s\n", what, why); }
+
+/* tests/fixtures/NAME.npy as floats; NULL (with a "#" line saying why) if unreadable or, when n > 0,
+   not n values. The caller frees. */
+static float *fix(const char *name, size_t n)
+{
+    char p[512];
+    int nd;
+    int64_t shape[8];
+    float *d = NULL;
+    snprintf(p, sizeof p, FIX "%s.npy", name);
+    if (dit_npy_read(p, &nd, shape, &d) != DIT_OK) {
+        printf("# cannot read %s: %s\n", p, dit_last_error());
+        return NULL;
+    }
+    size_t cnt = 1;
+    for (int i = 0; i < nd; i++) cnt *= (size_t)shape[i];
+    if (n && cnt != n) {
+        printf("# %s has %zu values, expected %zu\n", p, cnt, n);
+        free(d);
+        return NULL;
+    }
+    return d;
+}
 #endif

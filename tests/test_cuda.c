@@ -46,7 +46,7 @@
 #ifdef DIT_CUDA
 #include "ggml-cuda/dit-cuda.h"
 
-#include "tap.h"   /* ok(), skip(), failures, FIX, moddir, tmpdir */
+#include "tap.h"   /* ok(), skip(), fix(), failures, FIX, moddir, tmpdir */
 
 /* ---------------------------------------------------------------- random numbers, comparisons */
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -88,27 +88,6 @@ static void check_close(const char *what, const float *a, const float *ref, size
     const double lim = tol * (c.max_ref > 1 ? c.max_ref : 1);
     ok(c.nonfinite == 0 && c.max_abs <= lim, "%s: max |err| %.3g (limit %.3g, max |ref| %.3g, rel L2 %.3g)%s", what,
        c.max_abs, lim, c.max_ref, c.rel_l2, c.nonfinite ? ", NON-FINITE" : "");
-}
-
-static float *fix(const char *name, size_t n)
-{
-    char p[512];
-    snprintf(p, sizeof p, FIX "%s.npy", name);
-    int nd;
-    int64_t shape[8];
-    float *d = NULL;
-    if (dit_npy_read(p, &nd, shape, &d) != DIT_OK) {
-        printf("# %s: %s\n", p, dit_last_error());
-        return NULL;
-    }
-    size_t cnt = 1;
-    for (int i = 0; i < nd; i++) cnt *= (size_t)shape[i];
-    if (n && cnt != n) {
-        printf("# %s: %zu values, expected %zu\n", p, cnt, n);
-        free(d);
-        return NULL;
-    }
-    return d;
 }
 
 static const char *mpath(const char *name)

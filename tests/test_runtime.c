@@ -38,7 +38,7 @@ int dit__forward_taps(const dit_model *m, const float *x, const float *t, const 
                       int threads, float *temb, float *c, float *block0);
 void dit__philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
-#include "tap.h"   /* ok(), skip(), failures, FIX, moddir, tmpdir */
+#include "tap.h"   /* ok(), skip(), fix(), failures, FIX, moddir, tmpdir */
 
 static const char *mpath(const char *name)
 {
@@ -55,27 +55,6 @@ static const char *tpath(const char *name)
 }
 
 /* fixture .npy as float (count checked against `n` when n > 0) */
-static float *fix(const char *name, size_t n)
-{
-    char p[512];
-    int nd;
-    int64_t sh[8];
-    float *d = NULL;
-    snprintf(p, sizeof p, FIX "%s.npy", name);
-    if (dit_npy_read(p, &nd, sh, &d)) {
-        printf("# cannot read %s: %s\n", p, dit_last_error());
-        return NULL;
-    }
-    size_t cnt = 1;
-    for (int i = 0; i < nd; i++) cnt *= (size_t)sh[i];
-    if (n && cnt != n) {
-        printf("# %s has %zu values, expected %zu\n", p, cnt, n);
-        free(d);
-        return NULL;
-    }
-    return d;
-}
-
 static double *fix64(const char *name, size_t *n)
 {
     char p[512];
