@@ -921,11 +921,8 @@ static bool dit__pad(FILE *f, uint64_t pos, size_t a) {
 
 int dit_gguf_writer_begin(dit_gguf_writer *w, const char *path) {
     if (w->failed) return dit_last_error_code() ? dit_last_error_code() : DIT_ERR_NOMEM;
-    bool has_align = false;
-    for (int64_t i = 0; i < w->n_kv; i++) has_align |= strcmp(w->kv[i].key, "general.alignment") == 0;
-    if (!has_align) dit_gguf_set_u32(w, "general.alignment", DIT_GGUF_ALIGNMENT);
-    for (int64_t i = 0; i < w->n_kv; i++)   /* we always pad to 32; a different alignment key would lie */
-        if (strcmp(w->kv[i].key, "general.alignment") == 0) { uint32_t a = DIT_GGUF_ALIGNMENT; memcpy(w->kv[i].val + 4, &a, 4); }
+    /* we always pad to 32: set (or overwrite, in place) the key, so a copied different value cannot lie */
+    dit_gguf_set_u32(w, "general.alignment", DIT_GGUF_ALIGNMENT);
     int rc = dit_atomic_open(&w->out, path);
     if (rc) return rc;
     FILE *f = w->out.f;
