@@ -1,7 +1,7 @@
 # dit.c build. `make` builds the CPU programs everywhere and adds the CUDA backend when nvcc is
 # found (CUDA_ARCH=sm_90a by default; never detected from a GPU: the build machine may have none).
 #   make            programs in bin/          make test     tests (GPU parts skip without a GPU)
-#   make sample     the bundled model         make bench    dit.c vs PyTorch timings (GPU)
+#   make sample     the bundled model         make bench    dit.c vs PyTorch timings (GPU; + multi-GPU scaling)
 #   make CUDA=0     CPU only                  make SANITIZE=1 test   ASan + UBSan build
 #   make quality    sample quality table      make fuzz     libFuzzer harnesses (FUZZ_SECONDS=60 each)
 CC       ?= cc
@@ -102,8 +102,9 @@ quality: bin/dit-sample
 fuzz:
 	@sh tests/fuzz/run.sh $(or $(FUZZ_SECONDS),60)
 
-bench: $(PROGRAMS) $(patsubst bench/%.c,bin/bench/%,$(wildcard bench/*.c))
+bench: $(PROGRAMS) $(patsubst bench/%.c,bin/bench/%,$(wildcard bench/*.c)) bin/tests/test_cuda
 	@sh bench/bench.sh
+	@sh bench/scaling.sh
 
 clean:
 	rm -rf build build-cpu build-san bin

@@ -7,8 +7,10 @@
 // zero-filled and masked to -inf). Each warp keeps its 16 rows of S = Q K^T, the running row max m and
 // row sum l, and O in registers (mma.sync m16n8k16, fp16/bf16 operands, fp32 accumulators):
 //   m' = max(m, rowmax(S)),  P = 2^(S*scale*log2e - m'),  l = l 2^(m-m') + rowsum(P),  O = O 2^(m-m') + P V
-// and finally o = O / l. hd = 72 is padded to 80 (5 k-steps of 16) for Q K^T with zeros; P V uses
-// 9 n-tiles of 8. P is rounded to the operand type before P V (as FlashAttention does).
+// and finally o = O / l. The queries may be a slice (rows q_off .. q_off+q_tok-1 of each sequence, o then
+// has q_tok rows per sequence): a sequence-parallel rank attends its own tokens to all gathered keys.
+// hd = 72 is padded to 80 (5 k-steps of 16) for Q K^T with zeros; P V uses 9 n-tiles of 8. P is rounded
+// to the operand type before P V (as FlashAttention does).
 // Shared rows are 72 elements (144 B): the 32-bit K loads and the ldmatrix.trans V loads of a warp hit
 // 32 different banks.
 #include "common.cuh"
@@ -60,7 +62,8 @@ static __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t *r, const void
 
 template <typename T, int HD>
 static __global__ void __launch_bounds__(ATT_WARPS * WARP)
-flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H, float scale_log2) {
+flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H, int q_off, int q_tok,
+                  float scale_log2) {
     constexpr int KD = (HD + 15) / 16;  // k-steps of Q K^T
     constexpr int ND = HD / 8;          // n-tiles of P V
     constexpr int NS = ATT_BK / 8;      // n-tiles of S
@@ -75,10 +78,11 @@ flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H
     const int D = H * HD, D3 = 3 * D;
     const T *base = qkv + (int64_t)b * T_tok * D3;
 
-    // Q fragments (A operand, row-major 16 x 16 per k-step), zero past hd and past T
+    // Q fragments (A operand, row-major 16 x 16 per k-step), zero past hd and past the query rows
     uint32_t qa[KD][4];
     {
         const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
+        const T *qbase = base + (int64_t)q_off * D3;
 #pragma unroll
         for (int kc = 0; kc < KD; kc++) {
 #pragma unroll
@@ -86,8 +90,8 @@ flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H
                 const int d = kc * 16 + half * 8 + 2 * q;
                 uint32_t v0 = 0, v1 = 0;
                 if (d < HD) {
-                    if (r0 < T_tok) v0 = *(const uint32_t *)(base + (int64_t)r0 * D3 + h * HD + d);
-                    if (r1 < T_tok) v1 = *(const uint32_t *)(base + (int64_t)r1 * D3 + h * HD + d);
+                    if (r0 < q_tok) v0 = *(const uint32_t *)(qbase + (int64_t)r0 * D3 + h * HD + d);
+                    if (r1 < q_tok) v1 = *(const uint32_t *)(qbase + (int64_t)r1 * D3 + h * HD + d);
                 }
                 qa[kc][half * 2 + 0] = v0;
                 qa[kc][half * 2 + 1] = v1;
@@ -202,28 +206,35 @@ flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     const float i0 = 1.0f / l0, i1 = 1.0f / l1;
     const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
-    T *ob = o + (int64_t)b * T_tok * D + h * HD;
+    T *ob = o + (int64_t)b * q_tok * D + h * HD;
 #pragma unroll
     for (int nd = 0; nd < ND; nd++) {
         const int d = nd * 8 + 2 * q;
-        if (r0 < T_tok) *(uint32_t *)(ob + (int64_t)r0 * D + d) = mma_t<T>::pack(oacc[nd][0] * i0, oacc[nd][1] * i0);
-        if (r1 < T_tok) *(uint32_t *)(ob + (int64_t)r1 * D + d) = mma_t<T>::pack(oacc[nd][2] * i1, oacc[nd][3] * i1);
+        if (r0 < q_tok) *(uint32_t *)(ob + (int64_t)r0 * D + d) = mma_t<T>::pack(oacc[nd][0] * i0, oacc[nd][1] * i0);
+        if (r1 < q_tok) *(uint32_t *)(ob + (int64_t)r1 * D + d) = mma_t<T>::pack(oacc[nd][2] * i1, oacc[nd][3] * i1);
     }
 }
 
 template <typename T>
-static int attention_cuda(const T *qkv, T *o, int B, int T_tok, int H, int hd, cudaStream_t st) {
-    const dim3 grid(cdiv(T_tok, ATT_BQ), H, B);
+static int attention_cuda(const T *qkv, T *o, int B, int T_tok, int H, int hd, int q_off, int q_tok, cudaStream_t st) {
+    const dim3 grid(cdiv(q_tok, ATT_BQ), H, B);
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)hd);
-    if (hd == 72) flash_attn_kernel<T, 72><<<grid, ATT_WARPS * WARP, 0, st>>>(qkv, o, T_tok, H, scale_log2);
-    else if (hd == 64) flash_attn_kernel<T, 64><<<grid, ATT_WARPS * WARP, 0, st>>>(qkv, o, T_tok, H, scale_log2);
+    if (hd == 72)
+        flash_attn_kernel<T, 72><<<grid, ATT_WARPS * WARP, 0, st>>>(qkv, o, T_tok, H, q_off, q_tok, scale_log2);
+    else if (hd == 64)
+        flash_attn_kernel<T, 64><<<grid, ATT_WARPS * WARP, 0, st>>>(qkv, o, T_tok, H, q_off, q_tok, scale_log2);
     else return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: attention: head dim %d (supported: 64, 72)", hd);
     LAUNCH_CHECK();
     return DIT_OK;
 }
 
-int dit_op_attention(const void *qkv, void *o, int ct, int B, int T, int H, int hd, cudaStream_t st) {
+int dit_op_attention_rows(const void *qkv, void *o, int ct, int B, int T, int H, int hd, int q_off, int q_tok,
+                          cudaStream_t st) {
     if (ct == DIT_TYPE_BF16)
-        return attention_cuda((const __nv_bfloat16 *)qkv, (__nv_bfloat16 *)o, B, T, H, hd, st);
-    return attention_cuda((const __half *)qkv, (__half *)o, B, T, H, hd, st);
+        return attention_cuda((const __nv_bfloat16 *)qkv, (__nv_bfloat16 *)o, B, T, H, hd, q_off, q_tok, st);
+    return attention_cuda((const __half *)qkv, (__half *)o, B, T, H, hd, q_off, q_tok, st);
+}
+
+int dit_op_attention(const void *qkv, void *o, int ct, int B, int T, int H, int hd, cudaStream_t st) {
+    return dit_op_attention_rows(qkv, o, ct, B, T, H, hd, 0, T, st);
 }

@@ -13,6 +13,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <cublasLt.h>
+#include <nccl.h>
 #include <stdint.h>
 #include <stddef.h>
 
@@ -124,6 +125,17 @@ typedef struct {
     cudaEvent_t e0, e1;
 } dit_prof_event;
 
+// Multi-GPU role of one context (parallel.cu; NULL on one GPU). world = dd x cf x S ranks:
+// rank = (d * cf + cfi) * S + s. The image group (cf x S ranks, one data slice) shares its images' rows:
+// cfi picks the cond or uncond half with CFG parallel (cf = 2), s a slice of the tokens (S > 1).
+typedef struct dit_par_rank {
+    int rank, world;
+    int dd, d, cf, cfi, S, s;
+    int seq_mode;                  // DIT_SEQ_ULYSSES or DIT_SEQ_ALLGATHER
+    ncclComm_t world_comm, img_comm, seq_comm;
+    struct dit_par *group;         // shared by the ranks of this process (abort flag, timeout)
+} dit_par_rank;
+
 struct dit_cuda {
     int device;
     char device_name[64];
@@ -141,8 +153,11 @@ struct dit_cuda {
     int autotune;        // time the heuristic's candidates on a plan's first run (DIT_CUDA_TUNE=0: off)
     int tune_now;        // set while the per-step network runs: only its GEMMs are worth tuning
 
-    // model shape
+    // model shape; Tl tokens t0 .. t0+Tl-1 are this GPU's (all T on one GPU)
     int D, H, hd, F, depth, C, L, p, g, T, oc, pp_oc, n_classes;
+    int Tl, t0;
+    dit_par_rank *pr;         // multi-GPU role, NULL on one GPU
+    struct dit_par *group;    // set on the context that m->cuda points to when several GPUs sample
 
     // weights: one allocation
     char *wbuf;
@@ -169,7 +184,10 @@ struct dit_cuda {
     float *h, *y;             // (B*T, D) residual stream, GEMM fp32 output
     void *xin, *qkv, *att, *mlp;  // ct: (B*T, D), (B*T, 3D), (B*T, D), (B*T, F)
     void *deq;                // ct scratch for a dequantized weight
-    float *fout;              // (B*T, p*p*oc)
+    float *fout;              // (B*T, p*p*oc); several GPUs: all rows of the image group (2N*T, p*p*oc)
+    float *fout_loc, *fgath;  // several GPUs: this GPU's rows (B*Tl, p*p*oc), the gathered pieces
+    void *sp[3];              // sequence parallel exchange buffers, S*B*Tl*3D ct each
+    float *latg;              // several GPUs: the latents of every rank (world, N, C, L, L)
     float *lat, *lat_out;     // (N, C, L, L) latents, network output (B, oc, L, L)
     float *tsin, *cond, *cond2; // (R, 256), (R, D), (R, D)
     void *scond;              // ct (R, D) SiLU(c)
@@ -193,6 +211,29 @@ struct dit_cuda {
 };
 
 int dit_arena_reserve(struct dit_cuda *c, size_t bytes);
+int dit_cuda_ctx_create(const dit_model *m, int device, struct dit_cuda **out);
+void dit_cuda_ctx_destroy(struct dit_cuda *c);
+int dit_cuda_sample_ctx(struct dit_cuda *c, const dit_sample_params *p, const dit_schedule *s, float *out);
+
+// profiling: events around each op while c->profiling (dit-cuda.cu); OP wraps a checked op call
+void dit_prof_begin(struct dit_cuda *c, const char *name);
+void dit_prof_end(struct dit_cuda *c);
+#define OP(c, name, call)                \
+    do {                                 \
+        dit_prof_begin((c), (name));     \
+        int rc__ = (call);               \
+        dit_prof_end((c));               \
+        if (rc__ != DIT_OK) return rc__; \
+    } while (0)
+
+// parallel.cu: the multi-GPU pieces the single-GPU code calls
+int dit_par_attention(struct dit_cuda *c, int B, cudaStream_t st);       // qkv -> att across the sequence group
+int dit_par_gather_output(struct dit_cuda *c, int B, cudaStream_t st);   // fout_loc of the image group -> fout
+int dit_par_gather_latents(struct dit_cuda *c, int N, int n, float *out); // every rank's latents -> out (n images)
+int dit_par_wait(struct dit_cuda *c, cudaEvent_t e);                     // polls, times out, aborts
+int dit_par_sample(struct dit_cuda *c, const dit_sample_params *p, const dit_schedule *s, float *out);
+void dit_par_destroy(struct dit_cuda *c);     // c->group: the other contexts, the threads' state
+void dit_par_rank_free(struct dit_cuda *c);   // c->pr: its communicators
 
 // ---------------------------------------------------------------- entry points of the op files
 // Each returns DIT_OK or DIT_ERR_DEVICE; pointers are device pointers; all work goes to `st`.
@@ -227,10 +268,17 @@ int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, c
 
 // attention.cu: o (B*T, H*hd) = softmax(q k^T / sqrt(hd)) v per (b, head); qkv (B*T, 3*H*hd); ct
 int dit_op_attention(const void *qkv, void *o, int ct, int B, int T, int H, int hd, cudaStream_t st);
+// queries of rows q_off .. q_off+q_tok-1 only, o (B*q_tok, H*hd); keys and values: all T rows
+int dit_op_attention_rows(const void *qkv, void *o, int ct, int B, int T, int H, int hd, int q_off, int q_tok,
+                          cudaStream_t st);
+
+// permute.cu: out (A, C, Bd, inner) = in (A, Bd, C, inner) with `inner` bytes contiguous (a multiple of 4)
+int dit_op_swap12(const void *in, void *out, int64_t A, int64_t Bd, int64_t C, int64_t inner, cudaStream_t st);
 
 // embed.cu
+// tokens t0 .. t0+Tl-1 of every row: h (B, Tl, D)
 int dit_op_patch_embed(const float *x, int n_img, const float *w, const float *b, const float *pos, float *h,
-                       int B, int C, int L, int p, int D, cudaStream_t st);
+                       int B, int C, int L, int p, int D, int t0, int Tl, cudaStream_t st);
 // c (R, D) += y_table[labels[r % B]]; also writes ct SiLU(c) into sc
 int dit_op_cond_finish(float *c, const float *y_table, const int *labels, int B, void *sc, int ct, int R,
                        int D, cudaStream_t st);
@@ -242,13 +290,15 @@ int dit_op_to_ct(const float *x, void *out, int ct, int64_t n, cudaStream_t st);
 // sampler.cu
 typedef struct {
     int sampler, N, C, L, p, oc, cfg_ch, K, clip, learn_sigma;
+    int img0;            // Philox image index of latent 0 (data parallel: this rank's first image)
+    int rows;            // network rows of this rank per step (modulation cache rows to advance)
     float cfg_scale, eta;
     uint64_t seed;
 } dit_sampler_args;
 int dit_op_sampler_step(const dit_sampler_args *a, const float *fout, float *lat, const float *coef,
                         const float *noise, dit_cuda_state *state, cudaStream_t st);
 int dit_op_state_set(dit_cuda_state *s, int step, int mod_row, int reset_nonfinite, cudaStream_t st);
-int dit_op_randn(uint64_t seed, int n_img, uint32_t step, float *out, int64_t per_image, cudaStream_t st);
+int dit_op_randn(uint64_t seed, int img0, int n_img, uint32_t step, float *out, int64_t per_image, cudaStream_t st);
 
 // conv.cu (VAE)
 int dit_op_im2col3(const void *src, int src_type, void *cols, int ct, int C, int H, int W, int y0, int rows, int up,

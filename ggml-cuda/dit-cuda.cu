@@ -59,7 +59,7 @@ int dit_cuda_available(void) {
 }
 
 // ---------------------------------------------------------------- profiling (op by op, eager)
-static void prof_begin(dit_cuda *c, const char *name) {
+void dit_prof_begin(dit_cuda *c, const char *name) {
     if (!c->profiling) return;
     if (c->n_prof == c->cap_prof) {
         int cap = c->cap_prof ? 2 * c->cap_prof : 1024;
@@ -76,18 +76,10 @@ static void prof_begin(dit_cuda *c, const char *name) {
     cudaEventRecord(e->e0, c->stream);
     c->n_prof++;
 }
-static void prof_end(dit_cuda *c) {
+void dit_prof_end(dit_cuda *c) {
     if (!c->profiling || c->n_prof == 0) return;
     cudaEventRecord(c->prof[c->n_prof - 1].e1, c->stream);
 }
-#define OP(c, name, call)        \
-    do {                         \
-        prof_begin((c), (name)); \
-        int rc__ = (call);       \
-        prof_end((c));           \
-        if (rc__ != DIT_OK) return rc__; \
-    } while (0)
-
 // ---------------------------------------------------------------- weight upload
 // Two passes over the model: the first (c->wbuf == NULL) only sums the sizes, the second copies.
 typedef dit_wpass wpass;
@@ -285,7 +277,11 @@ static int cuda_setup(dit_cuda *c, int device) {
 }
 
 static void cuda_teardown(dit_cuda *c) {
-    if (c->graph) cudaGraphExecDestroy(c->graph);
+    // the step graph before the communicators: NCCL waits for graphs that captured a communicator to be
+    // destroyed before it frees that communicator (a hang, the other way round)
+    if (c->graph) { cudaGraphExecDestroy(c->graph); c->graph = NULL; }
+    if (c->group) dit_par_destroy(c);   // the other GPUs' contexts and every communicator
+    dit_par_rank_free(c);
     dit_gemm_free_plans(c);
     for (int i = 0; i < c->n_prof; i++) {
         cudaEventDestroy(c->prof[i].e0);
@@ -308,6 +304,7 @@ static int init_impl(dit_cuda *c, dit_model *m, int device) {
     const dit_config *k = &m->cfg;
     c->D = k->hidden; c->H = k->heads; c->hd = k->hidden / k->heads; c->depth = k->depth;
     c->C = k->in_channels; c->L = k->input_size; c->p = k->patch; c->g = c->L / c->p; c->T = c->g * c->g;
+    c->Tl = c->T; c->t0 = 0;   // one GPU: all tokens (parallel.cu narrows them for sequence parallel)
     c->oc = k->out_channels; c->pp_oc = c->p * c->p * c->oc; c->n_classes = k->num_classes;
     c->F = (int)m->w.blocks[0].fc1_w.ne[1];
     c->ct = pick_compute_type(m);
@@ -340,26 +337,37 @@ static int init_impl(dit_cuda *c, dit_model *m, int device) {
     return DIT_OK;
 }
 
-int dit_cuda_init(dit_model *m, int device) {
-    if (!m) return dit_set_error(DIT_ERR_INPUT, "cuda: NULL model");
-    if (m->cuda) return DIT_OK;
-    if (dit_cuda_available() <= device)
+// a context on `device` with the model's weights uploaded (m->cuda untouched)
+int dit_cuda_ctx_create(const dit_model *m, int device, dit_cuda **out) {
+    *out = NULL;
+    if (device < 0 || dit_cuda_available() <= device)
         return dit_set_error(DIT_ERR_DEVICE, "cuda: no GPU %d (%d visible)", device, dit_cuda_available());
     dit_cuda *c = (dit_cuda *)calloc(1, sizeof(dit_cuda));
     if (!c) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
-    int rc = init_impl(c, m, device);
+    int rc = init_impl(c, (dit_model *)m, device);
     if (rc != DIT_OK) {
         cuda_teardown(c);
         return rc;
     }
-    m->cuda = c;
+    *out = c;
     return DIT_OK;
+}
+void dit_cuda_ctx_destroy(dit_cuda *c) {
+    if (!c) return;
+    cudaSetDevice(c->device);
+    cudaStreamSynchronize(c->stream);
+    cuda_teardown(c);
+}
+
+int dit_cuda_init(dit_model *m, int device) {
+    if (!m) return dit_set_error(DIT_ERR_INPUT, "cuda: NULL model");
+    if (m->cuda) return DIT_OK;
+    return dit_cuda_ctx_create(m, device, &m->cuda);
 }
 
 void dit_cuda_free(dit_model *m) {
     if (!m || !m->cuda) return;
-    cudaStreamSynchronize(m->cuda->stream);
-    cuda_teardown(m->cuda);
+    dit_cuda_ctx_destroy(m->cuda);
     m->cuda = NULL;
 }
 
@@ -415,13 +423,21 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     R = R > c->arena_R ? R : c->arena_R;
     K = K > c->coef_K ? K : c->coef_K;
     noise_K = noise_K > c->noise_K ? noise_K : c->noise_K;
-    const size_t M = (size_t)B * c->T, D = c->D, es = 2;
+    const size_t M = (size_t)B * c->Tl, D = c->D, es = 2;
+    const dit_par_rank *pr = c->pr;
+    const size_t FB = pr ? 2 * (size_t)N : (size_t)B;   // rows of the whole network output (the sampler's view)
     const size_t lat = (size_t)c->C * c->L * c->L;
     aplan a = { 0 };
     size_t o_h = ap_take(&a, M * D * 4), o_y = ap_take(&a, M * D * 4);
     size_t o_xin = ap_take(&a, M * D * es), o_qkv = ap_take(&a, M * 3 * D * es), o_att = ap_take(&a, M * D * es);
     size_t o_mlp = ap_take(&a, M * c->F * es), o_deq = ap_take(&a, c->deq_elems * es);
-    size_t o_fout = ap_take(&a, M * c->pp_oc * 4);
+    size_t o_fout = ap_take(&a, FB * c->T * c->pp_oc * 4);
+    // multi-GPU: this rank's output rows, the gathered pieces, the sequence exchange buffers, all latents
+    const size_t G = pr ? (size_t)pr->cf * pr->S : 1, S = pr ? (size_t)pr->S : 1;
+    size_t o_floc = pr ? ap_take(&a, M * c->pp_oc * 4) : 0, o_fgat = pr ? ap_take(&a, G * M * c->pp_oc * 4) : 0;
+    size_t o_sp[3] = { 0, 0, 0 };
+    for (int i = 0; S > 1 && i < 3; i++) o_sp[i] = ap_take(&a, S * M * 3 * D * es);
+    size_t o_latg = pr ? ap_take(&a, (size_t)pr->world * N * c->C * c->L * c->L * 4) : 0;
     size_t o_lat = ap_take(&a, (size_t)(N > B ? N : B) * lat * 4);
     size_t o_lout = ap_take(&a, (size_t)B * c->oc * c->L * c->L * 4);
     size_t o_tsin = ap_take(&a, (size_t)R * 256 * 4), o_cond = ap_take(&a, (size_t)R * D * 4);
@@ -436,6 +452,10 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     c->h = (float *)(p + o_h); c->y = (float *)(p + o_y);
     c->xin = p + o_xin; c->qkv = p + o_qkv; c->att = p + o_att; c->mlp = p + o_mlp; c->deq = p + o_deq;
     c->fout = (float *)(p + o_fout); c->lat = (float *)(p + o_lat); c->lat_out = (float *)(p + o_lout);
+    c->fout_loc = pr ? (float *)(p + o_floc) : c->fout;
+    c->fgath = pr ? (float *)(p + o_fgat) : NULL;
+    for (int i = 0; i < 3; i++) c->sp[i] = S > 1 ? p + o_sp[i] : NULL;
+    c->latg = pr ? (float *)(p + o_latg) : NULL;
     c->tsin = (float *)(p + o_tsin); c->cond = (float *)(p + o_cond); c->cond2 = (float *)(p + o_cond2);
     c->scond = p + o_scond; c->mod = (float *)(p + o_mod); c->fmod = (float *)(p + o_fmod);
     c->coef = (float *)(p + o_coef); c->noise = noise_K ? (float *)(p + o_noise) : NULL;
@@ -489,12 +509,12 @@ static int run_network(dit_cuda *c, int B, int n_img) {
 
 static int run_network_ops(dit_cuda *c, int B, int n_img) {
     cudaStream_t st = c->stream;
-    const int D = c->D, T = c->T;
+    const int D = c->D, T = c->Tl;   // tokens of this rank (all of them on one GPU)
     const int64_t M = (int64_t)B * T;
     const size_t ms = (size_t)c->arena_R * 6 * D;   // one block's modulation cache
     const int64_t S6 = 6 * D, S2 = 2 * D;
     OP(c, "patch_embed", dit_op_patch_embed(c->lat, n_img, c->x_emb_w, c->x_emb_b, c->pos, c->h, B, c->C, c->L, c->p,
-                                            D, st));
+                                            D, c->t0, T, st));
     for (int l = 0; l < c->depth; l++) {
         const dit_cuda_block *bl = &c->blocks[l];
         const float *mod = c->mod + l * ms, *prev = l > 0 ? c->mod + (l - 1) * ms : NULL;
@@ -504,7 +524,8 @@ static int run_network_ops(dit_cuda *c, int B, int n_img) {
                                                   prev ? prev + 5 * D : NULL, S6, mod + 0 * D, mod + 1 * D, S6,
                                                   c->state, st));
         OP(c, "qkv", dit_op_linear(c, &bl->qkv, c->xin, M, c->qkv, c->ct, EPI_BIAS, st));
-        OP(c, "attention", dit_op_attention(c->qkv, c->att, c->ct, B, T, c->H, c->hd, st));
+        if (c->pr && c->pr->S > 1) TRY(dit_par_attention(c, B, st));   // tokens spread over GPUs
+        else OP(c, "attention", dit_op_attention(c->qkv, c->att, c->ct, B, T, c->H, c->hd, st));
         OP(c, "proj", dit_op_linear(c, &bl->proj, c->att, M, c->y, DIT_TYPE_F32, EPI_BIAS, st));
         // h += gate_msa * y;  xin = modulate(LN(h), shift_mlp, scale_mlp)
         OP(c, "resid_ln_mod", dit_op_resid_ln_mod(c->y, c->h, c->xin, c->ct, M, D, T, mod + 2 * D, S6, mod + 3 * D,
@@ -516,7 +537,8 @@ static int run_network_ops(dit_cuda *c, int B, int n_img) {
     const float *last = c->mod + (size_t)(c->depth - 1) * ms;
     OP(c, "final_resid_ln_mod", dit_op_resid_ln_mod(c->y, c->h, c->xin, c->ct, M, D, T, last + 5 * D, S6, c->fmod,
                                                     c->fmod + D, S2, c->state, st));
-    OP(c, "final_linear", dit_op_linear(c, &c->final_lin, c->xin, M, c->fout, DIT_TYPE_F32, EPI_BIAS, st));
+    OP(c, "final_linear", dit_op_linear(c, &c->final_lin, c->xin, M, c->fout_loc, DIT_TYPE_F32, EPI_BIAS, st));
+    if (c->pr) TRY(dit_par_gather_output(c, B, st));   // every rank of the image group gets all rows
     return DIT_OK;
 }
 
@@ -530,6 +552,8 @@ static int check_labels(const dit_cuda *c, const int *y, int n) {
 int dit_cuda_forward(dit_model *m, const float *x, const float *t, const int *y, int B, float *out) {
     if (!m->cuda) TRY(dit_cuda_init(m, 0));   // first use: upload to GPU 0
     dit_cuda *c = m->cuda;
+    if (c->pr) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: forward runs on one GPU (this model is set up for %d)",
+                                    c->pr->world);
     if (B <= 0) return dit_set_error(DIT_ERR_INPUT, "cuda: batch %d", B);
     TRY(check_labels(c, y, B));
     CUDA_CHECK(cudaSetDevice(c->device));
@@ -582,7 +606,8 @@ static void sampler_coefs(const dit_schedule *s, int sampler, float eta, float *
 }
 
 typedef struct {
-    int N, B, K, S;              // images, rows, steps, steps per modulation chunk
+    int N, B, K, S;              // images, network rows of this GPU, steps, steps per modulation chunk
+    int img0;                    // first image of this GPU (data parallel)
     dit_sampler_args sa;
     const dit_schedule *s;
     const int *labels;           // N
@@ -649,13 +674,20 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
     if (p->sampler != DIT_SAMPLER_DDPM && p->sampler != DIT_SAMPLER_DDIM)
         return dit_set_error(DIT_ERR_INPUT, "cuda: sample: unknown sampler %d", p->sampler);
     TRY(check_labels(c, p->labels, p->n));
-    j->N = p->n; j->B = 2 * p->n; j->K = s->K; j->s = s; j->labels = p->labels;
+    // this GPU's share (parallel.cu): images img0 .. img0+N-1 of the job (data parallel; the last slice is
+    // padded), and of their rows [cond; uncond] both halves or one (CFG parallel)
+    const dit_par_rank *pr = c->pr;
+    const int Nd = pr ? (p->n + pr->dd - 1) / pr->dd : p->n, cf = pr ? pr->cf : 1;
+    j->N = Nd; j->B = 2 * Nd / cf; j->img0 = pr ? pr->d * Nd : 0;
+    j->K = s->K; j->s = s; j->labels = p->labels;
     j->S = modulation_chunk_steps(c, j->B, j->K);
     dit_sampler_args *a = &j->sa;
     a->sampler = p->sampler; a->N = j->N; a->C = c->C; a->L = c->L; a->p = c->p; a->oc = c->oc; a->K = j->K;
     a->cfg_ch = c->cfg_ch; a->cfg_scale = p->cfg_scale; a->eta = p->eta; a->seed = p->seed;
     a->clip = p->clip_denoised;
     a->learn_sigma = c->oc >= 2 * c->C;
+    a->img0 = j->img0; a->rows = j->B;
+    const int n_real = p->n - j->img0 < j->N ? (p->n - j->img0 > 0 ? p->n - j->img0 : 0) : j->N;   // unpadded
 
     CUDA_CHECK(cudaSetDevice(c->device));
     TRY(arena_plan(c, j->B, j->N, j->S * j->B, j->K, p->step_noise ? j->K : 0));
@@ -667,7 +699,10 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
     int *lab = (int *)malloc((size_t)j->B * sizeof(int));
     if (!co || !lab) { free(co); free(lab); return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory"); }
     sampler_coefs(s, p->sampler, p->eta, co);
-    for (int n = 0; n < j->N; n++) { lab[n] = p->labels[n]; lab[j->N + n] = c->n_classes; }   // [labels; null]
+    for (int b = 0; b < j->B; b++) {   // global row r of [labels; null]; padding images take class 0
+        const int r = (pr ? pr->cfi : 0) * j->B + b;
+        lab[b] = r >= j->N ? c->n_classes : r < n_real ? p->labels[j->img0 + r] : 0;
+    }
     cudaError_t e1 = cudaMemcpyAsync(c->coef, co, (size_t)j->K * CO_STRIDE * 4, cudaMemcpyHostToDevice, st);
     cudaError_t e2 = cudaMemcpyAsync(c->d_labels, lab, (size_t)j->B * sizeof(int), cudaMemcpyHostToDevice, st);
     cudaStreamSynchronize(st);   // the host buffers are freed next
@@ -675,14 +710,30 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
     free(lab);
     CUDA_CHECK(e1);
     CUDA_CHECK(e2);
-    if (p->step_noise)
-        CUDA_CHECK(cudaMemcpyAsync(c->noise, p->step_noise, (size_t)j->K * j->N * lat * 4, cudaMemcpyHostToDevice, st));
-    if (p->init_noise)
-        CUDA_CHECK(cudaMemcpyAsync(c->lat, p->init_noise, (size_t)j->N * lat * 4, cudaMemcpyHostToDevice, st));
-    else
-        OP(c, "init_noise", dit_op_randn(p->seed, j->N, 0, c->lat, (int64_t)lat, st));
+    if (p->step_noise) {   // (K, n) -> this GPU's (K, N) slice, padding zero
+        if (n_real < j->N) CUDA_CHECK(cudaMemsetAsync(c->noise, 0, (size_t)j->K * j->N * lat * 4, st));
+        if (n_real > 0)
+            CUDA_CHECK(cudaMemcpy2DAsync(c->noise, (size_t)j->N * lat * 4, p->step_noise + (size_t)j->img0 * lat,
+                                         (size_t)p->n * lat * 4, (size_t)n_real * lat * 4, j->K, cudaMemcpyHostToDevice,
+                                         st));
+    }
+    if (p->init_noise) {
+        if (n_real < j->N) CUDA_CHECK(cudaMemsetAsync(c->lat, 0, (size_t)j->N * lat * 4, st));
+        if (n_real > 0)
+            CUDA_CHECK(cudaMemcpyAsync(c->lat, p->init_noise + (size_t)j->img0 * lat, (size_t)n_real * lat * 4,
+                                       cudaMemcpyHostToDevice, st));
+    } else {
+        OP(c, "init_noise", dit_op_randn(p->seed, j->img0, j->N, 0, c->lat, (int64_t)lat, st));
+    }
     TRY(dit_op_state_set(c->state, 0, 0, 1, st));
     j->noise = p->step_noise ? c->noise : NULL;
+    return DIT_OK;
+}
+
+// wait for an event; on several GPUs with a timeout and the group's abort flag (a stuck peer never hangs us)
+static int wait_event(dit_cuda *c, cudaEvent_t e) {
+    if (c->pr) return dit_par_wait(c, e);
+    CUDA_CHECK(cudaEventSynchronize(e));
     return DIT_OK;
 }
 
@@ -713,14 +764,15 @@ static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params
         }
         if (rc != DIT_OK) break;
         cudaEventRecord(ev[i % LAG], c->stream);
-        if (p && p->progress && i >= LAG - 1) {
-            cudaEventSynchronize(ev[(i - LAG + 1) % LAG]);
-            p->progress(++reported, j->K, p->progress_user);
+        if (i >= LAG - 1 && ((p && p->progress) || c->pr)) {
+            rc = wait_event(c, ev[(i - LAG + 1) % LAG]);
+            if (rc == DIT_OK && p && p->progress) p->progress(++reported, j->K, p->progress_user);
         }
     }
     if (rc == DIT_OK) {
-        cudaError_t e = cudaStreamSynchronize(c->stream);
-        if (e != cudaSuccess) rc = dit_cuda_error_(__FILE__, __LINE__, __func__, "cudaStreamSynchronize", cudaGetErrorString(e));
+        cudaError_t e = cudaEventRecord(ev[0], c->stream);
+        rc = e == cudaSuccess ? wait_event(c, ev[0])
+                              : dit_cuda_error_(__FILE__, __LINE__, __func__, "cudaEventRecord", cudaGetErrorString(e));
     }
     while (rc == DIT_OK && p && p->progress && reported < j->K) p->progress(++reported, j->K, p->progress_user);
     for (int i = 0; i < LAG; i++) cudaEventDestroy(ev[i]);
@@ -729,7 +781,13 @@ static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params
 
 int dit_cuda_sample(dit_model *m, const dit_sample_params *p, const dit_schedule *s, float *out) {
     if (!m->cuda) TRY(dit_cuda_init(m, 0));   // first use: upload to GPU 0
-    dit_cuda *c = m->cuda;
+    if (m->cuda->group) return dit_par_sample(m->cuda, p, s, out);   // several GPUs (parallel.cu)
+    return dit_cuda_sample_ctx(m->cuda, p, s, out);
+}
+
+// the sampler on one context; on several GPUs each runs this in its own thread, and `out` (all n images,
+// gathered) is written by those that pass one
+int dit_cuda_sample_ctx(dit_cuda *c, const dit_sample_params *p, const dit_schedule *s, float *out) {
     sample_job j;
     TRY(sample_setup(c, p, s, &j));
     TRY(sample_loop(c, &j, p));
@@ -738,6 +796,7 @@ int dit_cuda_sample(dit_model *m, const dit_sample_params *p, const dit_schedule
     if (st.nonfinite_step != INT_MAX)
         return dit_set_error(DIT_ERR_NUMERIC, "cuda: NaN/Inf in the latents at step %d of %d (k = %d)",
                              st.nonfinite_step + 1, j.K, j.K - 1 - st.nonfinite_step);
+    if (c->pr) return dit_par_gather_latents(c, j.N, p->n, out);
     CUDA_CHECK(cudaMemcpy(out, c->lat, (size_t)j.N * c->C * c->L * c->L * 4, cudaMemcpyDeviceToHost));
     return DIT_OK;
 }
@@ -836,6 +895,7 @@ int dit_cuda_bench(dit_model *m, int n, int steps, int reps, dit_cuda_bench_resu
     memset(r, 0, sizeof(*r));
     dit_cuda *c = m->cuda;
     if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
+    if (c->pr) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: bench: one GPU only (time dit_sample on several)");
     if (n <= 0 || steps <= 0 || reps <= 0) return dit_set_error(DIT_ERR_INPUT, "cuda: bench: bad arguments");
     static dit_schedule s;   // large: keep it off the stack
     char spacing[16];
@@ -933,9 +993,9 @@ static int test_ctx(dit_cuda **out) {
 
 int dit_cuda_test_randn(uint64_t seed, uint32_t image, uint32_t step, float *out, size_t n) {
     float *d = NULL;
-    CUDA_CHECK(cudaMalloc((void **)&d, (image + 1) * n * sizeof(float)));
-    int rc = dit_op_randn(seed, (int)image + 1, step, d, (int64_t)n, 0);
-    if (rc == DIT_OK && cudaMemcpy(out, d + (size_t)image * n, n * 4, cudaMemcpyDeviceToHost) != cudaSuccess)
+    CUDA_CHECK(cudaMalloc((void **)&d, n * sizeof(float)));
+    int rc = dit_op_randn(seed, (int)image, 1, step, d, (int64_t)n, 0);   // image as a data-parallel rank's first
+    if (rc == DIT_OK && cudaMemcpy(out, d, n * 4, cudaMemcpyDeviceToHost) != cudaSuccess)
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: copy failed");
     cudaFree(d);
     return rc;

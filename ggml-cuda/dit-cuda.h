@@ -48,6 +48,39 @@ int dit_cuda_sample(dit_model *m, const dit_sample_params *p, const dit_schedule
 /* latents (n, C, L, L) as sampled -> images (n, 3, 8L, 8L), like dit_decode. */
 int dit_cuda_decode(dit_model *m, const float *latents, int n, float *images);
 
+/* Several GPUs (ggml-cuda/parallel.cu, NCCL). One process drives `gpus` GPUs, one thread each, or, in
+   multi-process mode (world > 1: one process per GPU, on one or several hosts), this process is rank
+   `rank` of `world` and drives GPU `device`. The GPUs split as world = data x cfg x seq:
+     data  the images are dealt out to groups of GPUs; no traffic until the latents are gathered at the end
+     cfg   the conditional and the unconditional half of the CFG batch run on two GPUs; their network
+           outputs are all-gathered once per step (the sampler update then runs on both)
+     seq   the tokens of every image are split over S GPUs; attention by an all-to-all over heads
+           (Ulysses: heads % S == 0) or by an all-gather of q, k, v (any head count)
+   The same seed gives the same images for any plan (the noise is Philox per image; fp16 tolerance).
+   dit_cuda_init_parallel replaces dit_cuda_init: m->cuda becomes the first GPU's context and
+   dit_cuda_sample / dit_sample run on all of them; every process gets all images back. Faults (a peer
+   process gone, a GPU error, a stuck collective) end every rank with an error within timeout_s
+   (ncclCommAbort), never a hang; the model must then be freed. NVLink multicast (NVLS) is turned off
+   unless NCCL_NVLS_ENABLE is already set. */
+enum { DIT_PAR_AUTO = 0, DIT_PAR_DATA = 1, DIT_PAR_CFG = 2, DIT_PAR_SEQ = 4 };   /* strategy: OR of these */
+enum { DIT_SEQ_AUTO = 0, DIT_SEQ_ULYSSES = 1, DIT_SEQ_ALLGATHER = 2 };
+typedef struct {
+    int gpus;              /* one process: use GPUs 0 .. gpus-1 */
+    int rank, world;       /* multi-process when world > 1 */
+    int device;            /* multi-process: this process's GPU */
+    const char *id_file;   /* multi-process: rank 0 writes the NCCL unique id there, the others read it */
+    const char *master;    /* multi-process, or: "host:port" where rank 0 serves the id over TCP */
+    int strategy, seq_mode;
+    int n_images;          /* images per dit_sample call (the auto plan uses it; other counts still work) */
+    double timeout_s;      /* no progress for this long: error (default 60) */
+} dit_par_params;
+/* multi-process settings from the environment: DIT_RANK / DIT_WORLD_SIZE / DIT_LOCAL_RANK, else those of
+   torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or mpirun (OMPI_COMM_WORLD_*); id from DIT_NCCL_ID_FILE, else
+   DIT_MASTER=host:port, else torchrun's MASTER_ADDR and MASTER_PORT + 1. Returns 1 when world > 1. */
+int dit_par_params_from_env(dit_par_params *pp);
+/* plan, upload, communicators; `plan` (may be NULL) gets one line saying what was chosen and why */
+int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, size_t plan_len);
+
 /* Profiling. Between begin and end, dit_cuda_sample/forward/decode run op by op (no CUDA graph) with
    cudaEvents around each op. end() writes a Chrome trace (chrome://tracing, ui.perfetto.dev) to
    trace_path (may be NULL) and, when summary is not NULL, a per-op table (total, calls, mean) to it. */

@@ -1,5 +1,6 @@
 // embed.cu - DiT input and output glue, all fp32:
 //   patch_embed:  h[b, m, :] = (W x_patch(b, m) + b) + pos[m]    Conv2d(C, D, p, stride p) as a linear
+//                 (tokens t0 .. t0+Tl-1 only: a sequence-parallel rank embeds its own slice)
 //                 map over the patch flattened (c, kh, kw); token m = i*g + j (§1.1, §1.2). Row b of the
 //                 network batch reads image b % n_img (forward_with_cfg runs [x[:N]; x[:N]], §1.11).
 //   cond_finish:  c[r] = t_emb[r] + y_table[label[r % B]];  sc[r] = ct(SiLU(c[r]))   (§1.4, §1.5)
@@ -12,10 +13,10 @@
 
 static __global__ void patch_embed_kernel(const float *__restrict__ x, int n_img, const float *__restrict__ w,
                                           const float *__restrict__ bias, const float *__restrict__ pos,
-                                          float *__restrict__ h, int C, int L, int p, int D) {
+                                          float *__restrict__ h, int C, int L, int p, int D, int t0, int Tl) {
     extern __shared__ float patch[];   // C * p * p
-    const int g = L / p, T = g * g;
-    const int m = blockIdx.x, b = blockIdx.y;
+    const int g = L / p;
+    const int m = t0 + blockIdx.x, b = blockIdx.y;
     const int i = m / g, j = m % g, K = C * p * p;
     const float *img = x + (int64_t)(b % n_img) * C * L * L;
     for (int k = threadIdx.x; k < K; k += blockDim.x) {
@@ -23,7 +24,7 @@ static __global__ void patch_embed_kernel(const float *__restrict__ x, int n_img
         patch[k] = img[((int64_t)c * L + i * p + kh) * L + j * p + kw];
     }
     __syncthreads();
-    float *hr = h + ((int64_t)b * T + m) * D;
+    float *hr = h + ((int64_t)b * Tl + blockIdx.x) * D;
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         const float *wr = w + (int64_t)d * K;
         float acc = 0.0f;
@@ -33,10 +34,10 @@ static __global__ void patch_embed_kernel(const float *__restrict__ x, int n_img
 }
 
 int dit_op_patch_embed(const float *x, int n_img, const float *w, const float *b, const float *pos, float *h, int B,
-                       int C, int L, int p, int D, cudaStream_t st) {
-    const int g = L / p;
-    const dim3 grid(g * g, B);
-    patch_embed_kernel<<<grid, EMBED_THREADS, C * p * p * sizeof(float), st>>>(x, n_img, w, b, pos, h, C, L, p, D);
+                       int C, int L, int p, int D, int t0, int Tl, cudaStream_t st) {
+    const dim3 grid(Tl, B);
+    patch_embed_kernel<<<grid, EMBED_THREADS, C * p * p * sizeof(float), st>>>(x, n_img, w, b, pos, h, C, L, p, D, t0,
+                                                                               Tl);
     LAUNCH_CHECK();
     return DIT_OK;
 }

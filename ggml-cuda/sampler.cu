@@ -17,7 +17,8 @@
 //         (+ sigma noise when k != 0 and eta != 0)                                     (§3.7)
 // Coefficients are the float64 schedule rounded once to fp32 (host). Divisions are IEEE (__fdiv_rn),
 // exp in double, so the arithmetic rounds like the CPU's up to FMA contraction.
-// A non-finite result records the step in state->nonfinite_step. The last CTA to finish advances
+// Image n is image img0 + n of the whole job (its Philox stream), so a data-parallel rank draws the same
+// noise as one GPU would. A non-finite result records the step in state->nonfinite_step. The last CTA to finish advances
 // state->step and state->mod_row, so one captured graph serves every step.
 #include "common.cuh"
 #include <limits.h>
@@ -51,22 +52,23 @@ static __device__ __forceinline__ void randn4(uint64_t seed, uint32_t image, uin
     }
 }
 
-static __global__ void randn_kernel(uint64_t seed, int n_img, uint32_t step, float *__restrict__ out, int64_t per) {
+static __global__ void randn_kernel(uint64_t seed, int img0, int n_img, uint32_t step, float *__restrict__ out,
+                                    int64_t per) {
     const int64_t groups = (per + 3) / 4;
     const int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= groups * n_img) return;
     const int n = (int)(t / groups);
     const uint32_t j = (uint32_t)(t % groups);
     float z[4];
-    randn4(seed, (uint32_t)n, step, j, z);
+    randn4(seed, (uint32_t)(img0 + n), step, j, z);
 #pragma unroll
     for (int e = 0; e < 4; e++)
         if (4 * (int64_t)j + e < per) out[n * per + 4 * (int64_t)j + e] = z[e];
 }
 
-int dit_op_randn(uint64_t seed, int n_img, uint32_t step, float *out, int64_t per_image, cudaStream_t st) {
+int dit_op_randn(uint64_t seed, int img0, int n_img, uint32_t step, float *out, int64_t per_image, cudaStream_t st) {
     const int64_t threads = (per_image + 3) / 4 * n_img;
-    randn_kernel<<<cdiv(threads, 256), 256, 0, st>>>(seed, n_img, step, out, per_image);
+    randn_kernel<<<cdiv(threads, 256), 256, 0, st>>>(seed, img0, n_img, step, out, per_image);
     LAUNCH_CHECK();
     return DIT_OK;
 }
@@ -92,7 +94,7 @@ static __global__ void sampler_step_kernel(dit_sampler_args a, const float *__re
                 for (int e = 0; e < 4; e++)
                     if (4 * j + e < per) z[e] = noise[((int64_t)step * a.N + n) * per + 4 * j + e];
             } else {
-                randn4(a.seed, (uint32_t)n, (uint32_t)(step + 1), (uint32_t)j, z);
+                randn4(a.seed, (uint32_t)(a.img0 + n), (uint32_t)(step + 1), (uint32_t)j, z);
             }
         }
         const int g = a.L / a.p, T = g * g, F = a.p * a.p * a.oc;
@@ -137,7 +139,7 @@ static __global__ void sampler_step_kernel(dit_sampler_args a, const float *__re
         const unsigned int prev = atomicAdd(&state->done, 1u);
         if (prev == gridDim.x - 1) {
             state->step = step + 1;
-            state->mod_row += 2 * a.N;
+            state->mod_row += a.rows;
             state->done = 0;
             __threadfence();
         }

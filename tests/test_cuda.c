@@ -1,11 +1,13 @@
 /* test_cuda.c - the CUDA backend (ggml-cuda/) against the CPU runtime and the float64 fixtures.
 
-   bin/tests/test_cuda [--quick | --race] [MODELDIR]
+   bin/tests/test_cuda [--quick | --race | --parallel] [MODELDIR]
      Per-op checks (Philox, dequantize, GEMM + epilogues, attention, sampler step) against CPU code in
      this file, then end to end against the CPU path (dit_forward, dit_sample DDPM/DDIM, dit_decode)
      on the fixture models (converted with bin/dit-convert, as test_runtime does, or read from
      MODELDIR) and on random-weight models of DiT-B and DiT-XL width. --quick: fixtures only (for
-     compute-sanitizer memcheck); --race: attention, one forward, a 3-step sample and a decode (racecheck). Prints "ok - cuda # SKIP ..." and exits 0 without a GPU or a CUDA build.
+     compute-sanitizer memcheck); --race: attention, one forward, a 3-step sample and a decode (racecheck);
+     --parallel: the several-GPU checks alone (every plan == one GPU; faults). Prints "ok - cuda # SKIP
+     ..." and exits 0 without a GPU or a CUDA build; the several-GPU checks skip with fewer than 2 GPUs.
 
    bin/tests/test_cuda --opbench
      Per-op timings on DiT-XL shapes: GEMM epilogue / bias-type variants (heuristic vs autotuned),
@@ -17,6 +19,8 @@
      graph replay; prints ms/step (median of R runs of K steps), the adaLN precompute, weight and peak
      memory, and the VAE decode time when the model has a VAE. --profile writes a Chrome trace of one
      op-by-op step (and a per-op table with -v).
+     With --gpus G [--parallel FLAGS] [--seq-mode 1|2] (FLAGS: DIT_PAR_* bits, data 1, cfg 2, seq 4; none:
+     auto): ms/step of whole dit_sample calls on G GPUs, and the NCCL time per step from a profile.
 
    Tolerances (fp16 operands, fp32 accumulation; one fp16 rounding is 2^-11 = 4.9e-4 relative):
      Philox normals     1e-6 absolute    double math both sides, one rounding to fp32
@@ -31,6 +35,8 @@
                                          amplification; bf16 operands (2^-8 = 3.9e-3): 1e-1
      10-step samplers   5e-2 x max|ref|  the forward error, carried through 10 steps
      VAE decode         3e-2 x max|ref|  fp16 im2col operands through ~20 convolutions
+     several GPUs       2e-2 x max|ref|  against one GPU: same fp16 roundings, but GEMMs of other row
+                                         counts may take other cuBLASLt algorithms (see test_parallel)
    Each check prints the measured error, so the margin is visible. Timings are never asserted. */
 #include "dit.h"
 
@@ -604,10 +610,222 @@ static void test_random_models(void)
     }
 }
 
+/* ---------------------------------------------------------------- several GPUs (NCCL) */
+/* Every plan against one GPU on the same model, seed and noise. Tolerance 2e-2 x max|ref|: both sides
+   round the same operands to fp16, but the GEMMs see other row counts (M / GPUs), so cuBLASLt may pick
+   other algorithms and sum in another order (~1e-3 per forward), grown over 10 DDPM steps; a wrong
+   token offset, row split or exchange gives O(1) errors. */
+typedef struct {
+    const char *name;
+    int gpus, strategy, seq_mode;
+} par_case;
+
+static int cmp_d(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double now_s(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+static int par_init(dit_model *m, const par_case *pc, int n, double timeout, char *plan, size_t len)
+{
+    dit_cuda_free(m);
+    dit_par_params pp;
+    memset(&pp, 0, sizeof pp);
+    pp.gpus = pc->gpus; pp.strategy = pc->strategy; pp.seq_mode = pc->seq_mode; pp.n_images = n; pp.timeout_s = timeout;
+    return dit_cuda_init_parallel(m, &pp, plan, len);
+}
+
+static void par_vs_one(dit_model *m, const char *model, const par_case *pc, const dit_sample_params *p, const float *ref)
+{
+    const size_t n = (size_t)p->n * dit_latent_floats(m);
+    float *g = calloc(n, 4);
+    char plan[512] = "", what[800];
+    int rc = par_init(m, pc, p->n, 60, plan, sizeof plan);
+    if (!rc) rc = dit_sample(m, p, g);
+    snprintf(what, sizeof what, "%s, %d images, %s on %d GPUs == 1 GPU [%s]", model, p->n, pc->name, pc->gpus, plan);
+    if (rc) ok(0, "%s: %s", what, dit_last_error());
+    else check_close(what, g, ref, n, 2e-2);
+    dit_cuda_free(m);
+    free(g);
+}
+
+static void par_cases(dit_model *m, const char *model, dit_sample_params p, const par_case *cases, int n_cases)
+{
+    const size_t n = (size_t)p.n * dit_latent_floats(m);
+    float *ref = malloc(n * 4);
+    dit_cuda_free(m);
+    p.backend = DIT_BACKEND_CUDA;
+    if (dit_cuda_init(m, 0) || dit_sample(m, &p, ref)) {
+        ok(0, "%s: one-GPU reference: %s", model, dit_last_error());
+    } else {
+        for (int i = 0; i < n_cases; i++)
+            if (cases[i].gpus <= dit_cuda_available()) par_vs_one(m, model, &cases[i], &p, ref);
+    }
+    dit_cuda_free(m);
+    free(ref);
+}
+
+static void test_parallel(void)
+{
+    const int G = dit_cuda_available();
+    if (G < 2) {
+        char why[64];
+        snprintf(why, sizeof why, "needs 2 GPUs, %d visible", G);
+        skip("several GPUs: every plan == one GPU", why);
+        return;
+    }
+    static const par_case xl[] = {
+        { "data", 2, DIT_PAR_DATA, 0 }, { "cfg", 2, DIT_PAR_CFG, 0 },
+        { "seq (Ulysses all-to-all)", 2, DIT_PAR_SEQ, DIT_SEQ_ULYSSES },
+        { "seq (all-gather q,k,v)", 2, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER }, { "auto", 2, DIT_PAR_AUTO, 0 },
+        { "cfg+seq", 4, DIT_PAR_CFG | DIT_PAR_SEQ, 0 }, { "seq (Ulysses)", 4, DIT_PAR_SEQ, DIT_SEQ_ULYSSES },
+        { "seq (all-gather)", 4, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER }, { "data+cfg", 4, DIT_PAR_DATA | DIT_PAR_CFG, 0 },
+        { "data+seq", 4, DIT_PAR_DATA | DIT_PAR_SEQ, 0 }, { "auto", 4, DIT_PAR_AUTO, 0 },
+    };
+    int labels[3] = { 207, 360, 88 };
+    dit_sample_params p = dit_sample_params_default();
+    p.labels = labels; p.steps = 10; p.seed = 3; p.backend = DIT_BACKEND_CUDA;
+    /* DiT-XL/2 shapes (28 blocks, 16 heads, 256 tokens), random weights */
+    rmodel *r = random_dit(28, 1152, 16, 32, DIT_TYPE_F16);
+    p.n = 2;
+    par_cases(&r->m, "random DiT-XL/2 256 px", p, xl, (int)(sizeof xl / sizeof xl[0]));
+    p.n = 3;   /* 3 images on 2 data slices: the last slice is padded */
+    par_cases(&r->m, "random DiT-XL/2 256 px", p, xl, 1);
+    p.n = 1;   /* one image, DDIM: cfg and seq only */
+    p.sampler = DIT_SAMPLER_DDIM;
+    par_cases(&r->m, "random DiT-XL/2 256 px DDIM", p, xl + 1, 3);
+    p.sampler = DIT_SAMPLER_DDPM;
+
+    dit_cuda_free(&r->m);
+    rmodel_free(r);
+
+    /* the fixture model (2 heads, 16 tokens) */
+    dit_model *m = dit_model_load(mpath("dit_s.gguf"));
+    if (!m) {
+        ok(0, "dit_s.gguf: %s", dit_last_error());
+        return;
+    }
+    static const par_case small[] = {
+        { "data", 2, DIT_PAR_DATA, 0 }, { "cfg", 2, DIT_PAR_CFG, 0 }, { "seq (Ulysses)", 2, DIT_PAR_SEQ, DIT_SEQ_ULYSSES },
+        { "seq (all-gather)", 2, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER }, { "cfg+seq", 4, DIT_PAR_CFG | DIT_PAR_SEQ, 0 },
+    };
+    int fl[2] = { 1, 7 };
+    p.labels = fl; p.n = 2;
+    par_cases(m, "dit_s fixture", p, small, (int)(sizeof small / sizeof small[0]));
+    dit_model_free(m);
+}
+
+/* faults, last (an aborted collective may leave a GPU context unusable for this process): more GPUs than
+   there are; a rank that never starts its step (its peer must time out with an error, not hang) */
+static void test_parallel_faults(void)
+{
+    const int G = dit_cuda_available();
+    if (G < 2) return;
+    int labels[1] = { 207 };
+    dit_sample_params p = dit_sample_params_default();
+    p.labels = labels; p.steps = 10; p.seed = 3; p.backend = DIT_BACKEND_CUDA;
+    rmodel *r = random_dit(2, 1152, 16, 32, DIT_TYPE_F16);
+    /* faults: more GPUs than there are; a rank that never starts (its peers must time out, not hang) */
+    par_case too_many = { "data", G + 1, DIT_PAR_DATA, 0 };
+    char plan[512];
+    int rc = par_init(&r->m, &too_many, 2, 60, plan, sizeof plan);
+    ok(rc != DIT_OK && strstr(dit_last_error(), "visible"), "--gpus %d on %d GPUs: error '%s'", G + 1, G,
+       rc ? dit_last_error() : "none");
+    par_case cfg2 = { "cfg", 2, DIT_PAR_CFG, 0 };
+    rc = par_init(&r->m, &cfg2, 1, 3.0, plan, sizeof plan);
+    if (rc) {
+        ok(0, "stalled peer: setup: %s", dit_last_error());
+    } else {
+        float *lat = malloc(dit_latent_floats(&r->m) * 4);
+        setenv("DIT_PAR_TEST_STALL", "1", 1);
+        p.n = 1;
+        const double t0 = now_s();
+        rc = dit_sample(&r->m, &p, lat);
+        const double dt = now_s() - t0;
+        unsetenv("DIT_PAR_TEST_STALL");
+        ok(rc != DIT_OK && strstr(dit_last_error(), "no progress") && dt < 20,
+           "rank 1 stalled, timeout 3 s: rank 0 stops with an error after %.1f s: '%s'", dt, rc ? dit_last_error() : "none");
+        rc = dit_sample(&r->m, &p, lat);
+        ok(rc != DIT_OK, "after the abort, sampling again is refused: '%s'", rc ? dit_last_error() : "none");
+        free(lat);
+    }
+    rmodel_free(r);
+}
+
 /* ---------------------------------------------------------------- bench */
+/* Several GPUs (or one, for the same measurement): ms/step = median wall time of whole dit_sample calls
+   / steps, after one warm-up call; then a 2-step profiled call on GPU 0 for the NCCL time per step. */
+static int bench_parallel(int res, int n, int steps, int reps, int depth, int wtype, int gpus, int strategy, int seq_mode)
+{
+    rmodel *r = random_dit(depth, 1152, 16, res / 8, wtype);
+    dit_model *m = &r->m;
+    char plan[512] = "1 GPU";
+    int rc;
+    if (gpus == 1 && strategy < 0) {
+        rc = dit_cuda_init(m, 0);
+    } else {
+        par_case pc = { "bench", gpus, strategy < 0 ? 0 : strategy, seq_mode };
+        rc = par_init(m, &pc, n, 120, plan, sizeof plan);
+    }
+    int *labels = malloc(sizeof(int) * n);
+    for (int i = 0; i < n; i++) labels[i] = (207 + 131 * i) % 1000;
+    dit_sample_params p = dit_sample_params_default();
+    p.n = n; p.labels = labels; p.steps = steps; p.seed = 1; p.backend = DIT_BACKEND_CUDA;
+    float *lat = malloc(dit_latent_floats(m) * n * 4);
+    double t[64], nccl_ms = 0, prof_ms = 0;
+    if (reps > 64) reps = 64;
+    if (!rc) rc = dit_sample(m, &p, lat);   /* warm-up: plans, graphs, connections */
+    for (int k = 0; !rc && k < reps; k++) {
+        const double t0 = now_s();
+        rc = dit_sample(m, &p, lat);
+        t[k] = (now_s() - t0) * 1e3 / steps;
+    }
+    if (!rc) {   /* op-by-op profile of 2 steps on GPU 0: NCCL share */
+        char path[] = "/tmp/dit-bench-par-XXXXXX";
+        int fd = mkstemp(path);
+        FILE *f = fd >= 0 ? fdopen(fd, "w+") : NULL;
+        dit_sample_params q = p;
+        q.steps = 2;
+        rc = dit_cuda_profile_begin(m);
+        if (!rc) rc = dit_sample(m, &q, lat);
+        if (!rc) rc = dit_cuda_profile_end(m, NULL, f);
+        char line[512];
+        if (f) rewind(f);
+        while (f && fgets(line, sizeof line, f)) {   /* rows: name total_ms calls mean */
+            char name[128];
+            double total;
+            if (sscanf(line, " %127s %lf", name, &total) == 2 && strcmp(name, "total")) {
+                prof_ms += total;
+                if (!strncmp(name, "nccl", 4)) nccl_ms += total;
+            }
+        }
+        if (f) fclose(f);
+        unlink(path);
+    }
+    if (rc) {
+        fprintf(stderr, "test_cuda: error: %s\n", dit_last_error());
+    } else {
+        qsort(t, reps, sizeof(double), cmp_d);
+        printf("bench-par: %dpx n %d gpus %d [%s]: %.3f ms/step (min %.3f), NCCL %.3f ms/step of %.3f profiled\n", res, n,
+               gpus, plan, t[reps / 2], t[0], nccl_ms / 2, prof_ms / 2);
+    }
+    free(lat);
+    free(labels);
+    rmodel_free(r);
+    return rc ? 1 : 0;
+}
+
 static int bench_main(int argc, char **argv)
 {
     int res = 256, n = 1, steps = 250, reps = 5, depth = 28, wtype = DIT_TYPE_F16, verbose = 0;
+    int gpus = 0, strategy = -1, seq_mode = 0;
     const char *model = NULL, *profile = NULL;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--res") && i + 1 < argc) res = atoi(argv[++i]);
@@ -619,9 +837,13 @@ static int bench_main(int argc, char **argv)
         else if (!strcmp(argv[i], "--model") && i + 1 < argc) model = argv[++i];
         else if (!strcmp(argv[i], "--profile") && i + 1 < argc) profile = argv[++i];
         else if (!strcmp(argv[i], "-v")) verbose = 1;
+        else if (!strcmp(argv[i], "--gpus") && i + 1 < argc) gpus = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--parallel") && i + 1 < argc) strategy = atoi(argv[++i]);   /* DIT_PAR_* flags */
+        else if (!strcmp(argv[i], "--seq-mode") && i + 1 < argc) seq_mode = atoi(argv[++i]);
         else { fprintf(stderr, "test_cuda: error: unknown argument %s\n", argv[i]); return 2; }
     }
     if (dit_cuda_available() <= 0) { fprintf(stderr, "test_cuda: error: no GPU\n"); return 1; }
+    if (gpus > 0) return bench_parallel(res, n, steps, reps, depth, wtype, gpus, strategy, seq_mode);
     rmodel *r = NULL;
     dit_model *m;
     if (model) {
@@ -675,10 +897,11 @@ int main(int argc, char **argv)
         if (rc) fprintf(stderr, "test_cuda: error: %s\n", dit_last_error());
         return rc ? 1 : 0;
     }
-    int quick = 0, race = 0;
+    int quick = 0, race = 0, par_only = 0;
     const char *dir = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
+        else if (!strcmp(argv[i], "--parallel")) par_only = 1;
         else if (!strcmp(argv[i], "--race")) race = quick = 1;
         else dir = argv[i];
     }
@@ -691,15 +914,17 @@ int main(int argc, char **argv)
         printf("not ok - mkdtemp\n");
         return 1;
     }
-    if (!race) {
+    if (!race && !par_only) {
         test_philox();
         test_dequant();
         test_linear();
     }
-    test_attention(2, 200, 2, 72);
-    test_attention(1, 256, 3, 64);
-    test_attention(2, 16, 1, 72);
-    if (!quick) test_attention(1, 1024, 2, 72);
+    if (!par_only) {
+        test_attention(2, 200, 2, 72);
+        test_attention(1, 256, 3, 64);
+        test_attention(2, 16, 1, 72);
+        if (!quick) test_attention(1, 1024, 2, 72);
+    }
     if (dir) {
         snprintf(moddir, sizeof moddir, "%s", dir);
     } else {
@@ -731,11 +956,18 @@ int main(int argc, char **argv)
         }
         goto out;
     }
+    if (par_only) {
+        test_parallel();
+        test_parallel_faults();
+        goto out;
+    }
     test_fixture_dit_s();
     test_fixture_other("dit_px.gguf", "dit_px (1 channel, hd 64) forward GPU == CPU", "px_fwd_x", 1, 3e-2);
     test_fixture_other("dit_xs_bf16.gguf", "dit_xs bf16 weights (bf16 operands) forward GPU == CPU", "fwd_x", 4, 1e-1);
     test_fixture_other("dit_s_q8.gguf", "dit_s q8_0 (dequantized on the GPU) forward GPU == CPU", "fwd_x", 4, 3e-2);
     if (!quick) test_random_models();
+    if (!quick) test_parallel();
+    if (!quick) test_parallel_faults();
 out:;
     char cmd[700];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);

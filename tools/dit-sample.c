@@ -57,6 +57,15 @@ static const char *usage_text =
     "      --no-metadata       no \"parameters\" text chunk in the PNGs\n"
     "  -t, --threads N         CPU threads (default: all cores)\n"
     "      --backend B         auto (default: CUDA when a GPU is there), cpu or cuda\n"
+    "      --gpus N            CUDA: sample on GPUs 0..N-1 of this process (or 'all'; default 1), with NCCL\n"
+    "      --parallel P        how the GPUs split the work: auto (default), data, cfg, seq, or a combination\n"
+    "                          such as cfg+seq or data+cfg; -v prints the plan and why\n"
+    "      --seq-mode M        sequence parallel attention: auto, ulysses (all-to-all over heads, heads must\n"
+    "                          divide) or allgather (all-gather of q, k, v)\n"
+    "      --nccl-timeout S    several GPUs: give up with an error after S seconds without progress (default 60)\n"
+    "                          One process per GPU instead: start N copies with DIT_RANK=0..N-1, DIT_WORLD_SIZE=N\n"
+    "                          and DIT_NCCL_ID_FILE=F (or DIT_MASTER=host:port); torchrun/mpirun variables work\n"
+    "                          too. Every rank samples, rank 0 writes the PNGs.\n"
     "      --init-noise F.npy  initial latents x_T, float32 (N, C, L, L), instead of Philox\n"
     "      --step-noise F.npy  per-step noise, float32 (K, N, C, L, L); entry i is used by loop step i\n"
     "      --save-latent F.npy write the final latents (N, C, L, L) (before the VAE)\n"
@@ -301,6 +310,8 @@ int main(int argc, char **argv)
     const char *model = NULL, *out = "sample.png", *init_path = NULL, *step_path = NULL, *save_latent = NULL;
     const char *decode_path = NULL, *spacing = NULL, *class_args[256], *profile = NULL;
     int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1, labelled = -1;
+    int gpus = 1, strategy = 0, seq_mode = 0, rank = 0;
+    double nccl_timeout = 60;
     dit_sample_params p = dit_sample_params_default();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -344,6 +355,29 @@ int main(int argc, char **argv)
             else if (!strcasecmp(v, "cpu")) p.backend = DIT_BACKEND_CPU;
             else if (!strcasecmp(v, "cuda")) p.backend = DIT_BACKEND_CUDA;
             else die(2, "--backend: expected auto, cpu or cuda, got '%s'", v);
+        } else if (!strcmp(a, "--gpus")) {
+            const char *v = VAL();
+            gpus = !strcmp(v, "all") ? -1 : (int)parse_int(a, v, 1, 64);
+        } else if (!strcmp(a, "--parallel")) {
+            char buf[64], *save = NULL;
+            snprintf(buf, sizeof buf, "%s", VAL());
+            strategy = 0;
+            if (strcasecmp(buf, "auto"))
+                for (char *t = strtok_r(buf, "+", &save); t; t = strtok_r(NULL, "+", &save)) {
+                    if (!strcasecmp(t, "data")) strategy |= 1;        /* DIT_PAR_DATA */
+                    else if (!strcasecmp(t, "cfg")) strategy |= 2;    /* DIT_PAR_CFG */
+                    else if (!strcasecmp(t, "seq")) strategy |= 4;    /* DIT_PAR_SEQ */
+                    else die(2, "--parallel: expected auto or data, cfg, seq joined by '+', got '%s'", t);
+                }
+        } else if (!strcmp(a, "--seq-mode")) {
+            const char *v = VAL();
+            if (!strcasecmp(v, "auto")) seq_mode = 0;
+            else if (!strcasecmp(v, "ulysses")) seq_mode = 1;
+            else if (!strcasecmp(v, "allgather")) seq_mode = 2;
+            else die(2, "--seq-mode: expected auto, ulysses or allgather, got '%s'", v);
+        } else if (!strcmp(a, "--nccl-timeout")) {
+            nccl_timeout = parse_float(a, VAL());
+            if (!(nccl_timeout > 0)) die(2, "--nccl-timeout must be > 0");
         } else if (!strcmp(a, "--init-noise")) init_path = VAL();
         else if (!strcmp(a, "--step-noise")) step_path = VAL();
         else if (!strcmp(a, "--save-latent")) save_latent = VAL();
@@ -417,18 +451,39 @@ int main(int argc, char **argv)
     int *y = malloc(sizeof(int) * n);
     for (int i = 0; i < n; i++) y[i] = labels ? labels[i % n_labels] : -1;
 
-    probe_output(out);
-    if (save_latent) probe_output(save_latent);
-
-    /* ---- sample */
+    /* ---- GPUs: one, several in this process, or one rank of several processes */
     char spacing_buf[32];
     double t_sample = 0, t_decode = 0, t_write = 0;
     int use_cuda = 0;
 #ifdef DIT_CUDA
+    dit_par_params pp = { 0 };
+    const int multi = dit_par_params_from_env(&pp);
     use_cuda = backend_req == DIT_BACKEND_CUDA || (backend_req == DIT_BACKEND_AUTO && dit_cuda_available() > 0);
+    if (gpus < 0) gpus = dit_cuda_available() > 0 ? dit_cuda_available() : 1;
+    if ((gpus > 1 || multi) && !use_cuda) die(2, "--gpus and multi-process sampling need the CUDA backend");
+    if ((gpus > 1 || multi) && decode_path) die(2, "--decode runs on one GPU (drop --gpus)");
+    if (multi && gpus > 1) die(2, "--gpus: one GPU per process in multi-process mode (DIT_WORLD_SIZE is set)");
+    rank = pp.rank;
+    if (rank != 0) quiet = 1, verbose = 0;   /* rank 0 speaks for the job */
+#else
+    if (gpus != 1) die(2, "--gpus: this build has no CUDA backend (rebuild with nvcc)");
+    (void)strategy, (void)seq_mode, (void)nccl_timeout;
+#endif
+    if (rank == 0) {
+        probe_output(out);
+        if (save_latent) probe_output(save_latent);
+    }
+#ifdef DIT_CUDA
     if (use_cuda) {
         t0 = now();
-        if (dit_cuda_init(m, 0)) die_lib();
+        if (gpus > 1 || multi) {
+            pp.gpus = gpus; pp.strategy = strategy; pp.seq_mode = seq_mode; pp.n_images = n; pp.timeout_s = nccl_timeout;
+            char plan[512];
+            if (dit_cuda_init_parallel(m, &pp, plan, sizeof plan)) die_lib();
+            if (verbose) fprintf(stderr, "parallel: %s\n", plan);
+        } else if (dit_cuda_init(m, 0)) {
+            die_lib();
+        }
         if (verbose) fprintf(stderr, "upload to GPU: %.2f s\n", now() - t0);
     }
 #endif
@@ -465,7 +520,7 @@ int main(int argc, char **argv)
                     p.cfg_scale, t_sample, t_sample / sched.K);
         free(init);
         free(steps);
-        if (save_latent) {
+        if (save_latent && rank == 0) {
             int64_t sh[4] = { n, C, L, L };
             if (dit_npy_write(save_latent, 4, sh, lat)) die_lib();
         }
@@ -475,6 +530,12 @@ int main(int argc, char **argv)
     if (profile && dit_cuda_profile_end(m, profile, verbose ? stderr : NULL)) die_lib();
     if (profile && verbose) fprintf(stderr, "wrote profile %s\n", profile);
 #endif
+
+    if (rank != 0) {   /* multi-process: rank 0 decodes and writes */
+        free(lat), free(y), free(labels);
+        dit_model_free(m);
+        return 0;
+    }
 
     /* ---- decode + write */
     float *imgs = malloc(IMG * (grid ? n : 1) * sizeof(float));

@@ -1,0 +1,630 @@
+// parallel.cu - several GPUs with NCCL: the plan (data x cfg x seq), communicators, one thread per GPU,
+// the exchanges inside a step, the final gather, and the watchdog that turns a stuck peer into an error.
+//
+// Ranks: rank = (d * cf + cfi) * S + s. Per step, on the rank's share (B rows = 2N/cf, Tl = T/S tokens):
+//   h = patch_embed(tokens t0 .. t0+Tl-1)                                 (B, Tl, D)
+//   per block: qkv local (B, Tl, 3D)
+//     Ulysses:   (B*Tl, 3, S, Hl*hd) -> peer-major -> all-to-all -> (S, B, Tl, 3 Hl hd) -> (B, T, 3 Hl hd)
+//                attention over all T tokens for this rank's Hl = H/S heads -> (B, T, Hl hd)
+//                -> peer-major (S, B, Tl, Hl hd) -> all-to-all -> (S, B*Tl, Hl hd) -> (B*Tl, D)
+//     all-gather: (S, B, Tl, 3D) -> (B, T, 3D); attention of the Tl local queries to all T keys
+//   final linear (B*Tl, p*p*oc) -> all-gather over the image group (cf x S ranks) -> (2N, T, p*p*oc)
+//   sampler update for the N images of the data slice, the same on every rank of the image group
+// The exchanges are captured in the step's CUDA graph (NCCL supports capture). Waits poll with a
+// watchdog: no progress for timeout_s, a failed rank or an NCCL async error aborts every communicator.
+#include "common.cuh"
+
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PAR_MAX 64
+// auto: split tokens further only while each GPU keeps this many token rows. A prior, not a measurement:
+// per tests/kernels/NOTES.md the M = 512 GEMMs already fill few of the 132 SMs, so smaller M gains little,
+// while a step costs 2 x 28 all-to-alls. To be replaced by bench/scaling.sh's numbers (DIT_PAR_MIN_ROWS).
+#define PAR_MIN_ROWS 512
+
+struct dit_par {
+    int n_local;                    // GPUs this process drives (ctx[0] = m->cuda)
+    dit_cuda *ctx[PAR_MAX];
+    double timeout;
+    volatile int abort_flag, stop;  // set once: some rank failed / the watchdog should exit
+    volatile double beat[PAR_MAX];  // last sign of progress of each local rank
+    volatile int active[PAR_MAX];   // the rank is waiting on the GPU or inside NCCL
+    pthread_t watchdog;
+    int watchdog_on;
+    pthread_mutex_t mu;
+    int err_code, err_secondary;    // first error (a primary one beats a "stopped because" one)
+    char err[600];
+};
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+#define NCCL_CHECK(call)                                                                                       \
+    do {                                                                                                       \
+        ncclResult_t r_ = (call);                                                                              \
+        if (r_ != ncclSuccess && r_ != ncclInProgress)                                                         \
+            return dit_set_error(DIT_ERR_DEVICE, "nccl: %s: %s", #call, ncclGetErrorString(r_));               \
+    } while (0)
+
+// ---------------------------------------------------------------- errors and the watchdog
+static void par_fail(dit_par *g, int code, const char *msg, int secondary) {
+    pthread_mutex_lock(&g->mu);
+    if (!g->err_code || (g->err_secondary && !secondary)) {
+        g->err_code = code;
+        g->err_secondary = secondary;
+        snprintf(g->err, sizeof(g->err), "%s", msg);
+    }
+    g->abort_flag = 1;
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void abort_comms(dit_par_rank *pr) {
+    if (!pr || pr->world_comm == NULL) return;
+    if (pr->seq_comm) ncclCommAbort(pr->seq_comm);
+    if (pr->img_comm) ncclCommAbort(pr->img_comm);
+    ncclCommAbort(pr->world_comm);
+    pr->seq_comm = pr->img_comm = pr->world_comm = NULL;
+}
+
+static void *watchdog_main(void *arg) {
+    dit_par *g = (dit_par *)arg;
+    char msg[300];
+    while (!g->stop) {
+        usleep(20000);
+        const double t = now_s();
+        for (int i = 0; i < g->n_local && !g->abort_flag; i++) {
+            dit_par_rank *pr = g->ctx[i] ? g->ctx[i]->pr : NULL;
+            if (g->active[i] && t - g->beat[i] > g->timeout) {
+                snprintf(msg, sizeof(msg), "nccl: rank %d (GPU %d): no progress for %.0f s: a peer GPU or process "
+                         "stopped, or a collective is stuck", pr ? pr->rank : i, g->ctx[i] ? g->ctx[i]->device : -1,
+                         g->timeout);
+                par_fail(g, DIT_ERR_DEVICE, msg, 0);
+            }
+            ncclResult_t r = ncclSuccess;
+            if (pr && pr->world_comm && ncclCommGetAsyncError(pr->world_comm, &r) == ncclSuccess &&
+                r != ncclSuccess && r != ncclInProgress) {
+                snprintf(msg, sizeof(msg), "nccl: rank %d: %s (%s)", pr->rank, ncclGetErrorString(r),
+                         ncclGetLastError(pr->world_comm));
+                par_fail(g, DIT_ERR_DEVICE, msg, 0);
+            }
+        }
+        if (g->abort_flag) {   // unblocks kernels and host calls stuck on a peer; the ranks then return errors
+            for (int i = 0; i < g->n_local; i++)
+                if (g->ctx[i]) abort_comms(g->ctx[i]->pr);
+            break;
+        }
+    }
+    return NULL;
+}
+
+static int local_index(const dit_cuda *c) {
+    const dit_par *g = c->pr->group;
+    for (int i = 0; i < g->n_local; i++)
+        if (g->ctx[i] == c) return i;
+    return 0;
+}
+
+static int stopped_error(const dit_cuda *c) {
+    return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d stopped: another rank failed", c->pr->rank);
+}
+
+int dit_par_wait(dit_cuda *c, cudaEvent_t e) {
+    dit_par *g = c->pr->group;
+    const int i = local_index(c);
+    g->beat[i] = now_s();
+    g->active[i] = 1;
+    for (;;) {
+        const cudaError_t r = cudaEventQuery(e);
+        if (r == cudaSuccess) { g->beat[i] = now_s(); return DIT_OK; }
+        if (g->abort_flag) return stopped_error(c);
+        if (r != cudaErrorNotReady) CUDA_CHECK(r);
+        usleep(50);
+    }
+}
+
+// a call on the non-blocking world communicator: wait until NCCL has taken it
+static int settle(dit_cuda *c, ncclComm_t comm, ncclResult_t r, const char *what) {
+    if (r == ncclSuccess && comm) ncclCommGetAsyncError(comm, &r);   // non-blocking: may still be at work
+    while (r == ncclInProgress) {
+        if (c->pr->group->abort_flag) return stopped_error(c);
+        usleep(100);
+        if (ncclCommGetAsyncError(comm, &r) != ncclSuccess) break;
+    }
+    if (r != ncclSuccess)
+        return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d: %s: %s (%s)", c->pr->rank, what, ncclGetErrorString(r),
+                             ncclGetLastError(comm));
+    return DIT_OK;
+}
+
+// ---------------------------------------------------------------- exchanges inside a step
+// chunk q of send goes to peer q, chunk q of recv comes from peer q (grouped point-to-point)
+static int all_to_all(const dit_par_rank *pr, const void *send, void *recv, size_t chunk, cudaStream_t st) {
+    NCCL_CHECK(ncclGroupStart());
+    for (int q = 0; q < pr->S; q++) {
+        NCCL_CHECK(ncclSend((const char *)send + q * chunk, chunk, ncclChar, q, pr->seq_comm, st));
+        NCCL_CHECK(ncclRecv((char *)recv + q * chunk, chunk, ncclChar, q, pr->seq_comm, st));
+    }
+    NCCL_CHECK(ncclGroupEnd());
+    return DIT_OK;
+}
+
+int dit_par_attention(dit_cuda *c, int B, cudaStream_t st) {
+    const dit_par_rank *pr = c->pr;
+    const int S = pr->S, Tl = c->Tl, T = c->T, D = c->D, es = 2;
+    const int64_t R = (int64_t)B * Tl;
+    void *a = c->sp[0], *b = c->sp[1], *x = c->sp[2];
+    if (pr->seq_mode == DIT_SEQ_ULYSSES) {
+        const int Hl = c->H / S;
+        const int64_t W = (int64_t)Hl * c->hd * es;   // bytes of one head group of one row
+        // qkv (R, 3, S, W) -> a (S, R, 3, W): peer q gets q, k, v of its heads
+        OP(c, "sp_pack_qkv", dit_op_swap12(c->qkv, a, 1, R * 3, S, W, st));
+        OP(c, "nccl_all_to_all_qkv", all_to_all(pr, a, b, (size_t)R * 3 * W, st));
+        // b (S, B, Tl, 3W) -> x (B, S, Tl, 3W) = (B, T, 3 Hl hd); one row (B = 1, CFG parallel): as it is
+        if (B > 1) OP(c, "sp_unpack_qkv", dit_op_swap12(b, x, 1, S, B, (int64_t)Tl * 3 * W, st));
+        else x = b;
+        void *o = B > 1 ? a : c->sp[2];
+        OP(c, "attention", dit_op_attention(x, o, c->ct, B, T, Hl, c->hd, st));
+        // o (B, S, Tl, W) -> b (S, B, Tl, W): peer q gets its tokens of these heads
+        if (B > 1) OP(c, "sp_pack_att", dit_op_swap12(o, b, 1, B, S, (int64_t)Tl * W, st));
+        void *send = B > 1 ? b : o, *recv = B > 1 ? c->sp[2] : a;
+        OP(c, "nccl_all_to_all_att", all_to_all(pr, send, recv, (size_t)R * W, st));
+        // recv (S, R, W) -> att (R, S, W) = (R, D): heads back in order
+        OP(c, "sp_unpack_att", dit_op_swap12(recv, c->att, 1, S, R, W, st));
+    } else {
+        const size_t bytes = (size_t)R * 3 * D * es;
+        OP(c, "nccl_all_gather_qkv", (ncclAllGather(c->qkv, a, bytes, ncclChar, pr->seq_comm, st) == ncclSuccess
+                                          ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: all-gather of qkv failed")));
+        // a (S, B, Tl, 3D) -> b (B, T, 3D); this rank's queries are tokens s*Tl .. of each sequence
+        OP(c, "sp_unpack_qkv", dit_op_swap12(a, b, 1, S, B, (int64_t)Tl * 3 * D * es, st));
+        OP(c, "attention", dit_op_attention_rows(b, c->att, c->ct, B, T, c->H, c->hd, pr->s * Tl, Tl, st));
+    }
+    return DIT_OK;
+}
+
+int dit_par_gather_output(dit_cuda *c, int B, cudaStream_t st) {
+    const dit_par_rank *pr = c->pr;
+    const size_t n = (size_t)B * c->Tl * c->pp_oc;
+    if (pr->cf * pr->S == 1) {   // data parallel alone: this rank holds all rows of its images
+        CUDA_CHECK(cudaMemcpyAsync(c->fout, c->fout_loc, n * 4, cudaMemcpyDeviceToDevice, st));
+        return DIT_OK;
+    }
+    float *dst = pr->S == 1 ? c->fout : c->fgath;   // (cf, B, T, .) is already the sampler's layout
+    OP(c, "nccl_all_gather_output", (ncclAllGather(c->fout_loc, dst, n, ncclFloat, pr->img_comm, st) == ncclSuccess
+                                         ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: all-gather of the output failed")));
+    // (cf, S, B, Tl, .) -> (cf, B, S, Tl, .) = rows [cond; uncond] x all tokens
+    if (pr->S > 1) OP(c, "gather_unpack", dit_op_swap12(c->fgath, c->fout, pr->cf, pr->S, B, (int64_t)c->Tl * c->pp_oc * 4, st));
+    return DIT_OK;
+}
+
+int dit_par_gather_latents(dit_cuda *c, int N, int n, float *out) {
+    const dit_par_rank *pr = c->pr;
+    const size_t per = (size_t)c->C * c->L * c->L;
+    cudaStream_t st = c->stream;
+    const float *src = c->lat;
+    if (pr->dd > 1) {   // every data slice's latents, from the first rank of each image group
+        TRY(settle(c, pr->world_comm, ncclAllGather(c->lat, c->latg, N * per, ncclFloat, pr->world_comm, st),
+                   "all-gather of the latents"));
+        src = c->latg;
+    }
+    const int G = pr->cf * pr->S;
+    for (int d = 0; out && d < pr->dd; d++) {
+        const int k = n - d * N < N ? n - d * N : N;
+        if (k <= 0) break;
+        const float *from = pr->dd > 1 ? src + (size_t)d * G * N * per : src;
+        CUDA_CHECK(cudaMemcpyAsync(out + (size_t)d * N * per, from, k * per * 4, cudaMemcpyDeviceToHost, st));
+    }
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    int rc = cudaEventRecord(e, st) == cudaSuccess ? dit_par_wait(c, e)
+                                                    : dit_set_error(DIT_ERR_DEVICE, "cuda: cudaEventRecord failed");
+    cudaEventDestroy(e);
+    return rc;
+}
+
+// ---------------------------------------------------------------- the plan
+typedef struct {
+    int world, dd, cf, S, seq_mode;
+} par_plan;
+
+static int largest_divisor_le(int n, int k) {
+    for (int d = k < n ? k : n; d > 1; d--)
+        if (n % d == 0) return d;
+    return 1;
+}
+
+static int seq_ok(const dit_model *m, int S, int seq_mode) {
+    const int g = m->cfg.input_size / m->cfg.patch, T = g * g;
+    if (S <= 1) return 1;
+    if (T % S) return 0;
+    return seq_mode != DIT_SEQ_ULYSSES || m->cfg.heads % S == 0;
+}
+
+static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int multi, par_plan *pl, char *why,
+                     size_t wl) {
+    const int g = m->cfg.input_size / m->cfg.patch, T = g * g, H = m->cfg.heads;
+    const int N = pp->n_images > 0 ? pp->n_images : 1, st = pp->strategy;
+    int dd = 1, cf = 1, S = 1;
+    if (st == DIT_PAR_AUTO) {
+        // data first (no traffic), then CFG (one exchange per step), then tokens while each GPU keeps
+        // PAR_MIN_ROWS rows (below that the GEMMs do not get faster and the all-to-alls cost more)
+        const char *ev = getenv("DIT_PAR_MIN_ROWS");
+        const int min_rows = ev && atoi(ev) > 0 ? atoi(ev) : PAR_MIN_ROWS;
+        dd = largest_divisor_le(W, N);
+        const int rest = W / dd;
+        cf = rest % 2 == 0 ? 2 : 1;
+        S = rest / cf;
+        const int Nd = (N + dd - 1) / dd;
+        while (S > 1 && (!seq_ok(m, S, pp->seq_mode) || (!multi && 2 * Nd / cf * (T / S) < min_rows))) {
+            S = largest_divisor_le(S, S - 1);
+        }
+        if (multi && S * cf * dd != W) dd = W / (cf * S);   // every process works: extra data slices (padded)
+    } else {
+        cf = st & DIT_PAR_CFG ? 2 : 1;
+        if (W % cf) return dit_set_error(DIT_ERR_INPUT, "parallel: cfg needs an even GPU count (got %d)", W);
+        const int rest = W / cf;
+        if ((st & DIT_PAR_DATA) && (st & DIT_PAR_SEQ)) dd = largest_divisor_le(rest, N), S = rest / dd;
+        else if (st & DIT_PAR_DATA) dd = rest;
+        else if (st & DIT_PAR_SEQ) S = rest;
+        else if (rest > 1)
+            return dit_set_error(DIT_ERR_INPUT, "parallel: cfg alone uses 2 GPUs, not %d (add +seq or +data)", W);
+    }
+    int mode = pp->seq_mode;
+    if (S > 1 && mode == DIT_SEQ_AUTO) mode = H % S == 0 ? DIT_SEQ_ULYSSES : DIT_SEQ_ALLGATHER;
+    if (S > 1 && T % S)
+        return dit_set_error(DIT_ERR_INPUT, "parallel: %d tokens do not split over %d GPUs (use a GPU count that "
+                             "divides them, or --parallel data/cfg)", T, S);
+    if (S > 1 && mode == DIT_SEQ_ULYSSES && H % S)
+        return dit_set_error(DIT_ERR_INPUT, "parallel: Ulysses needs the %d heads to split over %d GPUs (use "
+                             "--seq-mode allgather)", H, S);
+    pl->world = dd * cf * S; pl->dd = dd; pl->cf = cf; pl->S = S; pl->seq_mode = S > 1 ? mode : DIT_SEQ_AUTO;
+    const int Nd = (N + dd - 1) / dd;
+    snprintf(why, wl, "%d GPU%s = data %d x cfg %d x seq %d%s: %d image%s of %d tokens, %d token rows per GPU%s",
+             pl->world, pl->world > 1 ? "s" : "", dd, cf, S,
+             S > 1 ? (mode == DIT_SEQ_ULYSSES ? " (all-to-all over heads)" : " (all-gather of q, k, v)") : "", N,
+             N > 1 ? "s" : "", T, 2 * Nd / cf * (T / S),
+             pl->world < W ? " (fewer GPUs than given: a finer split would leave too few rows per GPU)" : "");
+    return DIT_OK;
+}
+
+// ---------------------------------------------------------------- the NCCL unique id, multi-process
+static int id_from_file(const dit_par_params *pp, ncclUniqueId *id, double t_end) {
+    const char *path = pp->id_file;
+    if (pp->rank == 0) {
+        NCCL_CHECK(ncclGetUniqueId(id));
+        char tmp[4200];
+        snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+        FILE *f = fopen(tmp, "wb");
+        if (!f) return dit_set_error(DIT_ERR_IO, "%s: cannot write the NCCL id: %s", path, strerror(errno));
+        const int ok = fwrite(id, sizeof(*id), 1, f) == 1;
+        if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
+            unlink(tmp);
+            return dit_set_error(DIT_ERR_IO, "%s: cannot write the NCCL id", path);
+        }
+        return DIT_OK;
+    }
+    const time_t started = time(NULL);
+    while (now_s() < t_end) {   // a file older than this process by more than a minute is a stale one
+        struct stat sb;
+        if (stat(path, &sb) == 0 && sb.st_size == (off_t)sizeof(*id) && sb.st_mtime + 60 >= started) {
+            FILE *f = fopen(path, "rb");
+            const int ok = f && fread(id, sizeof(*id), 1, f) == 1;
+            if (f) fclose(f);
+            if (ok) return DIT_OK;
+        }
+        usleep(20000);
+    }
+    return dit_set_error(DIT_ERR_DEVICE, "%s: no NCCL id from rank 0 within %.0f s (is rank 0 running?)", path,
+                         pp->timeout_s);
+}
+
+static int id_over_tcp(const dit_par_params *pp, ncclUniqueId *id, double t_end) {
+    char host[256];
+    snprintf(host, sizeof(host), "%s", pp->master);
+    char *colon = strrchr(host, ':');
+    if (!colon) return dit_set_error(DIT_ERR_INPUT, "parallel: master '%s' is not host:port", pp->master);
+    *colon = 0;
+    struct addrinfo hints, *ai = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = pp->rank == 0 ? AI_PASSIVE : 0;
+    if (getaddrinfo(pp->rank == 0 ? NULL : host, colon + 1, &hints, &ai) != 0 || !ai)
+        return dit_set_error(DIT_ERR_INPUT, "parallel: cannot resolve %s", pp->master);
+    int rc = DIT_OK;
+    if (pp->rank == 0) {   // serve the id to world - 1 peers
+        NCCL_CHECK(ncclGetUniqueId(id));
+        const int fd = socket(ai->ai_family, SOCK_STREAM, 0), one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+            rc = dit_set_error(DIT_ERR_IO, "parallel: cannot listen on port %s: %s", colon + 1, strerror(errno));
+        } else {
+            struct timeval tv = { 1, 0 };
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));   // accept() wakes up every second
+            for (int served = 0; served < pp->world - 1 && rc == DIT_OK;) {
+                const int p = accept(fd, NULL, NULL);
+                if (p >= 0) {
+                    served += send(p, id, sizeof(*id), MSG_NOSIGNAL) == (ssize_t)sizeof(*id);
+                    close(p);
+                } else if (now_s() > t_end) {
+                    rc = dit_set_error(DIT_ERR_DEVICE, "parallel: only %d of %d ranks connected to port %s within "
+                                       "%.0f s", served + 1, pp->world, colon + 1, pp->timeout_s);
+                }
+            }
+        }
+        if (fd >= 0) close(fd);
+    } else {   // connect until rank 0 listens
+        rc = DIT_ERR_DEVICE;
+        while (rc != DIT_OK && now_s() < t_end) {
+            const int fd = socket(ai->ai_family, SOCK_STREAM, 0);
+            if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+                recv(fd, id, sizeof(*id), MSG_WAITALL) == (ssize_t)sizeof(*id))
+                rc = DIT_OK;
+            if (fd >= 0) close(fd);
+            if (rc != DIT_OK) usleep(100000);
+        }
+        if (rc != DIT_OK)
+            rc = dit_set_error(DIT_ERR_DEVICE, "parallel: no NCCL id from rank 0 at %s within %.0f s", pp->master,
+                               pp->timeout_s);
+    }
+    freeaddrinfo(ai);
+    return rc;
+}
+
+int dit_par_params_from_env(dit_par_params *pp) {
+    const char *pairs[][3] = { { "DIT_RANK", "DIT_WORLD_SIZE", "DIT_LOCAL_RANK" },
+                               { "RANK", "WORLD_SIZE", "LOCAL_RANK" },
+                               { "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK" } };
+    for (int i = 0; i < 3; i++) {
+        const char *r = getenv(pairs[i][0]), *w = getenv(pairs[i][1]), *l = getenv(pairs[i][2]);
+        if (!r || !w || atoi(w) <= 1) continue;
+        pp->rank = atoi(r);
+        pp->world = atoi(w);
+        const int vis = dit_cuda_available();
+        pp->device = l ? atoi(l) : (vis > 0 ? pp->rank % vis : 0);
+        pp->id_file = getenv("DIT_NCCL_ID_FILE");
+        pp->master = getenv("DIT_MASTER");
+        static char master[300];
+        if (!pp->id_file && !pp->master && getenv("MASTER_ADDR") && getenv("MASTER_PORT")) {
+            snprintf(master, sizeof(master), "%s:%d", getenv("MASTER_ADDR"), atoi(getenv("MASTER_PORT")) + 1);
+            pp->master = master;
+        }
+        return 1;
+    }
+    return 0;
+}
+
+// ---------------------------------------------------------------- setup, one thread per GPU
+typedef struct {
+    dit_par *g;
+    int i;                       // local index
+    const dit_model *m;
+    const dit_par_params *pp;
+    const par_plan *pl;
+    ncclUniqueId id;
+    int rc;
+    // sampling
+    const dit_sample_params *p;
+    const dit_schedule *s;
+    float *out;
+} rank_job;
+
+static void rank_finish(rank_job *j, int rc) {
+    j->rc = rc;
+    j->g->active[j->i] = 0;
+    if (rc != DIT_OK) par_fail(j->g, rc, dit_last_error(), strstr(dit_last_error(), "stopped: another") != NULL);
+}
+
+static int split(dit_cuda *c, int color, int key, ncclComm_t *out) {
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;   // blocking: the step's collectives are captured in a graph
+    cfg.blocking = 1;
+    // the parent is non-blocking: the split completes in the background, and the parent may be used
+    // again only once it reports ncclSuccess (then the child, blocking, is ready too)
+    TRY(settle(c, c->pr->world_comm, ncclCommSplit(c->pr->world_comm, color, key, out, &cfg), "ncclCommSplit"));
+    return settle(c, *out, ncclSuccess, "ncclCommSplit (new communicator)");
+}
+
+// one tiny exchange of every kind now, while all ranks are known to be alive: NCCL connects peers on
+// first use, and a connection to a dead peer would block the host inside the first step
+static int warm_up(dit_cuda *c) {
+    const dit_par_rank *pr = c->pr;
+    float *buf = NULL;
+    const size_t n = 64 * (size_t)pr->world;
+    CUDA_CHECK(cudaMalloc((void **)&buf, 3 * n * sizeof(float)));
+    CUDA_CHECK(cudaMemset(buf, 0, 3 * n * sizeof(float)));
+    cudaStream_t st = c->stream;
+    int rc = settle(c, pr->world_comm, ncclAllGather(buf, buf + n, 64, ncclFloat, pr->world_comm, st), "warm-up");
+    if (rc == DIT_OK && pr->img_comm && ncclAllGather(buf, buf + n, 64, ncclFloat, pr->img_comm, st) != ncclSuccess)
+        rc = dit_set_error(DIT_ERR_DEVICE, "nccl: warm-up all-gather failed");
+    if (rc == DIT_OK && pr->seq_comm) rc = all_to_all(pr, buf + n, buf + 2 * n, 64 * sizeof(float), st);
+    cudaEvent_t e;
+    if (rc == DIT_OK && cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess) {
+        rc = cudaEventRecord(e, st) == cudaSuccess ? dit_par_wait(c, e) : dit_set_error(DIT_ERR_DEVICE, "cuda: event");
+        cudaEventDestroy(e);
+    }
+    cudaFree(buf);
+    return rc;
+}
+
+static int rank_setup(rank_job *j) {
+    dit_par *g = j->g;
+    const par_plan *pl = j->pl;
+    const int multi = j->pp->world > 1;
+    const int device = multi ? j->pp->device : j->i, rank = multi ? j->pp->rank : j->i;
+    CUDA_CHECK(cudaSetDevice(device));
+    TRY(dit_cuda_ctx_create(j->m, device, &g->ctx[j->i]));
+    dit_cuda *c = g->ctx[j->i];
+    dit_par_rank *pr = (dit_par_rank *)calloc(1, sizeof(dit_par_rank));
+    if (!pr) return dit_set_error(DIT_ERR_NOMEM, "out of host memory");
+    c->pr = pr;
+    pr->group = g; pr->rank = rank; pr->world = pl->world;
+    pr->dd = pl->dd; pr->cf = pl->cf; pr->S = pl->S; pr->seq_mode = pl->seq_mode;
+    pr->s = rank % pl->S; pr->cfi = rank / pl->S % pl->cf; pr->d = rank / (pl->S * pl->cf);
+    c->Tl = c->T / pl->S;
+    c->t0 = pr->s * c->Tl;
+
+    g->beat[j->i] = now_s();
+    g->active[j->i] = 1;   // from here on the watchdog times us out
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;      // init can wait for a peer that never comes: poll it
+    ncclComm_t comm = NULL;
+    ncclResult_t r = ncclCommInitRankConfig(&comm, pl->world, j->id, rank, &cfg);
+    pr->world_comm = comm;
+    TRY(settle(c, comm, r, "ncclCommInitRank"));
+    const int G = pl->cf * pl->S;
+    if (G > 1) TRY(split(c, pr->d, pr->cfi * pl->S + pr->s, &pr->img_comm));
+    if (pl->S > 1) TRY(split(c, pr->d * pl->cf + pr->cfi, pr->s, &pr->seq_comm));
+    TRY(warm_up(c));
+    g->active[j->i] = 0;
+    return DIT_OK;
+}
+
+static void *setup_main(void *arg) {
+    rank_job *j = (rank_job *)arg;
+    rank_finish(j, rank_setup(j));
+    return NULL;
+}
+
+static void *sample_main(void *arg) {
+    rank_job *j = (rank_job *)arg;
+    dit_cuda *c = j->g->ctx[j->i];
+    dit_sample_params p = *j->p;
+    if (j->i > 0) p.progress = NULL;   // one progress bar per process
+    const char *stall = getenv("DIT_PAR_TEST_STALL");   // tests: this rank never starts, its peers must time out
+    if (stall && *stall && atoi(stall) == c->pr->rank) {
+        while (!j->g->abort_flag) usleep(1000);
+        rank_finish(j, stopped_error(c));
+        return NULL;
+    }
+    int rc = cudaSetDevice(c->device) == cudaSuccess ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "cuda: cudaSetDevice");
+    if (rc == DIT_OK) {
+        j->g->beat[j->i] = now_s();
+        j->g->active[j->i] = 1;   // the first step's NCCL calls may block on a dead peer
+        rc = dit_cuda_sample_ctx(c, &p, j->s, j->i == 0 ? j->out : NULL);
+    }
+    rank_finish(j, rc);
+    return NULL;
+}
+
+// run fn on every local rank in its own thread; the first real error becomes this thread's error
+static int run_ranks(dit_par *g, rank_job *jobs, void *(*fn)(void *)) {
+    pthread_t th[PAR_MAX];
+    int started[PAR_MAX] = { 0 };
+    for (int i = 0; i < g->n_local; i++) {
+        started[i] = pthread_create(&th[i], NULL, fn, &jobs[i]) == 0;
+        if (!started[i]) par_fail(g, DIT_ERR_NOMEM, "parallel: cannot start a thread", 0);
+    }
+    for (int i = 0; i < g->n_local; i++)
+        if (started[i]) pthread_join(th[i], NULL);
+    if (g->err_code) return dit_set_error(g->err_code, "%s", g->err);
+    return DIT_OK;
+}
+
+static void group_free(dit_par *g) {
+    // A captured NCCL call pins its communicator: NCCL's teardown of a communicator waits until every
+    // graph that holds it is gone. So the graphs go first (also unblocking a watchdog inside an abort).
+    for (int i = 0; i < g->n_local; i++)
+        if (g->ctx[i] && g->ctx[i]->graph) {
+            cudaSetDevice(g->ctx[i]->device);
+            cudaGraphExecDestroy(g->ctx[i]->graph);
+            g->ctx[i]->graph = NULL;
+        }
+    if (g->watchdog_on) {
+        g->stop = 1;
+        pthread_join(g->watchdog, NULL);
+    }
+    for (int i = 1; i < g->n_local; i++) dit_cuda_ctx_destroy(g->ctx[i]);
+    pthread_mutex_destroy(&g->mu);
+    free(g);
+}
+
+void dit_par_destroy(dit_cuda *c) {
+    dit_par *g = c->group;
+    c->group = NULL;
+    if (g) group_free(g);   // ctx[0] is c itself: its teardown goes on after this
+}
+
+void dit_par_rank_free(dit_cuda *c) {
+    if (!c->pr) return;
+    abort_comms(c->pr);   // not ncclCommDestroy: its finalize waits for the peers, which one thread cannot give
+    free(c->pr);
+    c->pr = NULL;
+}
+
+int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, size_t plan_len) {
+    if (!m || !pp) return dit_set_error(DIT_ERR_INPUT, "parallel: NULL argument");
+    if (m->cuda) return dit_set_error(DIT_ERR_INPUT, "parallel: the model is already on a GPU");
+    setenv("NCCL_NVLS_ENABLE", "0", 0);   // NVLink multicast off (it can take shared GPUs down)
+    const int vis = dit_cuda_available(), multi = pp->world > 1;
+    int W = multi ? pp->world : pp->gpus;
+    if (vis <= 0) return dit_set_error(DIT_ERR_DEVICE, "parallel: no GPU visible");
+    if (!multi && (W < 1 || W > vis))
+        return dit_set_error(DIT_ERR_DEVICE, "parallel: %d GPUs asked for, %d visible", W, vis);
+    if (W > PAR_MAX) return dit_set_error(DIT_ERR_INPUT, "parallel: at most %d GPUs per process", PAR_MAX);
+    if (multi && (pp->rank < 0 || pp->rank >= W || pp->device < 0 || pp->device >= vis))
+        return dit_set_error(DIT_ERR_DEVICE, "parallel: rank %d of %d wants GPU %d, %d visible", pp->rank, W,
+                             pp->device, vis);
+    if (multi && !pp->id_file && !pp->master)
+        return dit_set_error(DIT_ERR_INPUT, "parallel: rank %d of %d: no way to share the NCCL id (set "
+                             "DIT_NCCL_ID_FILE or DIT_MASTER=host:port)", pp->rank, W);
+    par_plan pl;
+    char why[400];
+    TRY(make_plan(m, pp, W, multi, &pl, why, sizeof(why)));
+    if (plan) snprintf(plan, plan_len, "%s", why);
+
+    dit_par *g = (dit_par *)calloc(1, sizeof(dit_par));
+    if (!g) return dit_set_error(DIT_ERR_NOMEM, "out of host memory");
+    pthread_mutex_init(&g->mu, NULL);
+    g->n_local = multi ? 1 : pl.world;
+    g->timeout = pp->timeout_s > 0 ? pp->timeout_s : 60.0;
+    rank_job jobs[PAR_MAX];
+    memset(jobs, 0, sizeof(jobs));
+    ncclUniqueId id;
+    const double t_end = now_s() + g->timeout;
+    int rc = DIT_OK;
+    if (!multi) rc = ncclGetUniqueId(&id) == ncclSuccess ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: no unique id");
+    else rc = pp->id_file ? id_from_file(pp, &id, t_end) : id_over_tcp(pp, &id, t_end);
+    if (rc == DIT_OK) {
+        g->watchdog_on = pthread_create(&g->watchdog, NULL, watchdog_main, g) == 0;
+        if (!g->watchdog_on) rc = dit_set_error(DIT_ERR_NOMEM, "parallel: cannot start the watchdog thread");
+    }
+    if (rc == DIT_OK) {
+        for (int i = 0; i < g->n_local; i++) {
+            jobs[i].g = g; jobs[i].i = i; jobs[i].m = m; jobs[i].pp = pp; jobs[i].pl = &pl; jobs[i].id = id;
+        }
+        rc = run_ranks(g, jobs, setup_main);
+    }
+    if (multi && pp->id_file && pp->rank == 0) unlink(pp->id_file);   // every rank has read it by now
+    if (rc != DIT_OK) {
+        dit_cuda *c0 = g->ctx[0];
+        group_free(g);
+        dit_cuda_ctx_destroy(c0);
+        return rc;
+    }
+    m->cuda = g->ctx[0];
+    m->cuda->group = g;
+    return DIT_OK;
+}
+
+int dit_par_sample(dit_cuda *c, const dit_sample_params *p, const dit_schedule *s, float *out) {
+    dit_par *g = c->group;
+    if (g->abort_flag)
+        return dit_set_error(DIT_ERR_DEVICE, "parallel: the GPUs were stopped by an earlier error (%s)", g->err);
+    rank_job jobs[PAR_MAX];
+    memset(jobs, 0, sizeof(jobs));
+    for (int i = 0; i < g->n_local; i++) {
+        jobs[i].g = g; jobs[i].i = i; jobs[i].p = p; jobs[i].s = s; jobs[i].out = out;
+    }
+    return run_ranks(g, jobs, sample_main);
+}
