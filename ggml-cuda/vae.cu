@@ -10,16 +10,18 @@
 // GroupNorm(+SiLU) writes ct (HW, C) = the GEMM operand of a 1x1 conv or the attention tokens. 3x3 convs
 // are im2col (16-byte copies of C contiguous channels per tap, the 2x upsample fused into it) + one
 // cuBLASLt GEMM y (HW, cout) = cols (HW, 9 cin) W^T + bias (epilogue), W permuted to (cout, 3, 3, cin) at
-// upload; whole image at once up to VAE_COLS_BYTES of columns, else in chunks of output rows. Residual
-// sums in fp32 (add). Thin convs (cin*k*k < 64 or cout < 8) run a direct fp32 kernel; conv_out writes
-// the NCHW image. The buffers borrow the DiT arena (idle while decoding), grown if needed.
+// upload; in chunks of output rows of at most VAE_COLS_BYTES of columns (the whole image when it fits).
+// Residual sums in fp32 (add). Thin convs (cin*k*k < 64 or cout < 8) run a direct fp32 kernel; conv_out
+// writes the NCHW image. The buffers borrow the DiT arena (idle while decoding), grown if needed.
 #include "ggml-cuda/vae.cuh"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define VAE_COLS_BYTES ((size_t)256 << 20)   // im2col chunk budget: one chunk at 256 px but the widest conv
+// im2col chunk budget. 256 MB (whole image at 256 px) measured 0.14 ms faster at 256 px but adds 192 MB
+// to the decode's peak memory, over the 2.0 GB (f16) and 1.3 GB (q8_0) targets of bench/RESULTS.md.
+#define VAE_COLS_BYTES ((size_t)64 << 20)
 #define VAE_EPS 1e-6f
 
 static int up_conv(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, dit_cuda_conv *cv) {
