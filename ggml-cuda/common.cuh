@@ -93,7 +93,7 @@ typedef struct {
     dit_cuda_lin qkv, proj, fc1, fc2, ada;
 } dit_cuda_block;
 
-// VAE: convolutions are GEMMs over im2col columns; weights (cout, cin*kh*kw) in ct.
+// VAE: convolutions are GEMMs over im2col columns; weights in ct, 3x3 ones permuted to (cout, kh, kw, cin).
 typedef struct {
     dit_cuda_lin w;      // n_out = cout, n_in = cin*k*k; type F32: direct convolution (thin convs)
     int cin, cout, k;
@@ -261,10 +261,11 @@ int dit_op_dequant(int type, const void *blocks, int64_t rows, int64_t cols, voi
 int dit_op_resid_ln_mod(const float *y, float *h, void *out, int ct, int64_t M, int D, int T,
                         const float *gate, int64_t gate_stride, const float *shift, const float *scale,
                         int64_t mod_stride, const dit_cuda_state *state, cudaStream_t st);
-// VAE GroupNorm (+SiLU): x (N, C, HW) -> out (same layout), fp32
-// out type DIT_TYPE_F32 or ct
-int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int N, int C, int HW,
-                      int groups, float eps, int silu, cudaStream_t st);
+// VAE GroupNorm (+SiLU): x (HW, C) fp32 channels-last -> out (HW, C), DIT_TYPE_F32 or ct.
+// Scratch: part (DIT_GN_CHUNKS * groups) partial statistics, ab (2C) per-channel scale and shift.
+#define DIT_GN_CHUNKS 256
+int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int C, int HW,
+                      int groups, float eps, int silu, float2 *part, float *ab, cudaStream_t st);
 
 // attention.cu: o (B*T, H*hd) = softmax(q k^T / sqrt(hd)) v per (b, head); qkv (B*T, 3*H*hd); ct
 int dit_op_attention(const void *qkv, void *o, int ct, int B, int T, int H, int hd, cudaStream_t st);
@@ -300,14 +301,13 @@ int dit_op_sampler_step(const dit_sampler_args *a, const float *fout, float *lat
 int dit_op_state_set(dit_cuda_state *s, int step, int mod_row, int reset_nonfinite, cudaStream_t st);
 int dit_op_randn(uint64_t seed, int img0, int n_img, uint32_t step, float *out, int64_t per_image, cudaStream_t st);
 
-// conv.cu (VAE)
+// conv.cu (VAE; activations channels-last (HW, C))
 int dit_op_im2col3(const void *src, int src_type, void *cols, int ct, int C, int H, int W, int y0, int rows, int up,
                    cudaStream_t st);
+int dit_op_conv_w_tap_major(const void *src, void *dst, int cout, int cin, cudaStream_t st);
 int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y, int cin, int cout, int H, int W,
-                       int k, cudaStream_t st);
-int dit_op_bias_add_nchw(float *y, const float *b, const float *res, int C, int HW, cudaStream_t st);
-int dit_op_to_tokens(const float *x, void *out, int ct, int C, int HW, cudaStream_t st);
-int dit_op_add_transposed(float *x, const float *y, int C, int HW, cudaStream_t st);
+                       int k, int x_nhwc, int y_nhwc, cudaStream_t st);
+int dit_op_add(float *y, const float *a, const float *b, int64_t n, cudaStream_t st);
 int dit_op_softmax_rows(const float *x, void *out, int ct, int64_t rows, int cols, float scale, cudaStream_t st);
 
 // weight upload passes (dit-cuda.cu): the first pass (dry) only sums the sizes

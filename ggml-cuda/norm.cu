@@ -17,6 +17,9 @@ template <> __device__ __forceinline__ void store4<__half>(__half *p, float a, f
     u.y = *(uint32_t *)&hi;
     *(uint2 *)p = u;
 }
+template <> __device__ __forceinline__ void store4<float>(float *p, float a, float b, float c, float d) {
+    *(float4 *)p = make_float4(a, b, c, d);
+}
 template <> __device__ __forceinline__ void store4<__nv_bfloat16>(__nv_bfloat16 *p, float a, float b, float c, float d) {
     __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
     uint2 u;
@@ -122,62 +125,128 @@ int dit_op_resid_ln_mod(const float *y, float *h, void *out, int ct, int64_t M, 
 }
 
 // ---------------------------------------------------------------- GroupNorm (+SiLU), VAE
-// x (N, C, HW) fp32; group g of image n = channels [g*C/G, (g+1)*C/G), contiguous in memory.
-// One CTA per (n, g): mean, then variance of the centred values (two passes, fp32 with per-thread
-// partial sums), then y = x * a + b with a = rstd * gamma, b = beta - a * mean per channel, as PyTorch's
-// CUDA GroupNorm, optionally followed by SiLU.
-#define GN_THREADS 512
+// x (HW, C) fp32 channels-last, one image; group g = channels [g*C/G, (g+1)*C/G) over all HW pixels.
+// Three kernels, all fp32 math:
+//   gn_stats:    P chunks of pixels, one CTA each: the chunk's group means, then the sums of squares about
+//                them (two passes; the second reads the chunk again from L2) -> part[chunk][g] = (mean, M2)
+//   gn_finalize: one CTA, a warp per group, merges the chunks' (mean, M2) exactly (no E[x^2] - E[x]^2
+//                cancellation) -> per channel a = rstd * gamma, b = beta - a * mean  (as PyTorch's CUDA GroupNorm)
+//   gn_apply:    out = ct or fp32 (x * a + b), optionally SiLU, 4 channels per thread.
+#define GN_THREADS 256
+#define GN_MAX_C 1024
+#define GN_MAX_G 256
 
-static __device__ float block_sum(float v, float *sh) {
-    v = warp_sum(v);
-    const int w = threadIdx.x / WARP, lane = threadIdx.x % WARP;
+static __global__ void gn_stats_kernel(const float *__restrict__ x, float2 *__restrict__ part, int C, int HW, int G,
+                                       int ppc) {
+    __shared__ float acc[GN_MAX_C];
+    __shared__ float gmean[GN_MAX_G];
+    const int nq = C / 4, lanes = GN_THREADS / nq, q = threadIdx.x % nq, pl = threadIdx.x / nq, cg = C / G;
+    const int p0 = blockIdx.x * ppc, p1 = min(HW, p0 + ppc);
+    const bool active = pl < lanes;
+    for (int c = threadIdx.x; c < C; c += GN_THREADS) acc[c] = 0.0f;
     __syncthreads();
-    if (lane == 0) sh[w] = v;
+    float4 s = make_float4(0, 0, 0, 0);
+    if (active)
+        for (int p = p0 + pl; p < p1; p += lanes) {
+            const float4 v = ((const float4 *)(x + (int64_t)p * C))[q];
+            s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w;
+        }
+    if (active) {
+        atomicAdd(&acc[4 * q], s.x); atomicAdd(&acc[4 * q + 1], s.y);
+        atomicAdd(&acc[4 * q + 2], s.z); atomicAdd(&acc[4 * q + 3], s.w);
+    }
     __syncthreads();
-    float t = lane < (int)(blockDim.x / WARP) ? sh[lane] : 0.0f;
-    return warp_sum(t);
+    const float cnt = (float)(p1 - p0) * cg;
+    for (int g = threadIdx.x; g < G; g += GN_THREADS) {
+        float t = 0.0f;
+        for (int c = g * cg; c < (g + 1) * cg; c++) t += acc[c];
+        gmean[g] = t / cnt;
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += GN_THREADS) acc[c] = 0.0f;
+    __syncthreads();
+    const float m0 = gmean[(4 * q) / cg], m1 = gmean[(4 * q + 1) / cg], m2 = gmean[(4 * q + 2) / cg],
+                m3 = gmean[(4 * q + 3) / cg];
+    s = make_float4(0, 0, 0, 0);
+    if (active)
+        for (int p = p0 + pl; p < p1; p += lanes) {
+            const float4 v = ((const float4 *)(x + (int64_t)p * C))[q];
+            const float a = v.x - m0, b = v.y - m1, c = v.z - m2, d = v.w - m3;
+            s.x += a * a; s.y += b * b; s.z += c * c; s.w += d * d;
+        }
+    if (active) {
+        atomicAdd(&acc[4 * q], s.x); atomicAdd(&acc[4 * q + 1], s.y);
+        atomicAdd(&acc[4 * q + 2], s.z); atomicAdd(&acc[4 * q + 3], s.w);
+    }
+    __syncthreads();
+    for (int g = threadIdx.x; g < G; g += GN_THREADS) {
+        float t = 0.0f;
+        for (int c = g * cg; c < (g + 1) * cg; c++) t += acc[c];
+        part[(int64_t)blockIdx.x * G + g] = make_float2(gmean[g], t);
+    }
+}
+
+// one warp per group: mean = sum n_i m_i / n, M2 = sum (M2_i + n_i (m_i - mean)^2), lanes over the chunks
+static __global__ void gn_finalize_kernel(const float2 *__restrict__ part, float *__restrict__ ab,
+                                          const float *__restrict__ w, const float *__restrict__ b, int C, int HW,
+                                          int G, int ppc, int P, float eps) {
+    __shared__ float gm[GN_MAX_G], gr[GN_MAX_G];
+    const int cg = C / G, lane = threadIdx.x % WARP, nw = blockDim.x / WARP;
+    for (int g = threadIdx.x / WARP; g < G; g += nw) {
+        float s = 0.0f;
+        for (int i = lane; i < P; i += WARP) s += (float)(min(HW, (i + 1) * ppc) - i * ppc) * part[(int64_t)i * G + g].x;
+        const float n = (float)HW * cg, mean = warp_sum(s) * cg / n;
+        float q = 0.0f;
+        for (int i = lane; i < P; i += WARP) {
+            const float2 pm = part[(int64_t)i * G + g];
+            const float d = pm.x - mean;
+            q += pm.y + (float)(min(HW, (i + 1) * ppc) - i * ppc) * cg * d * d;
+        }
+        q = warp_sum(q);
+        if (lane == 0) {
+            gm[g] = mean;
+            gr[g] = rsqrtf(q / n + eps);
+        }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const float a = gr[c / cg] * w[c];
+        ab[c] = a;
+        ab[C + c] = b[c] - a * gm[c / cg];
+    }
 }
 
 template <typename T>
-static __global__ void group_norm_kernel(const float *__restrict__ x, T *__restrict__ out,
-                                         const float *__restrict__ w, const float *__restrict__ b, int C, int HW,
-                                         int groups, float eps, int silu) {
-    __shared__ float sh[32];
-    const int n = blockIdx.x / groups, g = blockIdx.x % groups;
-    const int cg = C / groups;
-    const int64_t len = (int64_t)cg * HW;
-    const float *xg = x + ((int64_t)n * C + (int64_t)g * cg) * HW;
-    T *og = out + ((int64_t)n * C + (int64_t)g * cg) * HW;
-    float s = 0.0f;
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) s += xg[i];
-    const float mean = block_sum(s, sh) / (float)len;
-    float q = 0.0f;
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-        const float d = xg[i] - mean;
-        q += d * d;
-    }
-    const float rstd = rsqrtf(block_sum(q, sh) / (float)len + eps);
-    for (int64_t i = threadIdx.x; i < len; i += blockDim.x) {
-        const int ch = g * cg + (int)(i / HW);
-        const float a = rstd * w[ch];
-        const float bb = b[ch] - a * mean;
-        float v = xg[i] * a + bb;
-        if (silu) v = silu_f(v);
-        og[i] = from_f32<T>(v);
-    }
+static __global__ void gn_apply_kernel(const float *__restrict__ x, T *__restrict__ out, const float *__restrict__ ab,
+                                       int C, int64_t n4, int silu) {
+    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n4) return;
+    const int c = (int)((i * 4) % C);
+    const float4 v = ((const float4 *)x)[i];
+    float y[4] = { v.x * ab[c] + ab[C + c], v.y * ab[c + 1] + ab[C + c + 1], v.z * ab[c + 2] + ab[C + c + 2],
+                   v.w * ab[c + 3] + ab[C + c + 3] };
+    if (silu)
+        for (int j = 0; j < 4; j++) y[j] = silu_f(y[j]);
+    store4<T>(out + 4 * i, y[0], y[1], y[2], y[3]);
 }
 
-int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int N, int C, int HW,
-                      int groups, float eps, int silu, cudaStream_t st) {
-    if (groups <= 0 || C % groups != 0)
-        return dit_set_error(DIT_ERR_INPUT, "cuda: group norm: %d channels, %d groups", C, groups);
-    const int grid = N * groups;
+int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int C, int HW,
+                      int groups, float eps, int silu, float2 *part, float *ab, cudaStream_t st) {
+    if (groups <= 0 || groups > GN_MAX_G || C % groups != 0 || C % 4 != 0 || C > GN_MAX_C)
+        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: group norm: %d channels, %d groups", C, groups);
+    const int ppc = cdiv(HW, cdiv(HW, 16) < DIT_GN_CHUNKS ? cdiv(HW, 16) : DIT_GN_CHUNKS);   // >= 16 pixels a chunk
+    const int P = cdiv(HW, ppc);
+    gn_stats_kernel<<<P, GN_THREADS, 0, st>>>(x, part, C, HW, groups, ppc);
+    LAUNCH_CHECK();
+    gn_finalize_kernel<<<1, 1024, 0, st>>>(part, ab, w, b, C, HW, groups, ppc, P, eps);
+    LAUNCH_CHECK();
+    const int64_t n4 = (int64_t)HW * C / 4;
     if (out_type == DIT_TYPE_F32)
-        group_norm_kernel<<<grid, GN_THREADS, 0, st>>>(x, (float *)out, w, b, C, HW, groups, eps, silu);
+        gn_apply_kernel<<<cdiv(n4, 256), 256, 0, st>>>(x, (float *)out, ab, C, n4, silu);
     else if (out_type == DIT_TYPE_BF16)
-        group_norm_kernel<<<grid, GN_THREADS, 0, st>>>(x, (__nv_bfloat16 *)out, w, b, C, HW, groups, eps, silu);
+        gn_apply_kernel<<<cdiv(n4, 256), 256, 0, st>>>(x, (__nv_bfloat16 *)out, ab, C, n4, silu);
     else
-        group_norm_kernel<<<grid, GN_THREADS, 0, st>>>(x, (__half *)out, w, b, C, HW, groups, eps, silu);
+        gn_apply_kernel<<<cdiv(n4, 256), 256, 0, st>>>(x, (__half *)out, ab, C, n4, silu);
     LAUNCH_CHECK();
     return DIT_OK;
 }

@@ -1,4 +1,5 @@
-// vae.cu - diffusers AutoencoderKL decoder (§5) on the GPU, one image at a time, NCHW fp32 activations.
+// vae.cu - diffusers AutoencoderKL decoder (§5) on the GPU, one image at a time, channels-last (H*W, C)
+// activations: the fp32 residual stream x, fp32 conv outputs, ct (fp16/bf16) GEMM operands.
 //
 //   z = latents / scaling_factor -> post_quant_conv (1x1) -> conv_in (3x3) -> mid: resnet, attention,
 //   resnet -> up_blocks (layers_per_block + 1 resnets, nearest 2x + conv 3x3 on all but the last)
@@ -6,17 +7,21 @@
 //   resnet: h = conv1(SiLU(GN1(x)));  h = conv2(SiLU(GN2(h)));  out = shortcut(x) + h     (§5.3)
 //   attention (single head, head dim C): x + to_out(softmax(q k^T / sqrt(C)) v), q,k,v = Linear(GN(x)) (§5.4)
 //   GroupNorm: 32 groups, eps 1e-6 everywhere.
-// 3x3 convs are im2col (ct, GN+SiLU fused before it, the 2x upsample fused into it) + cuBLASLt GEMM
-// with fp32 output written straight in NCHW (the GEMM's column-major (HW x cout) is NCHW), in chunks
-// of output rows so the column buffer stays small. Thin convs (cin*k*k < 64 or cout < 8) run a direct
-// fp32 kernel. The buffers borrow the DiT arena (idle while decoding), grown if needed.
+// GroupNorm(+SiLU) writes ct (HW, C) = the GEMM operand of a 1x1 conv or the attention tokens. 3x3 convs
+// are im2col (16-byte copies of C contiguous channels per tap, the 2x upsample fused into it) + one
+// cuBLASLt GEMM y (HW, cout) = cols (HW, 9 cin) W^T + bias (epilogue), W permuted to (cout, 3, 3, cin) at
+// upload; in chunks of output rows of at most VAE_COLS_BYTES of columns (the whole image when it fits).
+// Residual sums in fp32 (add). Thin convs (cin*k*k < 64 or cout < 8) run a direct fp32 kernel; conv_out
+// writes the NCHW image. The buffers borrow the DiT arena (idle while decoding), grown if needed.
 #include "ggml-cuda/vae.cuh"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#define VAE_COLS_BYTES (64u << 20)   // im2col chunk budget
+// im2col chunk budget. 256 MB (whole image at 256 px) measured 0.14 ms faster at 256 px but adds 192 MB
+// to the decode's peak memory, over the 2.0 GB (f16) and 1.3 GB (q8_0) targets of bench/RESULTS.md.
+#define VAE_COLS_BYTES ((size_t)64 << 20)
 #define VAE_EPS 1e-6f
 
 static int up_conv(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, dit_cuda_conv *cv) {
@@ -71,6 +76,42 @@ static int vae_upload_pass(dit_cuda *c, const dit_model *m, dit_wpass *w) {
     return DIT_OK;
 }
 
+// 3x3 GEMM convs: (cout, cin, 3, 3) -> (cout, 3, 3, cin), the column order of the channels-last im2col
+static int vae_permute_weights(dit_cuda *c, const dit_model *m) {
+    const dit_config *k = &m->cfg;
+    dit_cuda_conv *cv[4 + 2 * DIT_VAE_MAX_BLOCKS + 6 * (DIT_VAE_MAX_BLOCKS * DIT_VAE_MAX_RESNETS + 2)];
+    int n = 0;
+    cv[n++] = &c->pq; cv[n++] = &c->conv_in; cv[n++] = &c->conv_out;
+    for (int i = 0; i < 2; i++) { cv[n++] = &c->mid[i].c1; cv[n++] = &c->mid[i].c2; cv[n++] = &c->mid[i].sc; }
+    for (int i = 0; i < k->vae_n_blocks; i++) {
+        cv[n++] = &c->up_conv[i];
+        for (int j = 0; j <= k->vae_layers_per_block; j++) {
+            cv[n++] = &c->up[i][j].c1; cv[n++] = &c->up[i][j].c2; cv[n++] = &c->up[i][j].sc;
+        }
+    }
+    size_t mx = 0;
+    for (int i = 0; i < n; i++)
+        if (cv[i]->w.w && cv[i]->k == 3 && cv[i]->w.type != DIT_TYPE_F32 && (size_t)cv[i]->cout * cv[i]->cin * 9 > mx)
+            mx = (size_t)cv[i]->cout * cv[i]->cin * 9;
+    if (!mx) return DIT_OK;
+    void *tmp = NULL;
+    CUDA_CHECK(cudaMalloc(&tmp, mx * 2));
+    int rc = DIT_OK;
+    for (int i = 0; i < n && rc == DIT_OK; i++) {
+        const dit_cuda_conv *q = cv[i];
+        if (!q->w.w || q->k != 3 || q->w.type == DIT_TYPE_F32) continue;
+        const size_t bytes = (size_t)q->cout * q->cin * 9 * 2;
+        if (cudaMemcpyAsync(tmp, q->w.w, bytes, cudaMemcpyDeviceToDevice, c->stream) != cudaSuccess)
+            rc = dit_set_error(DIT_ERR_DEVICE, "cuda: vae: weight copy failed");
+        else
+            rc = dit_op_conv_w_tap_major(tmp, q->w.w, q->cout, q->cin, c->stream);
+    }
+    if (rc == DIT_OK && cudaStreamSynchronize(c->stream) != cudaSuccess)
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: vae: weight permutation failed");
+    cudaFree(tmp);
+    return rc;
+}
+
 static int vae_upload(dit_cuda *c, const dit_model *m) {
     const dit_config *k = &m->cfg;
     if (!k->has_vae) return dit_set_error(DIT_ERR_INPUT, "cuda: the model has no VAE");
@@ -99,17 +140,20 @@ static int vae_upload(dit_cuda *c, const dit_model *m) {
     }
     if (!c->conv_in.w.w || !c->conv_out.w.w || !c->attn_q.w || !c->attn_n_w || !c->out_n_w)
         return dit_set_error(DIT_ERR_INPUT, "cuda: vae: missing tensors");
+    TRY(vae_permute_weights(c, m));
     c->vae_ready = 1;
     return DIT_OK;
 }
 
 typedef struct {
-    float *x, *h, *t;          // activations (max_elems)
-    void *g, *cols;            // ct: GN output / shortcut input (max_elems), im2col chunk
-    void *tok, *q, *k, *v, *o; // attention, ct (HW, C)
+    float *x, *h, *t;          // (HW, C) fp32: residual stream, conv output, shortcut / upsample output (max_elems)
+    void *g, *cols;            // ct: GN output / 1x1 conv input / attention tokens (max_elems), im2col chunk
+    void *q, *k, *v, *o;       // attention, ct (HW, C)
     float *s, *ao;             // (HW, HW) scores, (HW, C) attention output
     void *p;                   // ct (HW, HW)
     float *img;                // (3, 8L, 8L)
+    float2 *part;              // GroupNorm partial statistics (DIT_GN_CHUNKS * groups)
+    float *ab;                 // GroupNorm per-channel scale, shift (2 * max channels)
     size_t cols_elems;
 } vae_bufs;
 
@@ -133,99 +177,95 @@ static size_t vae_max_elems(const dit_model *m, int L) {
 
 static size_t al(size_t b) { return (b + 255) / 256 * 256; }
 
-// k x k conv (k = 1 or 3) of src (cin, H/2^up, W/2^up) -> dst (cout, H, W) fp32 = conv + bias (+ res)
-static int conv_gemm(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_type, int H, int W, int up,
-                     float *dst, const float *res, const vae_bufs *b, cudaStream_t st) {
-    const int64_t HW = (int64_t)H * W;
-    if (cv->w.type == DIT_TYPE_F32) {
-        if (up || src_type != DIT_TYPE_F32 || res)
-            return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: direct conv %d->%d here", cv->cin, cv->cout);
-        return dit_op_conv_direct((const float *)src, (const float *)cv->w.w, cv->w.b, dst, cv->cin, cv->cout, H, W,
-                                  cv->k, st);
-    }
-    if (cv->k == 1) {
-        // 1x1: the ct input (cin, HW) is already the column-major (HW x cin) operand
-        if (up || src_type != c->ct) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: 1x1 conv input");
-        TRY(dit_op_gemm_raw(c, c->ct, DIT_TYPE_F32, 0, 0, HW, cv->cout, cv->cin, src, HW, 0, cv->w.w, cv->cin, 0, dst,
-                            HW, 0, 1, 1.0f, st));
-    } else if (cv->k == 3) {
-        const int64_t K = (int64_t)cv->cin * 9;
-        int rows = (int)(b->cols_elems / ((size_t)W * K));
-        if (rows < 1) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: image row too wide for the column buffer");
-        if (rows > H) rows = H;
-        for (int y0 = 0; y0 < H; y0 += rows) {
-            const int r = H - y0 < rows ? H - y0 : rows;
-            TRY(dit_op_im2col3(src, src_type, b->cols, c->ct, cv->cin, H, W, y0, r, up, st));
-            TRY(dit_op_gemm_raw(c, c->ct, DIT_TYPE_F32, 1, 0, (int64_t)r * W, cv->cout, K, b->cols, K, 0, cv->w.w, K, 0,
-                                dst + (int64_t)y0 * W, HW, 0, 1, 1.0f, st));
-        }
-    } else {
-        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %dx%d conv", cv->k, cv->k);
-    }
-    return dit_op_bias_add_nchw(dst, cv->w.b, res, cv->cout, (int)HW, st);
+static int gn(const vae_bufs *b, const float *x, void *out, int out_type, const float *w, const float *bias, int C,
+              int HW, int G, int silu, cudaStream_t st) {
+    return dit_op_group_norm(x, out, out_type, w, bias, C, HW, G, VAE_EPS, silu, b->part, b->ab, st);
 }
 
-// x (cin, H, W) -> (cout, H, W); the result is left in *px (buffers *px, *pt swapped as needed)
-static int resnet(dit_cuda *c, const dit_cuda_resnet *r, int G, int H, int W, float **px, float **pt,
-                  const vae_bufs *b, cudaStream_t st) {
-    float *x = *px, *t = *pt;
-    const int HW = H * W, cin = r->c1.cin, cout = r->c1.cout;
-    if (r->sc.w.w) {   // x' = conv_shortcut(x) -> t
-        TRY(dit_op_to_ct(x, b->g, c->ct, (int64_t)cin * HW, st));
-        TRY(conv_gemm(c, &r->sc, b->g, c->ct, H, W, 0, t, NULL, b, st));
+// k x k conv (k = 1 or 3) of src (H/2^up * W/2^up, cin) -> dst (H*W, cout) fp32 = conv + bias. Direct
+// (fp32) convs read src fp32 and write dst channels-last, or NCHW (cout, H*W) when y_nchw.
+static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_type, int H, int W, int up,
+                float *dst, int y_nchw, const vae_bufs *b, cudaStream_t st) {
+    const int64_t HW = (int64_t)H * W;
+    if (cv->w.type == DIT_TYPE_F32) {
+        if (up || src_type != DIT_TYPE_F32)
+            return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: direct conv %d->%d here", cv->cin, cv->cout);
+        return dit_op_conv_direct((const float *)src, (const float *)cv->w.w, cv->w.b, dst, cv->cin, cv->cout, H, W,
+                                  cv->k, 1, !y_nchw, st);
     }
-    TRY(dit_op_group_norm(x, b->g, c->ct, r->n1_w, r->n1_b, 1, cin, HW, G, VAE_EPS, 1, st));
-    TRY(conv_gemm(c, &r->c1, b->g, c->ct, H, W, 0, b->h, NULL, b, st));
-    TRY(dit_op_group_norm(b->h, b->g, c->ct, r->n2_w, r->n2_b, 1, cout, HW, G, VAE_EPS, 1, st));
-    if (r->sc.w.w) {
-        TRY(conv_gemm(c, &r->c2, b->g, c->ct, H, W, 0, x, t, b, st));   // x is consumed: x = x' + h
-    } else {
-        TRY(conv_gemm(c, &r->c2, b->g, c->ct, H, W, 0, t, x, b, st));   // t = x + h
-        *px = t;
-        *pt = x;
+    if (y_nchw) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %d-channel conv_out", cv->cout);
+    if (cv->k == 1) {   // 1x1: the ct input (HW, cin) is the GEMM operand itself
+        if (up || src_type != c->ct) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: 1x1 conv input");
+        return dit_op_linear(c, &cv->w, src, HW, dst, DIT_TYPE_F32, EPI_BIAS, st);
+    }
+    if (cv->k != 3) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %dx%d conv", cv->k, cv->k);
+    const int64_t K = (int64_t)cv->cin * 9;
+    int rows = (int)(b->cols_elems / ((size_t)W * K));
+    if (rows < 1) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: image row too wide for the column buffer");
+    if (rows > H) rows = H;
+    for (int y0 = 0; y0 < H; y0 += rows) {
+        const int r = H - y0 < rows ? H - y0 : rows;
+        TRY(dit_op_im2col3(src, src_type, b->cols, c->ct, cv->cin, H, W, y0, r, up, st));
+        TRY(dit_op_linear(c, &cv->w, b->cols, (int64_t)r * W, dst + (int64_t)y0 * W * cv->cout, DIT_TYPE_F32,
+                          EPI_BIAS, st));
     }
     return DIT_OK;
 }
 
-// x (C, HW) += to_out(softmax(q k^T / sqrt(C)) v), q, k, v = Linear(GN(x) as tokens); tmp: (C, HW) fp32
-// scratch distinct from x (x and the resnets' swap buffer trade places, so pass the free one)
-static int mid_attention(dit_cuda *c, int G, int C, int HW, float *x, float *tmp, const vae_bufs *b,
-                         cudaStream_t st) {
-    TRY(dit_op_group_norm(x, tmp, DIT_TYPE_F32, c->attn_n_w, c->attn_n_b, 1, C, HW, G, VAE_EPS, 0, st));
-    TRY(dit_op_to_tokens(tmp, b->tok, c->ct, C, HW, st));
-    TRY(dit_op_linear(c, &c->attn_q, b->tok, HW, b->q, c->ct, EPI_BIAS, st));
-    TRY(dit_op_linear(c, &c->attn_k, b->tok, HW, b->k, c->ct, EPI_BIAS, st));
-    TRY(dit_op_linear(c, &c->attn_v, b->tok, HW, b->v, c->ct, EPI_BIAS, st));
+// x (HW, cin) -> x (HW, cout) = shortcut(x) + conv2(SiLU(GN2(conv1(SiLU(GN1(x)))))); t: fp32 scratch
+static int resnet(dit_cuda *c, const dit_cuda_resnet *r, int G, int H, int W, float *x, float *t, const vae_bufs *b,
+                  cudaStream_t st) {
+    const int HW = H * W, cin = r->c1.cin, cout = r->c1.cout;
+    const float *res = x;
+    if (r->sc.w.w) {   // x' = conv_shortcut(x) -> t
+        TRY(dit_op_to_ct(x, b->g, c->ct, (int64_t)cin * HW, st));
+        TRY(conv(c, &r->sc, b->g, c->ct, H, W, 0, t, 0, b, st));
+        res = t;
+    }
+    TRY(gn(b, x, b->g, c->ct, r->n1_w, r->n1_b, cin, HW, G, 1, st));
+    TRY(conv(c, &r->c1, b->g, c->ct, H, W, 0, b->h, 0, b, st));
+    TRY(gn(b, b->h, b->g, c->ct, r->n2_w, r->n2_b, cout, HW, G, 1, st));
+    TRY(conv(c, &r->c2, b->g, c->ct, H, W, 0, b->h, 0, b, st));
+    return dit_op_add(x, res, b->h, (int64_t)HW * cout, st);
+}
+
+// x (HW, C) += to_out(softmax(q k^T / sqrt(C)) v), q, k, v = Linear(GN(x)); the tokens are GN's ct output
+static int mid_attention(dit_cuda *c, int G, int C, int HW, float *x, const vae_bufs *b, cudaStream_t st) {
+    TRY(gn(b, x, b->g, c->ct, c->attn_n_w, c->attn_n_b, C, HW, G, 0, st));
+    TRY(dit_op_linear(c, &c->attn_q, b->g, HW, b->q, c->ct, EPI_BIAS, st));
+    TRY(dit_op_linear(c, &c->attn_k, b->g, HW, b->k, c->ct, EPI_BIAS, st));
+    TRY(dit_op_linear(c, &c->attn_v, b->g, HW, b->v, c->ct, EPI_BIAS, st));
     // s (HW_i, HW_j) row-major = column-major (HW_j x HW_i) = k (HW_j x C) q^T
     TRY(dit_op_gemm_raw(c, c->ct, DIT_TYPE_F32, 1, 0, HW, HW, C, b->k, C, 0, b->q, C, 0, b->s, HW, 0, 1, 1.0f, st));
     TRY(dit_op_softmax_rows(b->s, b->p, c->ct, HW, HW, 1.0f / sqrtf((float)C), st));
     // o (HW_i, C) row-major = column-major (C x HW_i) = v^T (C x HW_j) p^T (HW_j x HW_i)
     TRY(dit_op_gemm_raw(c, c->ct, c->ct, 0, 0, C, HW, HW, b->v, C, 0, b->p, HW, 0, b->o, C, 0, 1, 1.0f, st));
     TRY(dit_op_linear(c, &c->attn_o, b->o, HW, b->ao, DIT_TYPE_F32, EPI_BIAS, st));
-    return dit_op_add_transposed(x, b->ao, C, HW, st);
+    return dit_op_add(x, x, b->ao, (int64_t)C * HW, st);
 }
 
+// z (L*L, C) channels-last latents -> b->img (3, 8L, 8L)
 static int decode_one(dit_cuda *c, const dit_model *m, int L, float *z, vae_bufs *b, cudaStream_t st) {
     const dit_config *k = &m->cfg;
     const int G = k->vae_groups, nb = k->vae_n_blocks;
     float *x = b->x, *t = b->t;
     int H = L;
     // post_quant_conv (1x1) into h, then conv_in
-    TRY(conv_gemm(c, &c->pq, z, DIT_TYPE_F32, H, H, 0, b->h, NULL, b, st));
-    TRY(conv_gemm(c, &c->conv_in, b->h, DIT_TYPE_F32, H, H, 0, x, NULL, b, st));
-    TRY(resnet(c, &c->mid[0], G, H, H, &x, &t, b, st));
-    TRY(mid_attention(c, G, c->mid[0].c2.cout, H * H, x, t, b, st));
-    TRY(resnet(c, &c->mid[1], G, H, H, &x, &t, b, st));
+    TRY(conv(c, &c->pq, z, DIT_TYPE_F32, H, H, 0, b->h, 0, b, st));
+    TRY(conv(c, &c->conv_in, b->h, DIT_TYPE_F32, H, H, 0, x, 0, b, st));
+    TRY(resnet(c, &c->mid[0], G, H, H, x, t, b, st));
+    TRY(mid_attention(c, G, c->mid[0].c2.cout, H * H, x, b, st));
+    TRY(resnet(c, &c->mid[1], G, H, H, x, t, b, st));
     for (int i = 0; i < nb; i++) {
-        for (int j = 0; j <= k->vae_layers_per_block; j++) TRY(resnet(c, &c->up[i][j], G, H, H, &x, &t, b, st));
+        for (int j = 0; j <= k->vae_layers_per_block; j++) TRY(resnet(c, &c->up[i][j], G, H, H, x, t, b, st));
         if (c->up_conv[i].w.w) {   // nearest 2x + conv 3x3
             H *= 2;
-            TRY(conv_gemm(c, &c->up_conv[i], x, DIT_TYPE_F32, H, H, 1, t, NULL, b, st));
+            TRY(conv(c, &c->up_conv[i], x, DIT_TYPE_F32, H, H, 1, t, 0, b, st));
             float *s = x; x = t; t = s;
         }
     }
-    TRY(dit_op_group_norm(x, t, DIT_TYPE_F32, c->out_n_w, c->out_n_b, 1, c->conv_out.cin, H * H, G, VAE_EPS, 1, st));
-    return conv_gemm(c, &c->conv_out, t, DIT_TYPE_F32, H, H, 0, b->img, NULL, b, st);
+    TRY(gn(b, x, b->h, DIT_TYPE_F32, c->out_n_w, c->out_n_b, c->conv_out.cin, H * H, G, 1, st));
+    return conv(c, &c->conv_out, b->h, DIT_TYPE_F32, H, H, 0, b->img, 1, b, st);
 }
 
 int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, float *images) {
@@ -242,7 +282,9 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
     const size_t me = vae_max_elems(m, L), HW0 = (size_t)L * L, es = 2;
     vae_bufs b;
     memset(&b, 0, sizeof(b));
-    b.cols_elems = VAE_COLS_BYTES / es;
+    b.cols_elems = VAE_COLS_BYTES / es < 9 * me ? VAE_COLS_BYTES / es : 9 * me;   // 9 me: the whole widest conv
+    int cmax = 0;
+    for (int j = 0; j < nb; j++) cmax = k->vae_block_out[j] > cmax ? k->vae_block_out[j] : cmax;
     size_t off[16], o = 0;
     int i = 0;
     off[i++] = o; o += al(me * 4);                 // x
@@ -250,12 +292,14 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
     off[i++] = o; o += al(me * 4);                 // t
     off[i++] = o; o += al(me * es);                // g
     off[i++] = o; o += al(b.cols_elems * es);      // cols
-    off[i++] = o; o += al(HW0 * c_top * es) * 5;   // tok q k v o
+    off[i++] = o; o += al(HW0 * c_top * es) * 4;   // q k v o
     off[i++] = o; o += al(HW0 * HW0 * 4);          // s
     off[i++] = o; o += al(HW0 * HW0 * es);         // p
     off[i++] = o; o += al(HW0 * c_top * 4);        // ao
     off[i++] = o; o += al((size_t)k->vae_out_channels * S * S * 4);   // img
     off[i++] = o; o += al((size_t)C * HW0 * 4);    // z
+    off[i++] = o; o += al((size_t)DIT_GN_CHUNKS * k->vae_groups * sizeof(float2));   // part
+    off[i++] = o; o += al((size_t)2 * cmax * 4);   // ab
     TRY(dit_arena_reserve(c, o));
     c->arena_B = 0;   // the DiT layout in the arena is gone: re-planned by the next sample/forward
     char *a = c->arena;
@@ -265,11 +309,13 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
     {
         char *q = a + off[i++];
         const size_t s1 = al(HW0 * c_top * es);
-        b.tok = q; b.q = q + s1; b.k = q + 2 * s1; b.v = q + 3 * s1; b.o = q + 4 * s1;
+        b.q = q; b.k = q + s1; b.v = q + 2 * s1; b.o = q + 3 * s1;
     }
     b.s = (float *)(a + off[i++]); b.p = a + off[i++]; b.ao = (float *)(a + off[i++]);
     b.img = (float *)(a + off[i++]);
     float *z = (float *)(a + off[i++]);
+    b.part = (float2 *)(a + off[i++]);
+    b.ab = (float *)(a + off[i++]);
 
     cudaStream_t st = c->stream;
     const size_t nz = (size_t)C * HW0, nimg = (size_t)k->vae_out_channels * S * S;
@@ -278,7 +324,8 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
     const float sf = k->vae_scaling_factor > 0 ? k->vae_scaling_factor : 0.18215f;
     int rc = DIT_OK;
     for (int im = 0; im < n && rc == DIT_OK; im++) {
-        for (size_t e = 0; e < nz; e++) hz[e] = latents[im * nz + e] / sf;
+        for (size_t e = 0; e < nz; e++)   // (C, L*L) -> channels-last (L*L, C)
+            hz[(e % HW0) * C + e / HW0] = latents[im * nz + e] / sf;
         if (cudaMemcpyAsync(z, hz, nz * 4, cudaMemcpyHostToDevice, st) != cudaSuccess)
             rc = dit_set_error(DIT_ERR_DEVICE, "cuda: decode: upload failed");
         if (rc == DIT_OK) rc = decode_one(c, m, L, z, &b, st);
