@@ -9,7 +9,7 @@
 // returns no algorithm for an fp32 bias with fp16 output (measured with test_cuda --opbench); any
 // epilogue without an algorithm falls back to GEMM + bias_act.
 // Plans (descriptors + algorithm) are cached by shape; the bias pointer is set per call. The algorithm
-// is the fastest of the heuristic's top 8, timed on the plan's first run (gemm_autotune).
+// is the fastest of the heuristic's top 8, timed on the plan's first run as a CUDA graph (gemm_autotune).
 #include "common.cuh"
 #include <string.h>
 
@@ -104,9 +104,39 @@ void dit_gemm_free_plans(dit_cuda *c) {
     c->n_plans = 0;
 }
 
+// Time `reps` runs of algorithm `a` replayed as one CUDA graph, as a step's graph runs them: us per run, or
+// -1 when it fails. Launched eagerly, one cublasLtMatmul costs ~14 us of host time on the H100 host,
+// more than these kernels take, so events around eager launches time the launches, not the kernels.
+static float gemm_time_graph(dit_cuda *c, dit_gemm_plan *p, const cublasLtMatmulAlgo_t *a, const void *A,
+                             const void *Bm, void *Cm, float alpha, int reps, cudaStream_t st, cudaEvent_t e0,
+                             cudaEvent_t e1) {
+    const float beta = 0.0f;
+    // once eagerly: a failing algorithm, and lazy kernel loading, stay outside the capture
+    if (cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, a, c->lt_ws,
+                       c->lt_ws_bytes, st) != CUBLAS_STATUS_SUCCESS ||
+        cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) != cudaSuccess)
+        return -1;
+    int ok = 1;
+    for (int r = 0; r < reps; r++)
+        ok &= cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, a, c->lt_ws,
+                             c->lt_ws_bytes, st) == CUBLAS_STATUS_SUCCESS;
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t ge = NULL;
+    float ms = 0, us = -1;
+    ok &= cudaStreamEndCapture(st, &g) == cudaSuccess;
+    if (ok && cudaGraphInstantiate(&ge, g, 0) == cudaSuccess && cudaGraphLaunch(ge, st) == cudaSuccess &&
+        cudaEventRecord(e0, st) == cudaSuccess && cudaGraphLaunch(ge, st) == cudaSuccess &&
+        cudaEventRecord(e1, st) == cudaSuccess && cudaEventSynchronize(e1) == cudaSuccess &&
+        cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess)
+        us = 1000.0f * ms / reps;
+    if (ge) cudaGraphExecDestroy(ge);
+    if (g) cudaGraphDestroy(g);
+    return us;
+}
+
 // First run of a plan outside stream capture: time each candidate algorithm (beta = 0, so repeating the
 // product is harmless) and keep the fastest. The heuristic's first pick is often not the best for the
-// small-M (M = 2T) GEMMs of a latency-bound sampler step.
+// small-M (M = 2T) GEMMs of a latency-bound sampler step. DIT_CUDA_TUNE=2 prints each choice.
 static void gemm_autotune(dit_cuda *c, dit_gemm_plan *p, const void *A, const void *Bm, void *Cm, float alpha,
                           cudaStream_t st) {
     p->tuned = 1;
@@ -115,25 +145,21 @@ static void gemm_autotune(dit_cuda *c, dit_gemm_plan *p, const void *A, const vo
     cudaEvent_t e0, e1;
     if (cudaEventCreate(&e0) != cudaSuccess) return;
     if (cudaEventCreate(&e1) != cudaSuccess) { cudaEventDestroy(e0); return; }
-    const float beta = 0.0f;
-    float best = 1e30f;
+    float best = 1e30f, first = -1;
     int bi = 0;
     for (int i = 0; i < p->n_cand; i++) {
-        if (cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->cand[i],
-                           c->lt_ws, c->lt_ws_bytes, st) != CUBLAS_STATUS_SUCCESS)
-            continue;
-        cudaEventRecord(e0, st);
-        for (int r = 0; r < 3; r++)
-            cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->cand[i],
-                           c->lt_ws, c->lt_ws_bytes, st);
-        cudaEventRecord(e1, st);
-        float ms = 0;
-        if (cudaEventSynchronize(e1) == cudaSuccess && cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms < best) {
-            best = ms;
+        const float us = gemm_time_graph(c, p, &p->cand[i], A, Bm, Cm, alpha, 10, st, e0, e1);
+        if (i == 0) first = us;
+        if (us >= 0 && us < best) {
+            best = us;
             bi = i;
         }
     }
     p->algo = p->cand[bi];
+    const char *ev = getenv("DIT_CUDA_TUNE");
+    if (ev && ev[0] == '2')
+        fprintf(stderr, "gemm: m %lld n %lld k %lld epi %d: heuristic's first %.2f us, chose #%d of %d: %.2f us\n",
+                (long long)p->M, (long long)p->N, (long long)p->K, p->epi, first, bi, p->n_cand, best);
     cudaGetLastError();
     cudaEventDestroy(e0);
     cudaEventDestroy(e1);
@@ -272,24 +298,21 @@ done:
     return rc;
 }
 
-// time one GEMM configuration (mean of `reps` after a warm-up), for dit_cuda_opbench
+// time one GEMM configuration as a step's graph replays it (mean of `reps` in one graph), for dit_cuda_opbench
 int dit_gemm_time(dit_cuda *c, int ab, int y_type, int epi, int64_t M, int64_t N, int64_t K, const void *W,
                   const void *X, void *Y, const void *bias, int reps, float *us) {
     dit_gemm_plan *p;
     *us = -1;
-    if (plan_find(c, ab, y_type, epi, 1, 0, N, M, K, K, 0, K, 0, N, 0, 1, &p) != DIT_OK) return DIT_OK;
-    TRY(gemm_run(c, p, W, X, Y, bias, 1.0f, c->stream));
+    c->tune_now = 1;   // plan and tune as for a step
+    int rc = plan_find(c, ab, y_type, epi, 1, 0, N, M, K, K, 0, K, 0, N, 0, 1, &p);
+    if (rc == DIT_OK) rc = gemm_run(c, p, W, X, Y, bias, 1.0f, c->stream);   // the first run tunes
+    c->tune_now = 0;
+    if (rc != DIT_OK) return dit_last_error_code() == DIT_ERR_UNSUPPORTED ? DIT_OK : rc;   // no algorithm: -1 us
     cudaEvent_t e0, e1;
     CUDA_CHECK(cudaEventCreate(&e0));
     CUDA_CHECK(cudaEventCreate(&e1));
-    cudaEventRecord(e0, c->stream);
-    for (int r = 0; r < reps; r++) TRY(gemm_run(c, p, W, X, Y, bias, 1.0f, c->stream));
-    cudaEventRecord(e1, c->stream);
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    cudaEventElapsedTime(&ms, e0, e1);
-    *us = 1000.0f * ms / reps;
-    cudaEventDestroy(e0);
-    cudaEventDestroy(e1);
+    *us = gemm_time_graph(c, p, &p->algo, W, X, Y, 1.0f, reps, c->stream, e0, e1);
+    CUDA_CHECK(cudaEventDestroy(e0));
+    CUDA_CHECK(cudaEventDestroy(e1));
     return DIT_OK;
 }
