@@ -282,6 +282,7 @@ static void cuda_teardown(dit_cuda *c) {
     if (c->graph) { cudaGraphExecDestroy(c->graph); c->graph = NULL; }
     if (c->group) dit_par_destroy(c);   // the other GPUs' contexts and every communicator
     dit_par_rank_free(c);
+    cudaSetDevice(c->device);
     dit_gemm_free_plans(c);
     for (int i = 0; i < c->n_prof; i++) {
         cudaEventDestroy(c->prof[i].e0);
@@ -625,6 +626,7 @@ static int modulation_chunk_steps(const dit_cuda *c, int B, int K) {
 
 // upload conditioning rows for steps [i0, i0 + n) and precompute their modulation
 static int prepare_chunk(dit_cuda *c, const sample_job *j, int i0, int n) {
+    if (c->pr) dit_par_beat(c);
     const int R = n * j->B;
     float *tsin = (float *)malloc((size_t)R * 256 * sizeof(float));
     if (!tsin) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
@@ -651,6 +653,7 @@ static int run_step(dit_cuda *c, const sample_job *j) {
 
 static int capture_step(dit_cuda *c, const sample_job *j) {
     if (c->graph) { cudaGraphExecDestroy(c->graph); c->graph = NULL; }
+    if (c->pr) dit_par_beat(c);
     cudaGraph_t g;
     CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
     int rc = run_step(c, j);

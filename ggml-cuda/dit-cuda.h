@@ -58,7 +58,8 @@ int dit_cuda_decode(dit_model *m, const float *latents, int n, float *images);
            (Ulysses: heads % S == 0) or by an all-gather of q, k, v (any head count)
    The same seed gives the same images for any plan (the noise is Philox per image; fp16 tolerance).
    dit_cuda_init_parallel replaces dit_cuda_init: m->cuda becomes the first GPU's context and
-   dit_cuda_sample / dit_sample run on all of them; every process gets all images back. Faults (a peer
+   dit_cuda_sample / dit_sample run on all of them; every process gets all images back (p->progress is
+   then called from GPU 0's worker thread). Faults (a peer
    process gone, a GPU error, a stuck collective) end every rank with an error within timeout_s
    (ncclCommAbort), never a hang; the model must then be freed. NVLink multicast (NVLS) is turned off
    unless NCCL_NVLS_ENABLE is already set. */

@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,6 +41,8 @@ struct dit_par {
     volatile int active[PAR_MAX];   // the rank is waiting on the GPU or inside NCCL
     pthread_t watchdog;
     int watchdog_on;
+    pthread_t aborter[3 * PAR_MAX];  // one thread per ncclCommAbort (joined in group_free)
+    int n_aborters;
     pthread_mutex_t mu;
     int err_code, err_secondary;    // first error (a primary one beats a "stopped because" one)
     char err[600];
@@ -70,12 +73,37 @@ static void par_fail(dit_par *g, int code, const char *msg, int secondary) {
     pthread_mutex_unlock(&g->mu);
 }
 
-static void abort_comms(dit_par_rank *pr) {
-    if (!pr || pr->world_comm == NULL) return;
-    if (pr->seq_comm) ncclCommAbort(pr->seq_comm);
-    if (pr->img_comm) ncclCommAbort(pr->img_comm);
-    ncclCommAbort(pr->world_comm);
-    pr->seq_comm = pr->img_comm = pr->world_comm = NULL;
+static void *abort_main(void *comm) {
+    ncclCommAbort((ncclComm_t)comm);
+    return NULL;
+}
+
+// Abort every communicator of this process, each in its own thread: ncclCommAbort first raises the abort
+// flag its kernels poll, then may block until every graph that captured the communicator is destroyed
+// (NCCL's commDestroySync). Sequential aborts would leave the later communicators' kernels stuck, and
+// with them the graphs the first abort waits for. group_free destroys the graphs, then joins these.
+static void abort_all(dit_par *g) {
+    pthread_mutex_lock(&g->mu);
+    for (int i = 0; i < g->n_local; i++) {
+        dit_par_rank *pr = g->ctx[i] ? g->ctx[i]->pr : NULL;
+        ncclComm_t *slot[3] = { pr ? &pr->world_comm : NULL, pr ? &pr->img_comm : NULL, pr ? &pr->seq_comm : NULL };
+        for (int k = 0; k < 3; k++) {
+            ncclComm_t comm = slot[k] ? *slot[k] : NULL;
+            if (!comm) continue;
+            *slot[k] = NULL;   // nobody starts a new call on it
+            if (pthread_create(&g->aborter[g->n_aborters], NULL, abort_main, comm) == 0) g->n_aborters++;
+            else ncclCommAbort(comm);
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void poll_async(dit_par *g, dit_par_rank *pr, ncclComm_t comm) {
+    ncclResult_t r = ncclSuccess;
+    if (!comm || ncclCommGetAsyncError(comm, &r) != ncclSuccess || r == ncclSuccess || r == ncclInProgress) return;
+    char msg[300];
+    snprintf(msg, sizeof(msg), "nccl: rank %d: %s (%s)", pr->rank, ncclGetErrorString(r), ncclGetLastError(comm));
+    par_fail(g, DIT_ERR_DEVICE, msg, 0);
 }
 
 static void *watchdog_main(void *arg) {
@@ -92,17 +120,15 @@ static void *watchdog_main(void *arg) {
                          g->timeout);
                 par_fail(g, DIT_ERR_DEVICE, msg, 0);
             }
-            ncclResult_t r = ncclSuccess;
-            if (pr && pr->world_comm && ncclCommGetAsyncError(pr->world_comm, &r) == ncclSuccess &&
-                r != ncclSuccess && r != ncclInProgress) {
-                snprintf(msg, sizeof(msg), "nccl: rank %d: %s (%s)", pr->rank, ncclGetErrorString(r),
-                         ncclGetLastError(pr->world_comm));
-                par_fail(g, DIT_ERR_DEVICE, msg, 0);
+            if (pr) {
+                poll_async(g, pr, pr->world_comm);
+                poll_async(g, pr, pr->img_comm);
+                poll_async(g, pr, pr->seq_comm);
             }
         }
         if (g->abort_flag) {   // unblocks kernels and host calls stuck on a peer; the ranks then return errors
-            for (int i = 0; i < g->n_local; i++)
-                if (g->ctx[i]) abort_comms(g->ctx[i]->pr);
+            usleep(5000);      // ranks polling in dit_par_wait / settle see the flag and leave NCCL first
+            abort_all(g);
             break;
         }
     }
@@ -118,6 +144,10 @@ static int local_index(const dit_cuda *c) {
 
 static int stopped_error(const dit_cuda *c) {
     return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d stopped: another rank failed", c->pr->rank);
+}
+
+void dit_par_beat(dit_cuda *c) {   // host work in progress (autotune, capture): not a stuck peer
+    if (c->pr) c->pr->group->beat[local_index(c)] = now_s();
 }
 
 int dit_par_wait(dit_cuda *c, cudaEvent_t e) {
@@ -140,6 +170,7 @@ static int settle(dit_cuda *c, ncclComm_t comm, ncclResult_t r, const char *what
     while (r == ncclInProgress) {
         if (c->pr->group->abort_flag) return stopped_error(c);
         usleep(100);
+        if (c->pr->group->abort_flag) return stopped_error(c);   // the watchdog may be freeing comm
         if (ncclCommGetAsyncError(comm, &r) != ncclSuccess) break;
     }
     if (r != ncclSuccess)
@@ -151,12 +182,14 @@ static int settle(dit_cuda *c, ncclComm_t comm, ncclResult_t r, const char *what
 // ---------------------------------------------------------------- exchanges inside a step
 // chunk q of send goes to peer q, chunk q of recv comes from peer q (grouped point-to-point)
 static int all_to_all(const dit_par_rank *pr, const void *send, void *recv, size_t chunk, cudaStream_t st) {
-    NCCL_CHECK(ncclGroupStart());
-    for (int q = 0; q < pr->S; q++) {
-        NCCL_CHECK(ncclSend((const char *)send + q * chunk, chunk, ncclChar, q, pr->seq_comm, st));
-        NCCL_CHECK(ncclRecv((char *)recv + q * chunk, chunk, ncclChar, q, pr->seq_comm, st));
+    ncclResult_t r = ncclGroupStart();
+    for (int q = 0; q < pr->S && r == ncclSuccess; q++) {
+        r = ncclSend((const char *)send + q * chunk, chunk, ncclChar, q, pr->seq_comm, st);
+        if (r == ncclSuccess) r = ncclRecv((char *)recv + q * chunk, chunk, ncclChar, q, pr->seq_comm, st);
     }
-    NCCL_CHECK(ncclGroupEnd());
+    const ncclResult_t e = ncclGroupEnd();   // always closed, also after an error
+    if (r == ncclSuccess) r = e;
+    if (r != ncclSuccess) return dit_set_error(DIT_ERR_DEVICE, "nccl: all-to-all: %s", ncclGetErrorString(r));
     return DIT_OK;
 }
 
@@ -337,24 +370,30 @@ static int id_over_tcp(const dit_par_params *pp, ncclUniqueId *id, double t_end)
     *colon = 0;
     struct addrinfo hints, *ai = NULL;
     memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
+    hints.ai_family = pp->rank == 0 ? AF_INET6 : AF_UNSPEC;   // rank 0: one dual-stack socket (IPv4 and 6)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = pp->rank == 0 ? AI_PASSIVE : 0;
-    if (getaddrinfo(pp->rank == 0 ? NULL : host, colon + 1, &hints, &ai) != 0 || !ai)
-        return dit_set_error(DIT_ERR_INPUT, "parallel: cannot resolve %s", pp->master);
+    int gai = getaddrinfo(pp->rank == 0 ? NULL : host, colon + 1, &hints, &ai);
+    if (gai != 0 && pp->rank == 0) {   // no IPv6 here
+        hints.ai_family = AF_INET;
+        gai = getaddrinfo(NULL, colon + 1, &hints, &ai);
+    }
+    if (gai != 0 || !ai) return dit_set_error(DIT_ERR_INPUT, "parallel: cannot resolve %s", pp->master);
+    const struct timeval tv = { 1, 0 };   // every socket call wakes up each second to look at the clock
     int rc = DIT_OK;
     if (pp->rank == 0) {   // serve the id to world - 1 peers
         NCCL_CHECK(ncclGetUniqueId(id));
-        const int fd = socket(ai->ai_family, SOCK_STREAM, 0), one = 1;
+        const int fd = socket(ai->ai_family, SOCK_STREAM, 0), one = 1, zero = 0;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
         if (fd < 0 || bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 64) != 0) {
             rc = dit_set_error(DIT_ERR_IO, "parallel: cannot listen on port %s: %s", colon + 1, strerror(errno));
         } else {
-            struct timeval tv = { 1, 0 };
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));   // accept() wakes up every second
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
             for (int served = 0; served < pp->world - 1 && rc == DIT_OK;) {
                 const int p = accept(fd, NULL, NULL);
                 if (p >= 0) {
+                    setsockopt(p, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
                     served += send(p, id, sizeof(*id), MSG_NOSIGNAL) == (ssize_t)sizeof(*id);
                     close(p);
                 } else if (now_s() > t_end) {
@@ -367,11 +406,16 @@ static int id_over_tcp(const dit_par_params *pp, ncclUniqueId *id, double t_end)
     } else {   // connect until rank 0 listens
         rc = DIT_ERR_DEVICE;
         while (rc != DIT_OK && now_s() < t_end) {
-            const int fd = socket(ai->ai_family, SOCK_STREAM, 0);
-            if (fd >= 0 && connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
-                recv(fd, id, sizeof(*id), MSG_WAITALL) == (ssize_t)sizeof(*id))
-                rc = DIT_OK;
-            if (fd >= 0) close(fd);
+            for (struct addrinfo *a = ai; a && rc != DIT_OK; a = a->ai_next) {   // IPv4 and IPv6 answers
+                const int fd = socket(a->ai_family, SOCK_STREAM, 0);
+                if (fd < 0) continue;
+                setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));   // also bounds connect() (Linux)
+                setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+                if (connect(fd, a->ai_addr, a->ai_addrlen) == 0 &&
+                    recv(fd, id, sizeof(*id), MSG_WAITALL) == (ssize_t)sizeof(*id))
+                    rc = DIT_OK;
+                close(fd);
+            }
             if (rc != DIT_OK) usleep(100000);
         }
         if (rc != DIT_OK)
@@ -392,7 +436,7 @@ int dit_par_params_from_env(dit_par_params *pp) {
         pp->rank = atoi(r);
         pp->world = atoi(w);
         const int vis = dit_cuda_available();
-        pp->device = l ? atoi(l) : (vis > 0 ? pp->rank % vis : 0);
+        pp->device = vis > 0 ? (l ? atoi(l) : pp->rank) % vis : 0;   // one visible GPU each: device 0
         pp->id_file = getenv("DIT_NCCL_ID_FILE");
         pp->master = getenv("DIT_MASTER");
         static char master[300];
@@ -432,6 +476,7 @@ static int split(dit_cuda *c, int color, int key, ncclComm_t *out) {
     // the parent is non-blocking: the split completes in the background, and the parent may be used
     // again only once it reports ncclSuccess (then the child, blocking, is ready too)
     TRY(settle(c, c->pr->world_comm, ncclCommSplit(c->pr->world_comm, color, key, out, &cfg), "ncclCommSplit"));
+    if (!*out) return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d: ncclCommSplit gave no communicator", c->pr->rank);
     return settle(c, *out, ncclSuccess, "ncclCommSplit (new communicator)");
 }
 
@@ -531,19 +576,25 @@ static int run_ranks(dit_par *g, rank_job *jobs, void *(*fn)(void *)) {
     return DIT_OK;
 }
 
+// Teardown order matters: a captured NCCL call pins its communicator (NCCL's teardown of it waits until
+// every graph holding it is gone), and NCCL may have registered the arenas. So: the streams drain (after a
+// fault the aborts have flagged every kernel), the graphs go, every communicator of the process is aborted
+// (aborts already running now finish), and only then is any GPU memory freed.
 static void group_free(dit_par *g) {
-    // A captured NCCL call pins its communicator: NCCL's teardown of a communicator waits until every
-    // graph that holds it is gone. So the graphs go first (also unblocking a watchdog inside an abort).
-    for (int i = 0; i < g->n_local; i++)
-        if (g->ctx[i] && g->ctx[i]->graph) {
-            cudaSetDevice(g->ctx[i]->device);
-            cudaGraphExecDestroy(g->ctx[i]->graph);
-            g->ctx[i]->graph = NULL;
-        }
     if (g->watchdog_on) {
         g->stop = 1;
         pthread_join(g->watchdog, NULL);
     }
+    for (int i = 0; i < g->n_local; i++) {
+        dit_cuda *c = g->ctx[i];
+        if (!c) continue;
+        cudaSetDevice(c->device);
+        cudaStreamSynchronize(c->stream);
+        if (c->graph) cudaGraphExecDestroy(c->graph);
+        c->graph = NULL;
+    }
+    abort_all(g);
+    for (int i = 0; i < g->n_aborters; i++) pthread_join(g->aborter[i], NULL);
     for (int i = 1; i < g->n_local; i++) dit_cuda_ctx_destroy(g->ctx[i]);
     pthread_mutex_destroy(&g->mu);
     free(g);
@@ -557,7 +608,10 @@ void dit_par_destroy(dit_cuda *c) {
 
 void dit_par_rank_free(dit_cuda *c) {
     if (!c->pr) return;
-    abort_comms(c->pr);   // not ncclCommDestroy: its finalize waits for the peers, which one thread cannot give
+    // not ncclCommDestroy: its finalize waits for the peers, which one thread tearing down several cannot give
+    if (c->pr->world_comm) ncclCommAbort(c->pr->world_comm);   // a lone context (setup failed before the group)
+    if (c->pr->img_comm) ncclCommAbort(c->pr->img_comm);
+    if (c->pr->seq_comm) ncclCommAbort(c->pr->seq_comm);
     free(c->pr);
     c->pr = NULL;
 }

@@ -698,9 +698,12 @@ static void test_parallel(void)
     par_cases(&r->m, "random DiT-XL/2 256 px", p, xl, (int)(sizeof xl / sizeof xl[0]));
     p.n = 3;   /* 3 images on 2 data slices: the last slice is padded */
     par_cases(&r->m, "random DiT-XL/2 256 px", p, xl, 1);
-    p.n = 1;   /* one image, DDIM: cfg and seq only */
+    p.n = 1;   /* one image, DDIM: cfg and seq only; cfg+seq has one row per GPU (the B = 1 all-to-all path) */
     p.sampler = DIT_SAMPLER_DDIM;
     par_cases(&r->m, "random DiT-XL/2 256 px DDIM", p, xl + 1, 3);
+    static const par_case b1[] = { { "cfg+seq (one row per GPU)", 4, DIT_PAR_CFG | DIT_PAR_SEQ, DIT_SEQ_ULYSSES },
+                                   { "cfg+seq (all-gather)", 4, DIT_PAR_CFG | DIT_PAR_SEQ, DIT_SEQ_ALLGATHER } };
+    par_cases(&r->m, "random DiT-XL/2 256 px DDIM", p, b1, 2);
     p.sampler = DIT_SAMPLER_DDPM;
 
     dit_cuda_free(&r->m);
@@ -756,6 +759,30 @@ static void test_parallel_faults(void)
         ok(rc != DIT_OK, "after the abort, sampling again is refused: '%s'", rc ? dit_last_error() : "none");
         free(lat);
     }
+    /* a peer that stops after the step graphs (with their captured NCCL calls) exist: the error comes
+       within the timeout and the teardown, which must free graphs before communicators, returns */
+    par_case cs = G >= 4 ? (par_case){ "cfg+seq", 4, DIT_PAR_CFG | DIT_PAR_SEQ, DIT_SEQ_ULYSSES }
+                         : (par_case){ "seq", 2, DIT_PAR_SEQ, DIT_SEQ_ULYSSES };
+    rc = par_init(&r->m, &cs, 1, 3.0, plan, sizeof plan);
+    float *lat = malloc(dit_latent_floats(&r->m) * 4);
+    p.n = 1;
+    if (!rc) rc = dit_sample(&r->m, &p, lat);
+    ok(rc == DIT_OK, "%s on %d GPUs: a first sample: %s", cs.name, cs.gpus, rc ? dit_last_error() : "ok");
+    if (!rc) {
+        char who[8];
+        snprintf(who, sizeof who, "%d", cs.gpus - 1);
+        setenv("DIT_PAR_TEST_STALL", who, 1);
+        double t0 = now_s();
+        rc = dit_sample(&r->m, &p, lat);
+        const double dt = now_s() - t0;
+        unsetenv("DIT_PAR_TEST_STALL");
+        ok(rc != DIT_OK && dt < 20, "rank %s stalls in the second sample: error after %.1f s: '%s'", who, dt,
+           rc ? dit_last_error() : "none");
+        t0 = now_s();
+        dit_cuda_free(&r->m);
+        ok(now_s() - t0 < 20, "teardown after the abort returns (%.1f s)", now_s() - t0);
+    }
+    free(lat);
     rmodel_free(r);
 }
 
@@ -898,6 +925,7 @@ int main(int argc, char **argv)
         return rc ? 1 : 0;
     }
     int quick = 0, race = 0, par_only = 0;
+    alarm(1500);   /* a hang (a multi-GPU fault path, say) becomes a failure of this program, not of make test */
     const char *dir = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
