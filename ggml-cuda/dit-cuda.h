@@ -79,6 +79,8 @@ typedef struct {
    torchrun (RANK, WORLD_SIZE, LOCAL_RANK) or mpirun (OMPI_COMM_WORLD_*); id from DIT_NCCL_ID_FILE, else
    DIT_MASTER=host:port, else torchrun's MASTER_ADDR and MASTER_PORT + 1. Returns 1 when world > 1. */
 int dit_par_params_from_env(dit_par_params *pp);
+/* the plan alone (no GPU needed): out = { data, cfg, seq, DIT_SEQ_* } for `gpus` GPUs (world if set) */
+int dit_par_plan(const dit_model *m, const dit_par_params *pp, int gpus, int out[4], char *why, size_t why_len);
 /* plan, upload, communicators; `plan` (may be NULL) gets one line saying what was chosen and why */
 int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, size_t plan_len);
 

@@ -331,6 +331,14 @@ static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int mu
     return DIT_OK;
 }
 
+int dit_par_plan(const dit_model *m, const dit_par_params *pp, int gpus, int out[4], char *why, size_t why_len) {
+    par_plan pl;
+    const int multi = pp->world > 1;
+    TRY(make_plan(m, pp, multi ? pp->world : gpus, multi, &pl, why, why_len));
+    out[0] = pl.dd; out[1] = pl.cf; out[2] = pl.S; out[3] = pl.seq_mode;
+    return DIT_OK;
+}
+
 // ---------------------------------------------------------------- the NCCL unique id, multi-process
 static int id_from_file(const dit_par_params *pp, ncclUniqueId *id, double t_end) {
     const char *path = pp->id_file;

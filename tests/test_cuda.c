@@ -725,6 +725,50 @@ static void test_parallel(void)
     dit_model_free(m);
 }
 
+/* The auto plan and the explicit ones on DiT-XL/2 shapes (16 heads; 256 or 1024 tokens) and on the
+   Fashion-MNIST shape (3 heads, 49 tokens): pure arithmetic, runs without a GPU. */
+static void test_parallel_plans(void)
+{
+    static const struct {
+        int L, heads, n, gpus, world, strategy, seq_mode;
+        int want[4];   /* data, cfg, seq, seq mode; data -1: an error is expected */
+    } c[] = {
+        { 32, 16, 1, 2, 0, DIT_PAR_AUTO, 0, { 1, 2, 1, 0 } },          /* 256 px, 1 image: CFG halves */
+        { 32, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 1, 0 } },          /* 256 tokens: a 2nd split leaves 256 rows: 2 GPUs */
+        { 64, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 2, DIT_SEQ_ULYSSES } }, /* 512 px: cfg x seq */
+        { 32, 16, 8, 4, 0, DIT_PAR_AUTO, 0, { 4, 1, 1, 0 } },          /* 8 images: data */
+        { 32, 16, 3, 4, 0, DIT_PAR_AUTO, 0, { 2, 2, 1, 0 } },          /* 3 images: 2 slices (padded) x CFG */
+        { 32, 16, 1, 4, 4, DIT_PAR_AUTO, 0, { 1, 2, 2, DIT_SEQ_ULYSSES } }, /* 4 processes: all of them work */
+        { 64, 16, 1, 4, 0, DIT_PAR_SEQ, 0, { 1, 1, 4, DIT_SEQ_ULYSSES } },
+        { 64, 16, 1, 4, 0, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER, { 1, 1, 4, DIT_SEQ_ALLGATHER } },
+        { 28, 3, 1, 2, 0, DIT_PAR_SEQ, 0, { -1 } },                    /* 49 tokens do not split in 2 */
+        { 32, 3, 1, 2, 0, DIT_PAR_SEQ, DIT_SEQ_ULYSSES, { -1 } },      /* 3 heads: no Ulysses over 2 */
+        { 32, 3, 1, 2, 0, DIT_PAR_SEQ, 0, { 1, 1, 2, DIT_SEQ_ALLGATHER } }, /* auto mode falls back */
+        { 32, 16, 1, 3, 0, DIT_PAR_CFG, 0, { -1 } },                   /* cfg needs an even count */
+        { 28, 3, 2, 4, 0, DIT_PAR_AUTO, 0, { 2, 2, 1, 0 } },           /* fashion: never a token split */
+        { 32, 16, 2, 8, 0, DIT_PAR_DATA | DIT_PAR_SEQ, 0, { 2, 1, 4, DIT_SEQ_ULYSSES } },
+    };
+    for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+        dit_model m;
+        memset(&m, 0, sizeof m);
+        m.cfg.input_size = c[i].L; m.cfg.patch = c[i].L == 28 ? 4 : 2; m.cfg.heads = c[i].heads;
+        m.cfg.hidden = 64 * c[i].heads;
+        dit_par_params pp;
+        memset(&pp, 0, sizeof pp);
+        pp.strategy = c[i].strategy; pp.seq_mode = c[i].seq_mode; pp.n_images = c[i].n; pp.world = c[i].world;
+        int got[4] = { 0, 0, 0, 0 };
+        char why[400] = "";
+        const int rc = dit_par_plan(&m, &pp, c[i].gpus, got, why, sizeof why);
+        if (c[i].want[0] < 0)
+            ok(rc != DIT_OK, "plan %zu (%d GPUs, %d tokens, %d heads): refused: %s", i, c[i].gpus,
+               (c[i].L / m.cfg.patch) * (c[i].L / m.cfg.patch), c[i].heads, rc ? dit_last_error() : "accepted");
+        else
+            ok(rc == DIT_OK && !memcmp(got, c[i].want, sizeof got), "plan %zu: data %d cfg %d seq %d mode %d (want %d %d %d %d): %s",
+               i, got[0], got[1], got[2], got[3], c[i].want[0], c[i].want[1], c[i].want[2], c[i].want[3],
+               rc ? dit_last_error() : why);
+    }
+}
+
 /* faults, last (an aborted collective may leave a GPU context unusable for this process): more GPUs than
    there are; a rank that never starts its step (its peer must time out with an error, not hang) */
 static void test_parallel_faults(void)
@@ -933,6 +977,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--race")) race = quick = 1;
         else dir = argv[i];
     }
+    if (!race) test_parallel_plans();
     if (dit_cuda_available() <= 0) {
         skip("cuda", "no GPU");
         return 0;
