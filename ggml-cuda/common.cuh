@@ -157,6 +157,7 @@ struct dit_cuda {
     int D, H, hd, F, depth, C, L, p, g, T, oc, pp_oc, n_classes;
     int Tl, t0;
     dit_par_rank *pr;         // multi-GPU role, NULL on one GPU
+    int eager;                // no step graph (several GPUs while GPU 0 profiles: capture must be uniform)
     struct dit_par *group;    // set on the context that m->cuda points to when several GPUs sample
 
     // weights: one allocation
@@ -231,6 +232,7 @@ int dit_par_attention(struct dit_cuda *c, int B, cudaStream_t st);       // qkv 
 int dit_par_gather_output(struct dit_cuda *c, int B, cudaStream_t st);   // fout_loc of the image group -> fout
 int dit_par_gather_latents(struct dit_cuda *c, int N, int n, float *out); // every rank's latents -> out (n images)
 int dit_par_wait(struct dit_cuda *c, cudaEvent_t e);                     // polls, times out, aborts
+void dit_par_set_eager(struct dit_cuda *c, int on);                     // every GPU of c->group
 void dit_par_beat(struct dit_cuda *c);                                   // long host work: still alive
 int dit_par_sample(struct dit_cuda *c, const dit_sample_params *p, const dit_schedule *s, float *out);
 void dit_par_destroy(struct dit_cuda *c);     // c->group: the other contexts, the threads' state

@@ -747,7 +747,7 @@ static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params
     cudaEvent_t ev[LAG];
     for (int i = 0; i < LAG; i++) CUDA_CHECK(cudaEventCreateWithFlags(&ev[i], cudaEventDisableTiming));
     int rc = DIT_OK, reported = 0;
-    const int graph = c->use_graph && !c->profiling;
+    const int graph = c->use_graph && !c->profiling && !c->eager;
     int captured = 0;
     for (int i = 0; i < j->K && rc == DIT_OK; i++) {
         if (i % j->S == 0) {
@@ -817,6 +817,7 @@ int dit_cuda_profile_begin(dit_model *m) {
     dit_cuda *c = m->cuda;
     if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
     c->profiling = 1;
+    if (c->group) dit_par_set_eager(c, 1);   // GPU 0 runs op by op: a captured NCCL call must be so on all ranks
     return DIT_OK;
 }
 
@@ -836,6 +837,7 @@ int dit_cuda_profile_end(dit_model *m, const char *trace_path, FILE *summary) {
     if (!c) return dit_set_error(DIT_ERR_INPUT, "cuda: model not on the GPU (dit_cuda_init)");
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     c->profiling = 0;
+    if (c->group) dit_par_set_eager(c, 0);
     int rc = DIT_OK;
     prof_row *rows = (prof_row *)calloc((size_t)c->n_prof + 1, sizeof(prof_row));
     int nrows = 0;

@@ -146,6 +146,13 @@ static int stopped_error(const dit_cuda *c) {
     return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d stopped: another rank failed", c->pr->rank);
 }
 
+// NCCL requires a captured collective to be captured on every rank that takes part: while GPU 0 runs op
+// by op (profiling), all GPUs do
+void dit_par_set_eager(dit_cuda *c, int on) {
+    for (int i = 0; c->group && i < c->group->n_local; i++)
+        if (c->group->ctx[i]) c->group->ctx[i]->eager = on;
+}
+
 void dit_par_beat(dit_cuda *c) {   // host work in progress (autotune, capture): not a stuck peer
     if (c->pr) c->pr->group->beat[local_index(c)] = now_s();
 }

@@ -489,7 +489,7 @@ int main(int argc, char **argv)
 #endif
     p.backend = use_cuda ? DIT_BACKEND_CUDA : DIT_BACKEND_CPU;
     if (profile && !use_cuda) die(2, "--profile needs the CUDA backend (a GPU and a CUDA build)");
-    if (profile) probe_output(profile);
+    if (profile && rank == 0) probe_output(profile);
 #ifdef DIT_CUDA
     if (profile && dit_cuda_profile_begin(m)) die_lib();
 #endif
@@ -527,7 +527,7 @@ int main(int argc, char **argv)
     }
 
 #ifdef DIT_CUDA
-    if (profile && dit_cuda_profile_end(m, profile, verbose ? stderr : NULL)) die_lib();
+    if (profile && dit_cuda_profile_end(m, rank == 0 ? profile : NULL, verbose ? stderr : NULL)) die_lib();   /* all ranks run op by op; rank 0 writes */
     if (profile && verbose) fprintf(stderr, "wrote profile %s\n", profile);
 #endif
 
