@@ -48,4 +48,14 @@ static float *fix(const char *name, size_t n)
     }
     return d;
 }
+
+/* end of a test program: remove the scratch directory, print the verdict, the exit status */
+static int tap_finish(void)
+{
+    char cmd[700];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    if (tmpdir[0] && system(cmd)) printf("# could not remove %s\n", tmpdir);
+    printf("# %s\n", failures ? "FAILED" : "all passed");
+    return failures ? 1 : 0;
+}
 #endif

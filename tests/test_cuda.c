@@ -1041,12 +1041,8 @@ int main(int argc, char **argv)
     if (!quick) test_random_models();
     if (!quick) test_parallel();
     if (!quick) test_parallel_faults();
-out:;
-    char cmd[700];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
-    if (system(cmd)) printf("# could not remove %s\n", tmpdir);
-    printf("# %s\n", failures ? "FAILED" : "all passed");
-    return failures ? 1 : 0;
+out:
+    return tap_finish();
 }
 
 #else /* !DIT_CUDA */
