@@ -129,7 +129,7 @@ typedef struct {
 // rank = (d * cf + cfi) * S + s. The image group (cf x S ranks, one data slice) shares its images' rows:
 // cfi picks the cond or uncond half with CFG parallel (cf = 2), s a slice of the tokens (S > 1).
 typedef struct dit_par_rank {
-    int rank, world;
+    int rank, world, local;        // local: index among the GPUs of this process (group->ctx)
     int dd, d, cf, cfi, S, s;
     int seq_mode;                  // DIT_SEQ_ULYSSES or DIT_SEQ_ALLGATHER
     ncclComm_t world_comm, img_comm, seq_comm;

@@ -626,7 +626,7 @@ static int modulation_chunk_steps(const dit_cuda *c, int B, int K) {
 
 // upload conditioning rows for steps [i0, i0 + n) and precompute their modulation
 static int prepare_chunk(dit_cuda *c, const sample_job *j, int i0, int n) {
-    if (c->pr) dit_par_beat(c);
+    dit_par_beat(c);
     const int R = n * j->B;
     float *tsin = (float *)malloc((size_t)R * 256 * sizeof(float));
     if (!tsin) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
@@ -653,7 +653,7 @@ static int run_step(dit_cuda *c, const sample_job *j) {
 
 static int capture_step(dit_cuda *c, const sample_job *j) {
     if (c->graph) { cudaGraphExecDestroy(c->graph); c->graph = NULL; }
-    if (c->pr) dit_par_beat(c);
+    dit_par_beat(c);
     cudaGraph_t g;
     CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
     int rc = run_step(c, j);
@@ -690,7 +690,8 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
     a->clip = p->clip_denoised;
     a->learn_sigma = c->oc >= 2 * c->C;
     a->img0 = j->img0; a->rows = j->B;
-    const int n_real = p->n - j->img0 < j->N ? (p->n - j->img0 > 0 ? p->n - j->img0 : 0) : j->N;   // unpadded
+    int n_real = p->n - j->img0;   // images of this slice that are not padding
+    n_real = n_real < 0 ? 0 : n_real > j->N ? j->N : n_real;
 
     CUDA_CHECK(cudaSetDevice(c->device));
     TRY(arena_plan(c, j->B, j->N, j->S * j->B, j->K, p->step_noise ? j->K : 0));

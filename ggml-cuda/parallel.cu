@@ -135,13 +135,6 @@ static void *watchdog_main(void *arg) {
     return NULL;
 }
 
-static int local_index(const dit_cuda *c) {
-    const dit_par *g = c->pr->group;
-    for (int i = 0; i < g->n_local; i++)
-        if (g->ctx[i] == c) return i;
-    return 0;
-}
-
 static int stopped_error(const dit_cuda *c) {
     return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d stopped: another rank failed", c->pr->rank);
 }
@@ -154,12 +147,12 @@ void dit_par_set_eager(dit_cuda *c, int on) {
 }
 
 void dit_par_beat(dit_cuda *c) {   // host work in progress (autotune, capture): not a stuck peer
-    if (c->pr) c->pr->group->beat[local_index(c)] = now_s();
+    if (c->pr) c->pr->group->beat[c->pr->local] = now_s();
 }
 
 int dit_par_wait(dit_cuda *c, cudaEvent_t e) {
     dit_par *g = c->pr->group;
-    const int i = local_index(c);
+    const int i = c->pr->local;
     g->beat[i] = now_s();
     g->active[i] = 1;
     for (;;) {
@@ -528,7 +521,7 @@ static int rank_setup(rank_job *j) {
     dit_par_rank *pr = (dit_par_rank *)calloc(1, sizeof(dit_par_rank));
     if (!pr) return dit_set_error(DIT_ERR_NOMEM, "out of host memory");
     c->pr = pr;
-    pr->group = g; pr->rank = rank; pr->world = pl->world;
+    pr->group = g; pr->local = j->i; pr->rank = rank; pr->world = pl->world;
     pr->dd = pl->dd; pr->cf = pl->cf; pr->S = pl->S; pr->seq_mode = pl->seq_mode;
     pr->s = rank % pl->S; pr->cfi = rank / pl->S % pl->cf; pr->d = rank / (pl->S * pl->cf);
     c->Tl = c->T / pl->S;

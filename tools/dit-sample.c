@@ -26,9 +26,7 @@
 #include <string.h>
 #include <sys/time.h>
 #include <unistd.h>
-#ifdef DIT_CUDA
-#include "ggml-cuda/dit-cuda.h"
-#endif
+#include "ggml-cuda/dit-cuda.h"   /* plain C: its enums serve the CPU build's option parsing too */
 #include "font.h"
 
 static const char *usage_text =
@@ -310,7 +308,7 @@ int main(int argc, char **argv)
     const char *model = NULL, *out = "sample.png", *init_path = NULL, *step_path = NULL, *save_latent = NULL;
     const char *decode_path = NULL, *spacing = NULL, *class_args[256], *profile = NULL;
     int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1, labelled = -1;
-    int gpus = 1, strategy = 0, seq_mode = 0, rank = 0;
+    int gpus = 1, strategy = DIT_PAR_AUTO, seq_mode = DIT_SEQ_AUTO, rank = 0;
     double nccl_timeout = 60;
     dit_sample_params p = dit_sample_params_default();
     for (int i = 1; i < argc; i++) {
@@ -361,19 +359,19 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--parallel")) {
             char buf[64], *save = NULL;
             snprintf(buf, sizeof buf, "%s", VAL());
-            strategy = 0;
+            strategy = DIT_PAR_AUTO;
             if (strcasecmp(buf, "auto"))
                 for (char *t = strtok_r(buf, "+", &save); t; t = strtok_r(NULL, "+", &save)) {
-                    if (!strcasecmp(t, "data")) strategy |= 1;        /* DIT_PAR_DATA */
-                    else if (!strcasecmp(t, "cfg")) strategy |= 2;    /* DIT_PAR_CFG */
-                    else if (!strcasecmp(t, "seq")) strategy |= 4;    /* DIT_PAR_SEQ */
+                    if (!strcasecmp(t, "data")) strategy |= DIT_PAR_DATA;
+                    else if (!strcasecmp(t, "cfg")) strategy |= DIT_PAR_CFG;
+                    else if (!strcasecmp(t, "seq")) strategy |= DIT_PAR_SEQ;
                     else die(2, "--parallel: expected auto or data, cfg, seq joined by '+', got '%s'", t);
                 }
         } else if (!strcmp(a, "--seq-mode")) {
             const char *v = VAL();
-            if (!strcasecmp(v, "auto")) seq_mode = 0;
-            else if (!strcasecmp(v, "ulysses")) seq_mode = 1;
-            else if (!strcasecmp(v, "allgather")) seq_mode = 2;
+            if (!strcasecmp(v, "auto")) seq_mode = DIT_SEQ_AUTO;
+            else if (!strcasecmp(v, "ulysses")) seq_mode = DIT_SEQ_ULYSSES;
+            else if (!strcasecmp(v, "allgather")) seq_mode = DIT_SEQ_ALLGATHER;
             else die(2, "--seq-mode: expected auto, ulysses or allgather, got '%s'", v);
         } else if (!strcmp(a, "--nccl-timeout")) {
             nccl_timeout = parse_float(a, VAL());
