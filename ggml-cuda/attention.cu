@@ -7,8 +7,9 @@
 // zero-filled and masked to -inf). Each warp keeps its 16 rows of S = Q K^T, the running row max m and
 // row sum l, and O in registers (mma.sync m16n8k16, fp16/bf16 operands, fp32 accumulators):
 //   m' = max(m, rowmax(S)),  P = 2^(S*scale*log2e - m'),  l = l 2^(m-m') + rowsum(P),  O = O 2^(m-m') + P V
-// and finally o = O / l. The queries may be a slice (rows q_off .. q_off+q_tok-1 of each sequence, o then
-// has q_tok rows per sequence): a sequence-parallel rank attends its own tokens to all gathered keys.
+// and finally o = O / l. Where q, k and v live is described by dit_att_layout (common.cuh): one qkv buffer,
+// or (sequence parallel, all-gather mode) this rank's q_tok queries and the gathered k|v rows of all ranks,
+// which arrive as `segs` pieces of T/segs keys each: o then has q_tok rows per sequence.
 // hd = 72 is padded to 80 (5 k-steps of 16) for Q K^T with zeros; P V uses 9 n-tiles of 8. P is rounded
 // to the operand type before P V (as FlashAttention does).
 // Shared rows are 72 elements (144 B): the 32-bit K loads and the ldmatrix.trans V loads of a warp hit
@@ -62,7 +63,7 @@ static __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t *r, const void
 
 template <typename T, int HD>
 static __global__ void __launch_bounds__(ATT_WARPS * WARP)
-flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H, int q_off, int q_tok,
+flash_attn_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__restrict__ o, dit_att_layout a,
                   float scale_log2) {
     constexpr int KD = (HD + 15) / 16;  // k-steps of Q K^T
     constexpr int ND = HD / 8;          // n-tiles of P V
@@ -75,14 +76,14 @@ flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * ATT_BQ;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int g = lane >> 2, q = lane & 3;
-    const int D = H * HD, D3 = 3 * D;
-    const T *base = qkv + (int64_t)b * T_tok * D3;
+    const int T_tok = a.T, H = a.H, q_tok = a.q_tok, D = H * HD, seg = T_tok / a.segs;
+    const T *kvb = kvp + (int64_t)b * a.kv_b + h * HD;   // k of this head; v at + a.v_off
 
     // Q fragments (A operand, row-major 16 x 16 per k-step), zero past hd and past the query rows
     uint32_t qa[KD][4];
     {
         const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
-        const T *qbase = base + (int64_t)q_off * D3;
+        const T *qbase = qp + (int64_t)b * a.q_b + h * HD;
 #pragma unroll
         for (int kc = 0; kc < KD; kc++) {
 #pragma unroll
@@ -90,8 +91,8 @@ flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H
                 const int d = kc * 16 + half * 8 + 2 * q;
                 uint32_t v0 = 0, v1 = 0;
                 if (d < HD) {
-                    if (r0 < q_tok) v0 = *(const uint32_t *)(qbase + (int64_t)r0 * D3 + h * HD + d);
-                    if (r1 < q_tok) v1 = *(const uint32_t *)(qbase + (int64_t)r1 * D3 + h * HD + d);
+                    if (r0 < q_tok) v0 = *(const uint32_t *)(qbase + (int64_t)r0 * a.q_ld + d);
+                    if (r1 < q_tok) v1 = *(const uint32_t *)(qbase + (int64_t)r1 * a.q_ld + d);
                 }
                 qa[kc][half * 2 + 0] = v0;
                 qa[kc][half * 2 + 1] = v1;
@@ -104,9 +105,10 @@ flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H
             const int r = i / CH, c = i % CH;
             const int key = k0 + r;
             const bool ok = key < T_tok;
-            const T *src = base + (int64_t)(ok ? key : 0) * D3 + h * HD + c * 8;
-            cp_async16(&Ks[buf][r][c * 8], src + D, ok);
-            cp_async16(&Vs[buf][r][c * 8], src + 2 * D, ok);
+            const int kk = ok ? key : 0;
+            const T *src = kvb + (int64_t)(kk / seg) * a.kv_seg + (int64_t)(kk % seg) * a.kv_ld + c * 8;
+            cp_async16(&Ks[buf][r][c * 8], src, ok);
+            cp_async16(&Vs[buf][r][c * 8], src + a.v_off, ok);
         }
         cp_async_commit();
     };
@@ -216,25 +218,28 @@ flash_attn_kernel(const T *__restrict__ qkv, T *__restrict__ o, int T_tok, int H
 }
 
 template <typename T>
-static int attention_cuda(const T *qkv, T *o, int B, int T_tok, int H, int hd, int q_off, int q_tok, cudaStream_t st) {
-    const dim3 grid(cdiv(q_tok, ATT_BQ), H, B);
+static int attention_cuda(const T *q, const T *kv, T *o, const dit_att_layout *a, int hd, cudaStream_t st) {
+    if (a->segs < 1 || a->T % a->segs) return dit_set_error(DIT_ERR_INPUT, "cuda: attention: %d keys in %d pieces", a->T, a->segs);
+    const dim3 grid(cdiv(a->q_tok, ATT_BQ), a->H, a->B);
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)hd);
     if (hd == 72)
-        flash_attn_kernel<T, 72><<<grid, ATT_WARPS * WARP, 0, st>>>(qkv, o, T_tok, H, q_off, q_tok, scale_log2);
+        flash_attn_kernel<T, 72><<<grid, ATT_WARPS * WARP, 0, st>>>(q, kv, o, *a, scale_log2);
     else if (hd == 64)
-        flash_attn_kernel<T, 64><<<grid, ATT_WARPS * WARP, 0, st>>>(qkv, o, T_tok, H, q_off, q_tok, scale_log2);
+        flash_attn_kernel<T, 64><<<grid, ATT_WARPS * WARP, 0, st>>>(q, kv, o, *a, scale_log2);
     else return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: attention: head dim %d (supported: 64, 72)", hd);
     LAUNCH_CHECK();
     return DIT_OK;
 }
 
-int dit_op_attention_rows(const void *qkv, void *o, int ct, int B, int T, int H, int hd, int q_off, int q_tok,
-                          cudaStream_t st) {
+int dit_op_attention_ex(const void *q, const void *kv, void *o, int ct, const dit_att_layout *a, int hd,
+                        cudaStream_t st) {
     if (ct == DIT_TYPE_BF16)
-        return attention_cuda((const __nv_bfloat16 *)qkv, (__nv_bfloat16 *)o, B, T, H, hd, q_off, q_tok, st);
-    return attention_cuda((const __half *)qkv, (__half *)o, B, T, H, hd, q_off, q_tok, st);
+        return attention_cuda((const __nv_bfloat16 *)q, (const __nv_bfloat16 *)kv, (__nv_bfloat16 *)o, a, hd, st);
+    return attention_cuda((const __half *)q, (const __half *)kv, (__half *)o, a, hd, st);
 }
 
 int dit_op_attention(const void *qkv, void *o, int ct, int B, int T, int H, int hd, cudaStream_t st) {
-    return dit_op_attention_rows(qkv, o, ct, B, T, H, hd, 0, T, st);
+    const int64_t D = (int64_t)H * hd, es = 2;   // ct elements are 2 bytes
+    dit_att_layout a = { B, T, H, T, 1, 3 * D, T * 3 * D, 3 * D, T * 3 * D, 0, D };
+    return dit_op_attention_ex(qkv, (const char *)qkv + D * es, o, ct, &a, hd, st);
 }

@@ -140,6 +140,8 @@ struct dit_cuda {
     int device;
     char device_name[64];
     cudaStream_t stream;
+    cudaStream_t side;        // a second stream joined into the step graph (sequence parallel overlap)
+    cudaEvent_t fork, join;
     cublasLtHandle_t lt;
     void *lt_ws;
     size_t lt_ws_bytes;
@@ -228,7 +230,7 @@ void dit_prof_end(struct dit_cuda *c);
     } while (0)
 
 // parallel.cu: the multi-GPU pieces the single-GPU code calls
-int dit_par_attention(struct dit_cuda *c, int B, cudaStream_t st);       // qkv -> att across the sequence group
+int dit_par_attention(struct dit_cuda *c, const dit_cuda_lin *qkv, int B, cudaStream_t st); // xin -> att, tokens split
 int dit_par_gather_output(struct dit_cuda *c, int B, cudaStream_t st);   // fout_loc of the image group -> fout
 int dit_par_gather_latents(struct dit_cuda *c, int N, int n, float *out); // every rank's latents -> out (n images)
 int dit_par_wait(struct dit_cuda *c, cudaEvent_t e);                     // polls, times out, aborts
@@ -272,9 +274,15 @@ int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, c
 
 // attention.cu: o (B*T, H*hd) = softmax(q k^T / sqrt(hd)) v per (b, head); qkv (B*T, 3*H*hd); ct
 int dit_op_attention(const void *qkv, void *o, int ct, int B, int T, int H, int hd, cudaStream_t st);
-// queries of rows q_off .. q_off+q_tok-1 only, o (B*q_tok, H*hd); keys and values: all T rows
-int dit_op_attention_rows(const void *qkv, void *o, int ct, int B, int T, int H, int hd, int q_off, int q_tok,
-                          cudaStream_t st);
+// The general form: q_tok query rows and T keys per sequence, in elements of ct; o (B*q_tok, H*hd).
+// Query row r of sequence b at q + b*q_b + r*q_ld (head h at + h*hd); key n at kv + b*kv_b +
+// (n / (T/segs))*kv_seg + (n % (T/segs))*kv_ld, its value at + v_off (sequence parallel: segs gathered pieces).
+typedef struct {
+    int B, T, H, q_tok, segs;
+    int64_t q_ld, q_b, kv_ld, kv_b, kv_seg, v_off;
+} dit_att_layout;
+int dit_op_attention_ex(const void *q, const void *kv, void *o, int ct, const dit_att_layout *a, int hd,
+                        cudaStream_t st);
 
 // permute.cu: out (A, C, Bd, inner) = in (A, Bd, C, inner) with `inner` bytes contiguous (a multiple of 4)
 int dit_op_swap12(const void *in, void *out, int64_t A, int64_t Bd, int64_t C, int64_t inner, cudaStream_t st);

@@ -270,6 +270,9 @@ static int cuda_setup(dit_cuda *c, int device) {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     snprintf(c->device_name, sizeof(c->device_name), "%.63s", prop.name);
     CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaStreamCreateWithFlags(&c->side, cudaStreamNonBlocking));
+    CUDA_CHECK(cudaEventCreateWithFlags(&c->fork, cudaEventDisableTiming));
+    CUDA_CHECK(cudaEventCreateWithFlags(&c->join, cudaEventDisableTiming));
     CUBLAS_CHECK(cublasLtCreate(&c->lt));
     c->lt_ws_bytes = DIT_CUDA_WORKSPACE;
     CUDA_CHECK(cudaMalloc(&c->lt_ws, c->lt_ws_bytes));
@@ -295,6 +298,9 @@ static void cuda_teardown(dit_cuda *c) {
     cudaFree(c->lt_ws);
     if (c->lt) cublasLtDestroy(c->lt);
     if (c->stream) cudaStreamDestroy(c->stream);
+    if (c->side) cudaStreamDestroy(c->side);
+    if (c->fork) cudaEventDestroy(c->fork);
+    if (c->join) cudaEventDestroy(c->join);
     free(c->blocks);
     free(c);
 }
@@ -524,9 +530,11 @@ static int run_network_ops(dit_cuda *c, int B, int n_img) {
         OP(c, "resid_ln_mod", dit_op_resid_ln_mod(l > 0 ? c->y : NULL, c->h, c->xin, c->ct, M, D, T,
                                                   prev ? prev + 5 * D : NULL, S6, mod + 0 * D, mod + 1 * D, S6,
                                                   c->state, st));
-        OP(c, "qkv", dit_op_linear(c, &bl->qkv, c->xin, M, c->qkv, c->ct, EPI_BIAS, st));
-        if (c->pr && c->pr->S > 1) TRY(dit_par_attention(c, B, st));   // tokens spread over GPUs
-        else OP(c, "attention", dit_op_attention(c->qkv, c->att, c->ct, B, T, c->H, c->hd, st));
+        if (c->pr && c->pr->S > 1) TRY(dit_par_attention(c, &bl->qkv, B, st));   // tokens spread over GPUs
+        else {
+            OP(c, "qkv", dit_op_linear(c, &bl->qkv, c->xin, M, c->qkv, c->ct, EPI_BIAS, st));
+            OP(c, "attention", dit_op_attention(c->qkv, c->att, c->ct, B, T, c->H, c->hd, st));
+        }
         OP(c, "proj", dit_op_linear(c, &bl->proj, c->att, M, c->y, DIT_TYPE_F32, EPI_BIAS, st));
         // h += gate_msa * y;  xin = modulate(LN(h), shift_mlp, scale_mlp)
         OP(c, "resid_ln_mod", dit_op_resid_ln_mod(c->y, c->h, c->xin, c->ct, M, D, T, mod + 2 * D, S6, mod + 3 * D,

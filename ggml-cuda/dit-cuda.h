@@ -55,7 +55,7 @@ int dit_cuda_decode(dit_model *m, const float *latents, int n, float *images);
      cfg   the conditional and the unconditional half of the CFG batch run on two GPUs; their network
            outputs are all-gathered once per step (the sampler update then runs on both)
      seq   the tokens of every image are split over S GPUs; attention by an all-to-all over heads
-           (Ulysses: heads % S == 0) or by an all-gather of q, k, v (any head count)
+           (Ulysses: heads % S == 0) or by an all-gather of k and v (any head count)
    The same seed gives the same images for any plan (the noise is Philox per image; fp16 tolerance).
    dit_cuda_init_parallel replaces dit_cuda_init: m->cuda becomes the first GPU's context and
    dit_cuda_sample / dit_sample run on all of them; every process gets all images back (p->progress is

@@ -27,10 +27,11 @@
 #include <unistd.h>
 
 #define PAR_MAX 64
-// auto: split tokens further only while each GPU keeps this many token rows. A prior, not a measurement:
-// per tests/kernels/NOTES.md the M = 512 GEMMs already fill few of the 132 SMs, so smaller M gains little,
-// while a step costs 2 x 28 all-to-alls. To be replaced by bench/scaling.sh's numbers (DIT_PAR_MIN_ROWS).
-#define PAR_MIN_ROWS 512
+// auto: split tokens further only while each GPU keeps this many token rows (DIT_PAR_MIN_ROWS overrides).
+// Measured on 4 x H200 (bench/RESULTS.md, DiT-XL/2, 512 px, 1 image): 2048 -> 1024 rows per GPU by a
+// token split still gained (5.56 -> 5.05 ms/step), 1024 -> 512 lost (CFG on 2 GPUs 3.29, CFG x seq on 4
+// GPUs 3.80): the GEMMs of a block barely get faster below M = 1024 while the exchanges cost the same.
+#define PAR_MIN_ROWS 1024
 
 struct dit_par {
     int n_local;                    // GPUs this process drives (ctx[0] = m->cuda)
@@ -193,36 +194,69 @@ static int all_to_all(const dit_par_rank *pr, const void *send, void *recv, size
     return DIT_OK;
 }
 
-int dit_par_attention(dit_cuda *c, int B, cudaStream_t st) {
+// rows r0 .. r0+n-1 of a Linear layer (the q or the k|v part of W_qkv): a view, no copy
+static dit_cuda_lin lin_rows(const dit_cuda_lin *L, int64_t r0, int64_t n) {
+    dit_cuda_lin v = *L;
+    v.n_out = n;
+    v.w = (char *)L->w + r0 * dit_row_bytes(L->type, L->n_in);
+    if (v.b) v.b += r0;
+    if (v.bh) v.bh = (char *)L->bh + r0 * 2;   // ct: 2 bytes
+    return v;
+}
+
+// All-gather mode (FastSeq-style): this rank's k|v rows first, their all-gather on the main stream while
+// the q GEMM runs on the side stream (only inside the captured graph; eager runs stay in order), then this
+// rank's queries attend to every key, read in place from the gathered pieces. Sends 2/3 of qkv.
+static int gather_kv_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, cudaStream_t st) {
     const dit_par_rank *pr = c->pr;
-    const int S = pr->S, Tl = c->Tl, T = c->T, D = c->D, es = 2;
+    const int S = pr->S, Tl = c->Tl, D = c->D;
+    const int64_t R = (int64_t)B * Tl;
+    const dit_cuda_lin wq = lin_rows(qkv, 0, D), wkv = lin_rows(qkv, D, 2 * D);
+    void *kv = c->sp[0], *kvg = c->sp[1];   // (R, 2D), (S, B, Tl, 2D)
+    OP(c, "kv", dit_op_linear(c, &wkv, c->xin, R, kv, c->ct, EPI_BIAS, st));
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(st, &cs));
+    cudaStream_t qs = cs == cudaStreamCaptureStatusActive ? c->side : st;
+    if (qs != st) {
+        CUDA_CHECK(cudaEventRecord(c->fork, st));
+        CUDA_CHECK(cudaStreamWaitEvent(qs, c->fork, 0));
+    }
+    OP(c, "nccl_all_gather_kv", (ncclAllGather(kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st) == ncclSuccess
+                                     ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: all-gather of k, v failed")));
+    OP(c, "q", dit_op_linear(c, &wq, c->xin, R, c->qkv, c->ct, EPI_BIAS, qs));   // (R, D)
+    if (qs != st) {
+        CUDA_CHECK(cudaEventRecord(c->join, qs));
+        CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
+    }
+    // key n of sequence b: piece n / Tl (rank), row b*Tl + n % Tl of that piece
+    const dit_att_layout a = { B, c->T, c->H, Tl, S, D, (int64_t)Tl * D, 2 * D, (int64_t)Tl * 2 * D, R * 2 * D, D };
+    OP(c, "attention", dit_op_attention_ex(c->qkv, kvg, c->att, c->ct, &a, c->hd, st));
+    return DIT_OK;
+}
+
+int dit_par_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, cudaStream_t st) {
+    const dit_par_rank *pr = c->pr;
+    if (pr->seq_mode != DIT_SEQ_ULYSSES) return gather_kv_attention(c, qkv, B, st);
+    const int S = pr->S, Tl = c->Tl, T = c->T, es = 2;
     const int64_t R = (int64_t)B * Tl;
     void *a = c->sp[0], *b = c->sp[1], *x = c->sp[2];
-    if (pr->seq_mode == DIT_SEQ_ULYSSES) {
-        const int Hl = c->H / S;
-        const int64_t W = (int64_t)Hl * c->hd * es;   // bytes of one head group of one row
-        // qkv (R, 3, S, W) -> a (S, R, 3, W): peer q gets q, k, v of its heads
-        OP(c, "sp_pack_qkv", dit_op_swap12(c->qkv, a, 1, R * 3, S, W, st));
-        OP(c, "nccl_all_to_all_qkv", all_to_all(pr, a, b, (size_t)R * 3 * W, st));
-        // b (S, B, Tl, 3W) -> x (B, S, Tl, 3W) = (B, T, 3 Hl hd); one row (B = 1, CFG parallel): as it is
-        if (B > 1) OP(c, "sp_unpack_qkv", dit_op_swap12(b, x, 1, S, B, (int64_t)Tl * 3 * W, st));
-        else x = b;
-        void *o = B > 1 ? a : c->sp[2];
-        OP(c, "attention", dit_op_attention(x, o, c->ct, B, T, Hl, c->hd, st));
-        // o (B, S, Tl, W) -> b (S, B, Tl, W): peer q gets its tokens of these heads
-        if (B > 1) OP(c, "sp_pack_att", dit_op_swap12(o, b, 1, B, S, (int64_t)Tl * W, st));
-        void *send = B > 1 ? b : o, *recv = B > 1 ? c->sp[2] : a;
-        OP(c, "nccl_all_to_all_att", all_to_all(pr, send, recv, (size_t)R * W, st));
-        // recv (S, R, W) -> att (R, S, W) = (R, D): heads back in order
-        OP(c, "sp_unpack_att", dit_op_swap12(recv, c->att, 1, S, R, W, st));
-    } else {
-        const size_t bytes = (size_t)R * 3 * D * es;
-        OP(c, "nccl_all_gather_qkv", (ncclAllGather(c->qkv, a, bytes, ncclChar, pr->seq_comm, st) == ncclSuccess
-                                          ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: all-gather of qkv failed")));
-        // a (S, B, Tl, 3D) -> b (B, T, 3D); this rank's queries are tokens s*Tl .. of each sequence
-        OP(c, "sp_unpack_qkv", dit_op_swap12(a, b, 1, S, B, (int64_t)Tl * 3 * D * es, st));
-        OP(c, "attention", dit_op_attention_rows(b, c->att, c->ct, B, T, c->H, c->hd, pr->s * Tl, Tl, st));
-    }
+    OP(c, "qkv", dit_op_linear(c, qkv, c->xin, R, c->qkv, c->ct, EPI_BIAS, st));
+    const int Hl = c->H / S;
+    const int64_t W = (int64_t)Hl * c->hd * es;   // bytes of one head group of one row
+    // qkv (R, 3, S, W) -> a (S, R, 3, W): peer q gets q, k, v of its heads
+    OP(c, "sp_pack_qkv", dit_op_swap12(c->qkv, a, 1, R * 3, S, W, st));
+    OP(c, "nccl_all_to_all_qkv", all_to_all(pr, a, b, (size_t)R * 3 * W, st));
+    // b (S, B, Tl, 3W) -> x (B, S, Tl, 3W) = (B, T, 3 Hl hd); one row (B = 1, CFG parallel): as it is
+    if (B > 1) OP(c, "sp_unpack_qkv", dit_op_swap12(b, x, 1, S, B, (int64_t)Tl * 3 * W, st));
+    else x = b;
+    void *o = B > 1 ? a : c->sp[2];
+    OP(c, "attention", dit_op_attention(x, o, c->ct, B, T, Hl, c->hd, st));
+    // o (B, S, Tl, W) -> b (S, B, Tl, W): peer q gets its tokens of these heads
+    if (B > 1) OP(c, "sp_pack_att", dit_op_swap12(o, b, 1, B, S, (int64_t)Tl * W, st));
+    void *send = B > 1 ? b : o, *recv = B > 1 ? c->sp[2] : a;
+    OP(c, "nccl_all_to_all_att", all_to_all(pr, send, recv, (size_t)R * W, st));
+    // recv (S, R, W) -> att (R, S, W) = (R, D): heads back in order
+    OP(c, "sp_unpack_att", dit_op_swap12(recv, c->att, 1, S, R, W, st));
     return DIT_OK;
 }
 
@@ -291,7 +325,7 @@ static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int mu
     int dd = 1, cf = 1, S = 1;
     if (st == DIT_PAR_AUTO) {
         // data first (no traffic), then CFG (one exchange per step), then tokens while each GPU keeps
-        // PAR_MIN_ROWS rows (below that the GEMMs do not get faster and the all-to-alls cost more)
+        // PAR_MIN_ROWS rows (below that the GEMMs do not get faster and the exchanges cost more)
         const char *ev = getenv("DIT_PAR_MIN_ROWS");
         const int min_rows = ev && atoi(ev) > 0 ? atoi(ev) : PAR_MIN_ROWS;
         dd = largest_divisor_le(W, N);
@@ -314,7 +348,9 @@ static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int mu
             return dit_set_error(DIT_ERR_INPUT, "parallel: cfg alone uses 2 GPUs, not %d (add +seq or +data)", W);
     }
     int mode = pp->seq_mode;
-    if (S > 1 && mode == DIT_SEQ_AUTO) mode = H % S == 0 ? DIT_SEQ_ULYSSES : DIT_SEQ_ALLGATHER;
+    // measured (bench/RESULTS.md): over 2 GPUs one all-gather per block beats two all-to-alls (plus their
+    // permutes); over 4 the all-gather moves 3/4 of all k and v to every GPU, and Ulysses wins
+    if (S > 1 && mode == DIT_SEQ_AUTO) mode = S > 2 && H % S == 0 ? DIT_SEQ_ULYSSES : DIT_SEQ_ALLGATHER;
     if (S > 1 && T % S)
         return dit_set_error(DIT_ERR_INPUT, "parallel: %d tokens do not split over %d GPUs (use a GPU count that "
                              "divides them, or --parallel data/cfg)", T, S);
@@ -325,7 +361,7 @@ static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int mu
     const int Nd = (N + dd - 1) / dd;
     snprintf(why, wl, "%d GPU%s = data %d x cfg %d x seq %d%s: %d image%s of %d tokens, %d token rows per GPU%s",
              pl->world, pl->world > 1 ? "s" : "", dd, cf, S,
-             S > 1 ? (mode == DIT_SEQ_ULYSSES ? " (all-to-all over heads)" : " (all-gather of q, k, v)") : "", N,
+             S > 1 ? (mode == DIT_SEQ_ULYSSES ? " (all-to-all over heads)" : " (all-gather of k, v)") : "", N,
              N > 1 ? "s" : "", T, 2 * Nd / cf * (T / S),
              pl->world < W ? " (fewer GPUs than given: a finer split would leave too few rows per GPU)" : "");
     return DIT_OK;

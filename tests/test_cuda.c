@@ -684,7 +684,7 @@ static void test_parallel(void)
     static const par_case xl[] = {
         { "data", 2, DIT_PAR_DATA, 0 }, { "cfg", 2, DIT_PAR_CFG, 0 },
         { "seq (Ulysses all-to-all)", 2, DIT_PAR_SEQ, DIT_SEQ_ULYSSES },
-        { "seq (all-gather q,k,v)", 2, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER }, { "auto", 2, DIT_PAR_AUTO, 0 },
+        { "seq (all-gather k,v)", 2, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER }, { "auto", 2, DIT_PAR_AUTO, 0 },
         { "cfg+seq", 4, DIT_PAR_CFG | DIT_PAR_SEQ, 0 }, { "seq (Ulysses)", 4, DIT_PAR_SEQ, DIT_SEQ_ULYSSES },
         { "seq (all-gather)", 4, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER }, { "data+cfg", 4, DIT_PAR_DATA | DIT_PAR_CFG, 0 },
         { "data+seq", 4, DIT_PAR_DATA | DIT_PAR_SEQ, 0 }, { "auto", 4, DIT_PAR_AUTO, 0 },
@@ -735,10 +735,12 @@ static void test_parallel_plans(void)
     } c[] = {
         { 32, 16, 1, 2, 0, DIT_PAR_AUTO, 0, { 1, 2, 1, 0 } },          /* 256 px, 1 image: CFG halves */
         { 32, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 1, 0 } },          /* 256 tokens: a 2nd split leaves 256 rows: 2 GPUs */
-        { 64, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 2, DIT_SEQ_ULYSSES } }, /* 512 px: cfg x seq */
+        { 64, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 1, 0 } },          /* 512 px: a token split would leave 512 rows */
+        { 128, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 2, DIT_SEQ_ALLGATHER } }, /* 4096 tokens: cfg x seq, 2048 rows */
+        { 64, 16, 1, 2, 0, DIT_PAR_SEQ, 0, { 1, 1, 2, DIT_SEQ_ALLGATHER } }, /* over 2 GPUs: all-gather (measured) */
         { 32, 16, 8, 4, 0, DIT_PAR_AUTO, 0, { 4, 1, 1, 0 } },          /* 8 images: data */
         { 32, 16, 3, 4, 0, DIT_PAR_AUTO, 0, { 2, 2, 1, 0 } },          /* 3 images: 2 slices (padded) x CFG */
-        { 32, 16, 1, 4, 4, DIT_PAR_AUTO, 0, { 1, 2, 2, DIT_SEQ_ULYSSES } }, /* 4 processes: all of them work */
+        { 32, 16, 1, 4, 4, DIT_PAR_AUTO, 0, { 1, 2, 2, DIT_SEQ_ALLGATHER } }, /* 4 processes: all of them work */
         { 64, 16, 1, 4, 0, DIT_PAR_SEQ, 0, { 1, 1, 4, DIT_SEQ_ULYSSES } },
         { 64, 16, 1, 4, 0, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER, { 1, 1, 4, DIT_SEQ_ALLGATHER } },
         { 28, 3, 1, 2, 0, DIT_PAR_SEQ, 0, { -1 } },                    /* 49 tokens do not split in 2 */

@@ -59,7 +59,7 @@ static const char *usage_text =
     "      --parallel P        how the GPUs split the work: auto (default), data, cfg, seq, or a combination\n"
     "                          such as cfg+seq or data+cfg; -v prints the plan and why\n"
     "      --seq-mode M        sequence parallel attention: auto, ulysses (all-to-all over heads, heads must\n"
-    "                          divide) or allgather (all-gather of q, k, v)\n"
+    "                          divide) or allgather (all-gather of k and v)\n"
     "      --nccl-timeout S    several GPUs: give up with an error after S seconds without progress (default 60)\n"
     "                          One process per GPU instead: start N copies with DIT_RANK=0..N-1, DIT_WORLD_SIZE=N\n"
     "                          and DIT_NCCL_ID_FILE=F (or DIT_MASTER=host:port); torchrun/mpirun variables work\n"
