@@ -140,8 +140,8 @@ struct dit_cuda {
     int device;
     char device_name[64];
     cudaStream_t stream;
-    cudaStream_t side;        // a second stream joined into the step graph (sequence parallel overlap)
-    cudaEvent_t fork, join;
+    cudaStream_t side;        // a second stream joined into the step graph: the q GEMM of the all-gather
+    cudaEvent_t fork, join;   // mode, or the next quantized weight's dequantization (never both at once)
     cublasLtHandle_t lt;
     void *lt_ws;
     size_t lt_ws_bytes;
@@ -152,6 +152,7 @@ struct dit_cuda {
     double probe_err_tanh, probe_err_erf;   // GELU epilogue probe: max |error| against each form
     int cfg_ch;          // eps channels guided by CFG
     int use_graph;
+    int dequant_ahead;   // quantized weights: the next GEMM's dequantized on `side` (DIT_CUDA_AHEAD=0: off)
     int autotune;        // time the heuristic's candidates on a plan's first run (DIT_CUDA_TUNE=0: off)
     int tune_now;        // set while the per-step network runs: only its GEMMs are worth tuning
 
@@ -186,7 +187,9 @@ struct dit_cuda {
     int arena_B, arena_R, arena_N;
     float *h, *y;             // (B*T, D) residual stream, GEMM fp32 output
     void *xin, *qkv, *att, *mlp;  // ct: (B*T, D), (B*T, 3D), (B*T, D), (B*T, F)
-    void *deq;                // ct scratch for a dequantized weight
+    void *deqs[2];            // ct scratch for dequantized weights (two: the next one is made on `side`)
+    const dit_cuda_lin *pf_w; // the weight being dequantized on `side` into deqs[pf_slot], or NULL
+    int pf_slot;
     float *fout;              // (B*T, p*p*oc); several GPUs: all rows of the image group (2N*T, p*p*oc)
     float *fout_loc, *fgath;  // several GPUs: this GPU's rows (B*Tl, p*p*oc), the gathered pieces
     void *sp[3];              // sequence parallel exchange buffers, S*B*Tl*3D ct each
@@ -244,9 +247,14 @@ void dit_par_rank_free(struct dit_cuda *c);   // c->pr: its communicators
 // Each returns DIT_OK or DIT_ERR_DEVICE; pointers are device pointers; all work goes to `st`.
 
 // gemm.cu: y (M, n_out) = x (M, n_in) W^T (+ b) (GELU); x type = ct (or f32 for an f32 layer),
-// y_type DIT_TYPE_F32 or ct. Quantized W is first dequantized into c->deq.
+// y_type DIT_TYPE_F32 or ct. Quantized W is first dequantized into a scratch buffer (c->deqs).
 int dit_op_linear(struct dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, void *y, int y_type,
                   int epi, cudaStream_t st);
+// the same, and the dequantization of `next` (the GEMM that follows) starts on c->side meanwhile;
+// dit_gemm_join joins a started one that no GEMM took (the end of a captured step must)
+int dit_op_linear_next(struct dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x,
+                       int64_t M, void *y, int y_type, int epi, cudaStream_t st);
+int dit_gemm_join(struct dit_cuda *c, cudaStream_t st);
 // strided batched GEMM on ct/f32 operands for the VAE attention: C_i = alpha A_i B_i^T style
 int dit_op_gemm_raw(struct dit_cuda *c, int type, int y_type, int transa, int transb, int64_t m, int64_t n,
                     int64_t k, const void *A, int64_t lda, int64_t sa, const void *Bm, int64_t ldb, int64_t sb,

@@ -195,14 +195,53 @@ static int bias_act_cuda(void *y, int y_type, const float *b, int64_t M, int N, 
     return DIT_OK;
 }
 
+static int is_quantized(const dit_cuda_lin *w) {
+    return w && w->type != DIT_TYPE_F32 && w->type != DIT_TYPE_F16 && w->type != DIT_TYPE_BF16;
+}
+
+// A quantized weight as ct in one of the two scratch buffers: the one the previous call started on the
+// side stream (join it), else dequantized here. Then, when `next` is quantized too, start its
+// dequantization into the other buffer on the side stream, ordered after everything enqueued so far (the
+// GEMM that read that buffer last included): it runs while this GEMM and the kernels up to the next GEMM
+// do (a small-M GEMM leaves most of the memory bandwidth the dequantization needs idle).
+static int quantized_weight(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, cudaStream_t st,
+                            const void **W) {
+    int slot = 0, ready = 0;
+    if (c->pf_w) {   // started by the previous call: join it (also when unused, so nothing is left open)
+        CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
+        if (c->pf_w == w) slot = c->pf_slot, ready = 1;
+        c->pf_w = NULL;
+    }
+    if (!ready) TRY(dit_op_dequant(w->type, w->w, w->n_out, w->n_in, c->deqs[0], c->ct, st));
+    *W = c->deqs[slot];
+    if (is_quantized(next) && c->deqs[1]) {
+        CUDA_CHECK(cudaEventRecord(c->fork, st));
+        CUDA_CHECK(cudaStreamWaitEvent(c->side, c->fork, 0));
+        TRY(dit_op_dequant(next->type, next->w, next->n_out, next->n_in, c->deqs[slot ^ 1], c->ct, c->side));
+        CUDA_CHECK(cudaEventRecord(c->join, c->side));
+        c->pf_w = next;
+        c->pf_slot = slot ^ 1;
+    }
+    return DIT_OK;
+}
+
+int dit_gemm_join(dit_cuda *c, cudaStream_t st) {
+    if (c->pf_w) CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
+    c->pf_w = NULL;
+    return DIT_OK;
+}
+
 int dit_op_linear(dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, void *y, int y_type, int epi,
                   cudaStream_t st) {
+    return dit_op_linear_next(c, w, NULL, x, M, y, y_type, epi, st);
+}
+
+int dit_op_linear_next(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M,
+                       void *y, int y_type, int epi, cudaStream_t st) {
     const void *W = w->w;
     int ab = w->type;
-    if (ab != DIT_TYPE_F32 && ab != DIT_TYPE_F16 && ab != DIT_TYPE_BF16) {
-        // quantized: dequantize into the reusable scratch (ct), then an ordinary ct GEMM
-        TRY(dit_op_dequant(w->type, w->w, w->n_out, w->n_in, c->deq, c->ct, st));
-        W = c->deq;
+    if (is_quantized(w)) {   // quantized: dequantized into a scratch buffer (ct), then an ordinary ct GEMM
+        TRY(quantized_weight(c, w, next, st, &W));
         ab = c->ct;
     }
     if (!w->b) epi = EPI_NONE;

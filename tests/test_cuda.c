@@ -605,6 +605,16 @@ static void test_random_models(void)
         char what[128];
         snprintf(what, sizeof what, "random %s: forward GPU == CPU", cases[i].name);
         forward_vs_cpu(&r->m, what, x, t, y, B, cases[i].wtype == DIT_TYPE_BF16 ? 1e-1 : 3e-2);
+        if (cases[i].wtype == DIT_TYPE_Q8_0 || cases[i].wtype == DIT_TYPE_Q4_0) {
+            /* the step graph dequantizes each next weight on a second stream: a stale or wrong buffer
+               would be an O(1) error, fp16 rounding over 10 steps stays within the sampler tolerance */
+            dit_sample_params p = dit_sample_params_default();
+            int lab[1] = { 207 };
+            p.n = 1; p.labels = lab; p.steps = 10; p.seed = 5;
+            snprintf(what, sizeof what, "random %s: DDPM 10 steps, graph, weights dequantized ahead: GPU == CPU",
+                     cases[i].name);
+            sample_vs(&r->m, what, p, NULL, 5e-2);
+        }
         free(x);
         rmodel_free(r);
     }
