@@ -449,7 +449,9 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     aplan a = { 0 };
     size_t o_h = ap_take(&a, M * D * 4), o_y = ap_take(&a, M * D * 4);
     size_t o_xin = ap_take(&a, M * D * es), o_qkv = ap_take(&a, M * 3 * D * es), o_att = ap_take(&a, M * D * es);
-    size_t o_mlp = ap_take(&a, M * c->F * es), o_deq = ap_take(&a, c->deq_elems * es), o_deq2 = ap_take(&a, c->deq_elems * es);
+    size_t o_mlp = ap_take(&a, M * c->F * es), o_deq = ap_take(&a, c->deq_elems * es);
+    const int ahead = c->dequant_ahead && !pr && c->deq_elems;   // see run_network_ops
+    size_t o_deq2 = ahead ? ap_take(&a, c->deq_elems * es) : 0;
     size_t o_fout = ap_take(&a, FB * c->T * c->pp_oc * 4);
     // multi-GPU: this rank's output rows, the gathered pieces, the sequence exchange buffers, all latents
     const size_t G = pr ? (size_t)pr->cf * pr->S : 1, S = pr ? (size_t)pr->S : 1;
@@ -470,7 +472,7 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     char *p = c->arena;
     c->h = (float *)(p + o_h); c->y = (float *)(p + o_y);
     c->xin = p + o_xin; c->qkv = p + o_qkv; c->att = p + o_att; c->mlp = p + o_mlp;
-    c->deqs[0] = p + o_deq; c->deqs[1] = c->deq_elems ? p + o_deq2 : NULL;
+    c->deqs[0] = p + o_deq; c->deqs[1] = ahead ? p + o_deq2 : NULL;
     c->fout = (float *)(p + o_fout); c->lat = (float *)(p + o_lat); c->lat_out = (float *)(p + o_lout);
     c->fout_loc = pr ? (float *)(p + o_floc) : c->fout;
     c->fgath = pr ? (float *)(p + o_fgat) : NULL;
@@ -686,6 +688,7 @@ static int capture_step(dit_cuda *c, const sample_job *j) {
     CUDA_CHECK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
     int rc = run_step(c, j);
     cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    c->pf_w = NULL;   // a dequantization started inside a failed capture never ran
     if (rc != DIT_OK) {
         if (e == cudaSuccess) cudaGraphDestroy(g);
         return rc;

@@ -200,34 +200,42 @@ static int is_quantized(const dit_cuda_lin *w) {
 }
 
 // A quantized weight as ct in one of the two scratch buffers: the one the previous call started on the
-// side stream (join it), else dequantized here. Then, when `next` is quantized too, start its
-// dequantization into the other buffer on the side stream, ordered after everything enqueued so far (the
-// GEMM that read that buffer last included): it runs while this GEMM and the kernels up to the next GEMM
-// do (a small-M GEMM leaves most of the memory bandwidth the dequantization needs idle).
+// side stream (join it), else dequantized here. Then, inside a captured step and when `next` is quantized
+// too, start its dequantization into the other buffer on the side stream, ordered after everything
+// enqueued so far (the GEMM that read that buffer last included): it runs while this GEMM and the kernels
+// up to the next GEMM do (a small-M GEMM leaves most of the memory bandwidth it needs idle). Eager steps
+// (the first one, which times the GEMM algorithms; profiles) keep to one stream.
 static int quantized_weight(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, cudaStream_t st,
                             const void **W) {
     int slot = 0, ready = 0;
     if (c->pf_w) {   // started by the previous call: join it (also when unused, so nothing is left open)
-        CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
-        if (c->pf_w == w) slot = c->pf_slot, ready = 1;
+        ready = c->pf_w == w;
         c->pf_w = NULL;
+        CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
+        if (ready) slot = c->pf_slot;
     }
     if (!ready) TRY(dit_op_dequant(w->type, w->w, w->n_out, w->n_in, c->deqs[0], c->ct, st));
     *W = c->deqs[slot];
-    if (is_quantized(next) && c->deqs[1]) {
-        CUDA_CHECK(cudaEventRecord(c->fork, st));
-        CUDA_CHECK(cudaStreamWaitEvent(c->side, c->fork, 0));
-        TRY(dit_op_dequant(next->type, next->w, next->n_out, next->n_in, c->deqs[slot ^ 1], c->ct, c->side));
-        CUDA_CHECK(cudaEventRecord(c->join, c->side));
-        c->pf_w = next;
-        c->pf_slot = slot ^ 1;
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(st, &cs));
+    if (!is_quantized(next) || !c->deqs[1] || cs != cudaStreamCaptureStatusActive) return DIT_OK;
+    CUDA_CHECK(cudaEventRecord(c->fork, st));
+    CUDA_CHECK(cudaStreamWaitEvent(c->side, c->fork, 0));
+    const int rc = dit_op_dequant(next->type, next->w, next->n_out, next->n_in, c->deqs[slot ^ 1], c->ct, c->side);
+    CUDA_CHECK(cudaEventRecord(c->join, c->side));
+    if (rc != DIT_OK) {   // joined at once: a capture must not end with the side stream open
+        CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
+        return rc;
     }
+    c->pf_w = next;
+    c->pf_slot = slot ^ 1;
     return DIT_OK;
 }
 
 int dit_gemm_join(dit_cuda *c, cudaStream_t st) {
-    if (c->pf_w) CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
+    const int open = c->pf_w != NULL;
     c->pf_w = NULL;
+    if (open) CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
     return DIT_OK;
 }
 

@@ -221,13 +221,20 @@ static int gather_kv_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, cuda
         CUDA_CHECK(cudaEventRecord(c->fork, st));
         CUDA_CHECK(cudaStreamWaitEvent(qs, c->fork, 0));
     }
-    OP(c, "nccl_all_gather_kv", (ncclAllGather(kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st) == ncclSuccess
-                                     ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: all-gather of k, v failed")));
-    OP(c, "q", dit_op_linear(c, &wq, c->xin, R, c->qkv, c->ct, EPI_BIAS, qs));   // (R, D)
-    if (qs != st) {
+    dit_prof_begin(c, "nccl_all_gather_kv");
+    int rc = ncclAllGather(kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st) == ncclSuccess
+                 ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: all-gather of k, v failed");
+    dit_prof_end(c);
+    if (rc == DIT_OK) {
+        dit_prof_begin(c, "q");
+        rc = dit_op_linear(c, &wq, c->xin, R, c->qkv, c->ct, EPI_BIAS, qs);   // (R, D)
+        dit_prof_end(c);
+    }
+    if (qs != st) {   // joined also after a failure: a capture must not end with the side stream open
         CUDA_CHECK(cudaEventRecord(c->join, qs));
         CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
     }
+    TRY(rc);
     // key n of sequence b: piece n / Tl (rank), row b*Tl + n % Tl of that piece
     const dit_att_layout a = { B, c->T, c->H, Tl, S, D, (int64_t)Tl * D, 2 * D, (int64_t)Tl * 2 * D, R * 2 * D, D };
     OP(c, "attention", dit_op_attention_ex(c->qkv, kvg, c->att, c->ct, &a, c->hd, st));

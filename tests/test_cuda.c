@@ -614,6 +614,24 @@ static void test_random_models(void)
             snprintf(what, sizeof what, "random %s: DDPM 10 steps, graph, weights dequantized ahead: GPU == CPU",
                      cases[i].name);
             sample_vs(&r->m, what, p, NULL, 5e-2);
+            /* ahead == in line, bitwise: the same kernels on the same data, on two streams (GEMM
+               autotuning off, so that both inits pick the same algorithms) */
+            const size_t nl = dit_latent_floats(&r->m);
+            float *a = malloc(nl * 4), *b = malloc(nl * 4);
+            p.backend = DIT_BACKEND_CUDA;
+            setenv("DIT_CUDA_TUNE", "0", 1);
+            dit_cuda_free(&r->m);
+            const int r1 = dit_sample(&r->m, &p, a);
+            dit_cuda_free(&r->m);
+            setenv("DIT_CUDA_AHEAD", "0", 1);
+            const int r2 = dit_sample(&r->m, &p, b);
+            unsetenv("DIT_CUDA_AHEAD");
+            unsetenv("DIT_CUDA_TUNE");
+            dit_cuda_free(&r->m);
+            ok(!r1 && !r2 && memcmp(a, b, nl * 4) == 0, "random %s: weights dequantized ahead == in line, bitwise%s%s",
+               cases[i].name, r1 || r2 ? ": " : "", r1 || r2 ? dit_last_error() : "");
+            free(a);
+            free(b);
         }
         free(x);
         rmodel_free(r);
