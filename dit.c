@@ -228,7 +228,14 @@ void dit_dequantize_row(int type, const void *vx, float *y, int64_t n) {
     const uint8_t *x = vx;
     switch (type) {
     case DIT_TYPE_F32: memcpy(y, x, (size_t)n * 4); break;
-    case DIT_TYPE_F16: for (int64_t i = 0; i < n; i++) y[i] = dit__load_f16(x + 2 * i); break;
+    case DIT_TYPE_F16: {   /* exact conversion; F16C (x86-64-v3) does 8 at a time */
+        int64_t i = 0;
+#ifdef __F16C__
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(x + 2 * i))));
+#endif
+        for (; i < n; i++) y[i] = dit__load_f16(x + 2 * i);
+        break;
+    }
     case DIT_TYPE_BF16:
         for (int64_t i = 0; i < n; i++) { uint16_t h; memcpy(&h, x + 2 * i, 2); y[i] = dit_bf16_to_fp32(h); }
         break;
@@ -1150,28 +1157,7 @@ static int64_t tensor_numel(const dit_tensor *t)
    (the loader checked that every row length used here is). */
 static void tensor_read(const dit_tensor *t, int64_t e0, int64_t n, float *dst)
 {
-    const uint8_t *src = (const uint8_t *)t->data + dit_row_bytes(t->type, e0);
-    int64_t i = 0;
-    if (t->type == DIT_TYPE_F16) {   /* exact conversion; F16C (x86-64-v3) does 8 at a time */
-#ifdef __F16C__
-        for (; i + 8 <= n; i += 8)
-            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + 2 * i))));
-#endif
-        for (; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            dst[i] = dit_fp16_to_fp32(h);
-        }
-    } else if (t->type == DIT_TYPE_BF16) {   /* bf16 is the top half of an fp32 */
-        for (; i < n; i++) {
-            uint16_t h;
-            memcpy(&h, src + 2 * i, 2);
-            uint32_t u = (uint32_t)h << 16;
-            memcpy(dst + i, &u, 4);
-        }
-    } else {
-        dit_dequantize_row(t->type, src, dst, n);
-    }
+    dit_dequantize_row(t->type, (const uint8_t *)t->data + dit_row_bytes(t->type, e0), dst, n);
 }
 
 /* Whole tensor as a malloc'd float32 array (for the small ones: biases, norms, pos_embed). NULL: no memory. */
@@ -1360,6 +1346,27 @@ static void layernorm_modulate(float *y, const float *x, int B, int T, int D, co
     }
 }
 
+/* y[e] += a[0] r[e] + a[1] r[rs + e] + ... for n <= 4 rows r, added in that order (the attention's two
+   inner loops: scores over kt rows, outputs over v rows; one load/store of y per n FMAs) */
+static inline void madd_rows(float *restrict y, const float *r, int64_t rs, const float *a, int n, int len)
+{
+    if (n == 4) {
+        const float a0 = a[0], a1 = a[1], a2 = a[2], a3 = a[3];
+        const float *r0 = r, *r1 = r + rs, *r2 = r1 + rs, *r3 = r2 + rs;
+        for (int e = 0; e < len; e++) {
+            float acc = y[e];
+            acc += a0 * r0[e];
+            acc += a1 * r1[e];
+            acc += a2 * r2[e];
+            acc += a3 * r3[e];
+            y[e] = acc;
+        }
+        return;
+    }
+    for (int k = 0; k < n; k++)
+        for (int e = 0; e < len; e++) y[e] += a[k] * r[k * rs + e];
+}
+
 /* Scaled dot-product attention of B*H heads: out_h[i] = sum_j softmax_j(scale * q_h[i] . k_h[j]) v_h[j].
    Row i of batch b, head h: q at q + b*bs + i*ld + h*hd (likewise k, v; out with its own ldo/bso).
    Max-subtracted softmax. Per head, k is transposed into kt (hd, T) so that both inner loops run over
@@ -1397,30 +1404,10 @@ static int attention(float *out, int64_t ldo, int64_t bso, const float *q, const
                 const int i0 = (int)(it % nqb) * QB, nq = T - i0 < QB ? T - i0 : QB;
                 /* scores of the block: p[i][j] = sum_d q[i][d] kt[d][j] (a row of kt serves all queries) */
                 memset(p, 0, (size_t)nq * T * sizeof(float));
-                int d = 0;
-                for (; d + 4 <= hd; d += 4) {   /* 4 d at a time: one load/store of p per 4 FMAs, order kept */
-                    const float *k0 = kt + (int64_t)d * T, *k1 = k0 + T, *k2 = k1 + T, *k3 = k2 + T;
-                    for (int i = 0; i < nq; i++) {
-                        const float *qi = qb + (int64_t)(i0 + i) * ld + d;
-                        const float q0 = qi[0], q1 = qi[1], q2 = qi[2], q3 = qi[3];
-                        float *pi = p + (int64_t)i * T;
-                        for (int j = 0; j < T; j++) {
-                            float acc = pi[j];
-                            acc += q0 * k0[j];
-                            acc += q1 * k1[j];
-                            acc += q2 * k2[j];
-                            acc += q3 * k3[j];
-                            pi[j] = acc;
-                        }
-                    }
-                }
-                for (; d < hd; d++) {
-                    const float *kd = kt + (int64_t)d * T;
-                    for (int i = 0; i < nq; i++) {
-                        const float qd = qb[(int64_t)(i0 + i) * ld + d];
-                        float *pi = p + (int64_t)i * T;
-                        for (int j = 0; j < T; j++) pi[j] += qd * kd[j];
-                    }
+                for (int d = 0; d < hd; d += 4) {   /* 4 d at a time: one load/store of p per 4 FMAs */
+                    const int nd = hd - d < 4 ? hd - d : 4;
+                    for (int i = 0; i < nq; i++)
+                        madd_rows(p + (int64_t)i * T, kt + (int64_t)d * T, T, qb + (int64_t)(i0 + i) * ld + d, nd, T);
                 }
                 /* softmax rows, normalised in place: p = exp(s*scale - max) / sum */
                 for (int i = 0; i < nq; i++) {
@@ -1439,30 +1426,11 @@ static int attention(float *out, int64_t ldo, int64_t bso, const float *q, const
                     for (int d = 0; d < hd; d++) o[d] = 0.0f;
                 }
                 /* o[i] = sum_j p[i][j] v[j] (a row of v serves all queries) */
-                int j = 0;
-                for (; j + 4 <= T; j += 4) {   /* 4 j at a time, order kept */
-                    const float *v0 = vb + (int64_t)j * ld, *v1 = v0 + ld, *v2 = v1 + ld, *v3 = v2 + ld;
-                    for (int i = 0; i < nq; i++) {
-                        const float *pi = p + (int64_t)i * T + j;
-                        const float p0 = pi[0], p1 = pi[1], p2 = pi[2], p3 = pi[3];
-                        float *o = out + b * bso + (int64_t)(i0 + i) * ldo + h * hd;
-                        for (int e = 0; e < hd; e++) {
-                            float acc = o[e];
-                            acc += p0 * v0[e];
-                            acc += p1 * v1[e];
-                            acc += p2 * v2[e];
-                            acc += p3 * v3[e];
-                            o[e] = acc;
-                        }
-                    }
-                }
-                for (; j < T; j++) {
-                    const float *vj = vb + (int64_t)j * ld;
-                    for (int i = 0; i < nq; i++) {
-                        const float pij = p[(int64_t)i * T + j];
-                        float *o = out + b * bso + (int64_t)(i0 + i) * ldo + h * hd;
-                        for (int e = 0; e < hd; e++) o[e] += pij * vj[e];
-                    }
+                for (int j = 0; j < T; j += 4) {   /* 4 j at a time */
+                    const int nj = T - j < 4 ? T - j : 4;
+                    for (int i = 0; i < nq; i++)
+                        madd_rows(out + b * bso + (int64_t)(i0 + i) * ldo + h * hd, vb + (int64_t)j * ld, ld,
+                                  p + (int64_t)i * T + j, nj, hd);
                 }
             }
         }
@@ -1859,15 +1827,12 @@ static int kv_int(const dit_gguf *g, const char *key, int required, int def, int
 }
 
 /* Points t at the tensor `name` and checks its shape, given in PyTorch order (outermost first; nd <= 4).
-   Absent tensors are an error unless optional (then t->data stays NULL). */
-static int bind_shape(dit_model *m, dit_tensor *t, const char *name, int optional, int nd, const int64_t *dims)
+   An absent tensor is an error. */
+static int bind(dit_model *m, dit_tensor *t, const char *name, int nd, const int64_t *dims)
 {
     const dit_gguf_tensor *gt = dit_gguf_find_tensor(m->file, name);
     memset(t, 0, sizeof *t);
-    if (!gt) {
-        if (optional) return DIT_OK;
-        return dit_set_error(DIT_ERR_INPUT, "%s: missing tensor %s", dit_gguf_path(m->file), name);
-    }
+    if (!gt) return dit_set_error(DIT_ERR_INPUT, "%s: missing tensor %s", dit_gguf_path(m->file), name);
     int64_t want[4] = { 1, 1, 1, 1 };
     for (int i = 0; i < nd; i++) want[i] = dims[nd - 1 - i];
     if (gt->ne[0] != want[0] || gt->ne[1] != want[1] || gt->ne[2] != want[2] || gt->ne[3] != want[3]) {
@@ -1894,11 +1859,6 @@ static int bind_shape(dit_model *m, dit_tensor *t, const char *name, int optiona
 }
 
 #define SHAPE(...) (int)(sizeof((int64_t[]){ __VA_ARGS__ }) / sizeof(int64_t)), (int64_t[]){ __VA_ARGS__ }
-
-static int bind(dit_model *m, dit_tensor *t, const char *name, int nd, const int64_t *dims)
-{
-    return bind_shape(m, t, name, 0, nd, dims);
-}
 
 /* printf-style name, then bind */
 static int bindf(dit_model *m, dit_tensor *t, int nd, const int64_t *dims, const char *fmt, ...)
@@ -1988,12 +1948,10 @@ static int load_config(dit_model *m)
         (rc = kv_int(g, "dit.cfg_channels", 0, c->in_channels == 4 ? 3 : c->in_channels, &c->cfg_channels)))
         return rc;
     const char *bad = NULL;
-    if (c->depth < 1 || c->depth > 1024) bad = "dit.depth";
-    else if (c->hidden < 1 || c->hidden > 65536) bad = "dit.hidden_size";
+    if (c->depth < 1 || c->depth > 1024) bad = "dit.depth";   /* hidden_size and in_channels: checked above */
     else if (c->heads < 1 || c->hidden % c->heads) bad = "dit.num_heads (must divide dit.hidden_size)";
     else if (c->patch < 1 || c->input_size < 1 || c->input_size > 4096 || c->input_size % c->patch)
         bad = "dit.input_size / dit.patch_size (the patch must divide the input)";
-    else if (c->in_channels < 1 || c->in_channels > 64) bad = "dit.in_channels";
     else if (c->out_channels != c->in_channels * (c->learn_sigma ? 2 : 1))
         bad = "dit.out_channels (must be in_channels, times 2 with learn_sigma)";
     else if (c->num_classes < 1 || c->num_classes > 1000000) bad = "dit.num_classes";
@@ -2358,14 +2316,12 @@ static void sampler_step(const dit_model *m, const dit_sample_params *p, const d
        x = mean + ((k != 0) exp(0.5 logvar)) noise */
     const float c1 = (float)s->posterior_mean_coef1[k], c2 = (float)s->posterior_mean_coef2[k];
     const float max_log = (float)log(s->betas[k]), min_log = (float)s->posterior_log_variance_clipped[k];
-    const double var1 = s->K > 1 ? s->betas[1] * (1.0 - s->alphas_cumprod_prev[1]) / (1.0 - s->alphas_cumprod[1]) : s->betas[0];
-    const float fixed_log = (float)log(k == 0 ? var1 : s->betas[k]);
     const int learned = m->cfg.learn_sigma;
     for (size_t e = 0; e < CLL; e++) {
         float x0 = sr * xn[e] - srm1 * eps[e];
         if (clip) x0 = x0 < -1.0f ? -1.0f : x0 > 1.0f ? 1.0f : x0;
         const float mean = c1 * x0 + c2 * xn[e];
-        float lv = fixed_log;
+        float lv = max_log;   /* FIXED_LARGE at k != 0 (the only k that draws noise): log(beta_k) */
         if (learned) {
             const float frac = (v[e] + 1.0f) / 2.0f;
             lv = frac * max_log + (1.0f - frac) * min_log;
