@@ -255,6 +255,9 @@ int dit_op_linear(struct dit_cuda *c, const dit_cuda_lin *w, const void *x, int6
 int dit_op_linear_next(struct dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x,
                        int64_t M, void *y, int y_type, int epi, cudaStream_t st);
 int dit_gemm_join(struct dit_cuda *c, cudaStream_t st);
+// inside a stream capture: c->side joins it after everything enqueued on st so far (*side = c->side);
+// otherwise *side = st (eager work stays on one stream). The caller records c->join on it to rejoin.
+int dit_side_fork(struct dit_cuda *c, cudaStream_t st, cudaStream_t *side);
 // strided batched GEMM on ct/f32 operands for the VAE attention: C_i = alpha A_i B_i^T style
 int dit_op_gemm_raw(struct dit_cuda *c, int type, int y_type, int transa, int transb, int64_t m, int64_t n,
                     int64_t k, const void *A, int64_t lda, int64_t sa, const void *Bm, int64_t ldb, int64_t sb,
@@ -325,7 +328,7 @@ int dit_op_im2col3(const void *src, int src_type, void *cols, int ct, int C, int
                    cudaStream_t st);
 int dit_op_conv_w_tap_major(const void *src, void *dst, int cout, int cin, cudaStream_t st);
 int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y, int cin, int cout, int H, int W,
-                       int k, int x_nhwc, int y_nhwc, cudaStream_t st);
+                       int k, int y_nhwc, cudaStream_t st);
 int dit_op_add(float *y, const float *a, const float *b, int64_t n, cudaStream_t st);
 int dit_op_softmax_rows(const float *x, void *out, int ct, int64_t rows, int cols, float scale, cudaStream_t st);
 

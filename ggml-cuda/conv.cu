@@ -147,12 +147,12 @@ static __global__ void conv_thin_kernel(const float *__restrict__ x, const float
     }
 }
 
-// x_nhwc / y_nhwc: layouts (H*W, C) when set, else (C, H*W)
+// x (H*W, cin) channels-last; y (H*W, cout) when y_nhwc, else (cout, H*W)
 int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y, int cin, int cout, int H, int W,
-                       int k, int x_nhwc, int y_nhwc, cudaStream_t st) {
+                       int k, int y_nhwc, cudaStream_t st) {
     const int64_t HW = (int64_t)H * W;
     const size_t smem = (size_t)k * k * cin * cout * sizeof(float);
-    if (x_nhwc && cin % 4 == 0 && cout <= THIN_MAX_CO && smem <= 48 * 1024) {
+    if (cin % 4 == 0 && cout <= THIN_MAX_CO && smem <= 48 * 1024) {
         const int grid = cdiv(HW, THIN_WARPS) < 1024 ? cdiv(HW, THIN_WARPS) : 1024;
         conv_thin_kernel<<<grid, THIN_WARPS * WARP, smem, st>>>(x, w, b, y, cin, cout, H, W, k, y_nhwc ? 1 : HW,
                                                                 y_nhwc ? cout : 1);
@@ -160,7 +160,7 @@ int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y,
         return DIT_OK;
     }
     conv_direct_kernel<<<cdiv((int64_t)cout * HW, 256), 256, 0, st>>>(
-        x, w, b, y, cin, cout, H, W, k, x_nhwc ? 1 : HW, x_nhwc ? cin : 1, y_nhwc ? 1 : HW, y_nhwc ? cout : 1);
+        x, w, b, y, cin, cout, H, W, k, 1, cin, y_nhwc ? 1 : HW, y_nhwc ? cout : 1);
     LAUNCH_CHECK();
     return DIT_OK;
 }

@@ -96,29 +96,16 @@ static int is_block_type(int type) {
            type == DIT_TYPE_Q5_1;
 }
 
-// any tensor -> malloc'd fp32 copy (host)
+// any tensor -> malloc'd fp32 copy (host); block types have whole blocks per row, so the tensor is one run
 static float *host_f32(const dit_tensor *t) {
     const int64_t n = t_numel(t);
+    if (dit_type_block_size(t->type) <= 0) {
+        dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: %s: unsupported type %d", t->name ? t->name : "tensor", t->type);
+        return NULL;
+    }
     float *f = (float *)malloc((size_t)n * sizeof(float));
     if (!f) { dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory for %s", t->name ? t->name : "tensor"); return NULL; }
-    const uint16_t *h = (const uint16_t *)t->data;
-    switch (t->type) {
-    case DIT_TYPE_F32: memcpy(f, t->data, (size_t)n * sizeof(float)); break;
-    case DIT_TYPE_F16: for (int64_t i = 0; i < n; i++) f[i] = dit_fp16_to_fp32(h[i]); break;
-    case DIT_TYPE_BF16: for (int64_t i = 0; i < n; i++) f[i] = dit_bf16_to_fp32(h[i]); break;
-    default:
-        if (dit_type_block_size(t->type) <= 0) {
-            free(f);
-            dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: %s: unsupported type %d", t->name ? t->name : "tensor", t->type);
-            return NULL;
-        }
-        {   // row by row: rows of ne[0] elements
-            const int64_t rows = n / t->ne[0];
-            const size_t rb = dit_row_bytes(t->type, t->ne[0]);
-            for (int64_t r = 0; r < rows; r++)
-                dit_dequantize_row(t->type, (const char *)t->data + r * rb, f + r * t->ne[0], t->ne[0]);
-        }
-    }
+    dit_dequantize_row(t->type, t->data, f, n);
     return f;
 }
 
@@ -128,19 +115,30 @@ static int wp_copy(wpass *w, void *dst, const void *src, size_t bytes) {
     return DIT_OK;
 }
 
+// the n elements of t to dst on the device as `type`: DIT_TYPE_F32, or ct (rounded to nearest even)
+static int wp_convert_copy(wpass *w, void *dst, const dit_tensor *t, int64_t n, int type) {
+    if (w->dry) return DIT_OK;
+    float *f = host_f32(t);
+    if (!f) return dit_last_error_code();
+    const int half = type != DIT_TYPE_F32;
+    void *h = f;
+    if (half && !(h = malloc((size_t)n * 2))) { free(f); return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory"); }
+    if (half) dit_quantize_row(type, f, h, n);
+    int rc = wp_copy(w, dst, h, (size_t)n * (half ? 2 : 4));
+    if (h != f) free(h);
+    free(f);
+    return rc;
+}
+
 // fp32 tensor on the device (embeddings, biases, norms); NULL tensor data -> NULL
 int dit_wp_f32(wpass *w, const dit_tensor *t, float **out) {
     *out = NULL;
     if (!t->data) return DIT_OK;
     const int64_t n = t_numel(t);
     float *d = (float *)wp_alloc(w, (size_t)n * sizeof(float));
-    if (w->dry) return DIT_OK;
-    float *f = host_f32(t);
-    if (!f) return dit_last_error_code();
-    int rc = wp_copy(w, d, f, (size_t)n * sizeof(float));
-    free(f);
+    TRY(wp_convert_copy(w, d, t, n, DIT_TYPE_F32));
     *out = d;
-    return rc;
+    return DIT_OK;
 }
 
 // Linear weight (n_out = rows, n_in = ne[0] * ne[1] * ne[2]) in ct, or raw blocks, or fp32 when f32
@@ -157,13 +155,7 @@ int dit_wp_lin(wpass *w, const dit_tensor *wt, const dit_tensor *bt, int mode, d
     if (mode == WP_F32) {
         L->type = DIT_TYPE_F32;
         L->w = wp_alloc(w, (size_t)n * 4);
-        if (!w->dry) {
-            float *f = host_f32(wt);
-            if (!f) return dit_last_error_code();
-            int rc = wp_copy(w, L->w, f, (size_t)n * 4);
-            free(f);
-            TRY(rc);
-        }
+        TRY(wp_convert_copy(w, L->w, wt, n, DIT_TYPE_F32));
     } else if (wt->type == c->ct) {
         L->type = c->ct;
         L->w = wp_alloc(w, (size_t)n * 2);
@@ -178,35 +170,14 @@ int dit_wp_lin(wpass *w, const dit_tensor *wt, const dit_tensor *bt, int mode, d
         // f32 (uploaded as f16), the other half type, or a block type the GPU does not decode
         L->type = c->ct;
         L->w = wp_alloc(w, (size_t)n * 2);
-        if (!w->dry) {
-            float *f = host_f32(wt);
-            if (!f) return dit_last_error_code();
-            uint16_t *hb = (uint16_t *)malloc((size_t)n * 2);
-            if (!hb) { free(f); return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory"); }
-            for (int64_t i = 0; i < n; i++) hb[i] = c->ct == DIT_TYPE_BF16 ? dit_fp32_to_bf16(f[i]) : dit_fp32_to_fp16(f[i]);
-            int rc = wp_copy(w, L->w, hb, (size_t)n * 2);
-            free(hb);
-            free(f);
-            TRY(rc);
-        }
+        TRY(wp_convert_copy(w, L->w, wt, n, c->ct));
     }
     if (bt && bt->data) {
         TRY(dit_wp_f32(w, bt, &L->b));
         if (mode != WP_F32) {   // ct copy of the bias for GEMMs with fp16/bf16 output
             const int64_t nb = t_numel(bt);
             L->bh = wp_alloc(w, (size_t)nb * 2);
-            if (!w->dry) {
-                float *f = host_f32(bt);
-                if (!f) return dit_last_error_code();
-                uint16_t *hb = (uint16_t *)malloc((size_t)nb * 2);
-                if (!hb) { free(f); return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory"); }
-                for (int64_t i = 0; i < nb; i++)
-                    hb[i] = c->ct == DIT_TYPE_BF16 ? dit_fp32_to_bf16(f[i]) : dit_fp32_to_fp16(f[i]);
-                int rc = wp_copy(w, L->bh, hb, (size_t)nb * 2);
-                free(hb);
-                free(f);
-                TRY(rc);
-            }
+            TRY(wp_convert_copy(w, L->bh, bt, nb, c->ct));
         }
     }
     return DIT_OK;
@@ -450,7 +421,8 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     size_t o_h = ap_take(&a, M * D * 4), o_y = ap_take(&a, M * D * 4);
     size_t o_xin = ap_take(&a, M * D * es), o_qkv = ap_take(&a, M * 3 * D * es), o_att = ap_take(&a, M * D * es);
     size_t o_mlp = ap_take(&a, M * c->F * es), o_deq = ap_take(&a, c->deq_elems * es);
-    const int ahead = c->dequant_ahead && !pr && c->deq_elems;   // see run_network_ops
+    // a second scratch buffer turns on the dequantization ahead (gemm.cu): one GPU, quantized weights
+    const int ahead = c->dequant_ahead && !pr && c->deq_elems;
     size_t o_deq2 = ahead ? ap_take(&a, c->deq_elems * es) : 0;
     size_t o_fout = ap_take(&a, FB * c->T * c->pp_oc * 4);
     // multi-GPU: this rank's output rows, the gathered pieces, the sequence exchange buffers, all latents
@@ -537,12 +509,11 @@ static int run_network_ops(dit_cuda *c, int B, int n_img) {
     const int64_t S6 = 6 * D, S2 = 2 * D;
     OP(c, "patch_embed", dit_op_patch_embed(c->lat, n_img, c->x_emb_w, c->x_emb_b, c->pos, c->h, B, c->C, c->L, c->p,
                                             D, c->t0, T, st));
-    // quantized weights: each GEMM starts the next one's dequantization (one GPU only: measured there, and
-    // with a token split the qkv GEMM is made in parallel.cu and the all-gather mode has the side stream)
-    const int ahead = c->dequant_ahead && !c->pr;
+    // quantized weights: each GEMM starts the next one's dequantization where arena_plan made a second
+    // scratch buffer (one GPU only: measured there; with a token split the all-gather mode has the side stream)
     for (int l = 0; l < c->depth; l++) {
         const dit_cuda_block *bl = &c->blocks[l];
-        const dit_cuda_lin *after_fc2 = !ahead ? NULL : l + 1 < c->depth ? &c->blocks[l + 1].qkv : &c->final_lin;
+        const dit_cuda_lin *after_fc2 = l + 1 < c->depth ? &c->blocks[l + 1].qkv : &c->final_lin;
         const float *mod = c->mod + l * ms, *prev = l > 0 ? c->mod + (l - 1) * ms : NULL;
         c->prof_layer = l;
         // h += gate_mlp(l-1) * y;  xin = modulate(LN(h), shift_msa, scale_msa)
@@ -551,15 +522,15 @@ static int run_network_ops(dit_cuda *c, int B, int n_img) {
                                                   c->state, st));
         if (c->pr && c->pr->S > 1) TRY(dit_par_attention(c, &bl->qkv, B, st));   // tokens spread over GPUs
         else {
-            OP(c, "qkv", dit_op_linear_next(c, &bl->qkv, ahead ? &bl->proj : NULL, c->xin, M, c->qkv, c->ct, EPI_BIAS, st));
+            OP(c, "qkv", dit_op_linear_next(c, &bl->qkv, &bl->proj, c->xin, M, c->qkv, c->ct, EPI_BIAS, st));
             OP(c, "attention", dit_op_attention(c->qkv, c->att, c->ct, B, T, c->H, c->hd, st));
         }
-        OP(c, "proj", dit_op_linear_next(c, &bl->proj, ahead ? &bl->fc1 : NULL, c->att, M, c->y, DIT_TYPE_F32,
+        OP(c, "proj", dit_op_linear_next(c, &bl->proj, &bl->fc1, c->att, M, c->y, DIT_TYPE_F32,
                                          EPI_BIAS, st));
         // h += gate_msa * y;  xin = modulate(LN(h), shift_mlp, scale_mlp)
         OP(c, "resid_ln_mod", dit_op_resid_ln_mod(c->y, c->h, c->xin, c->ct, M, D, T, mod + 2 * D, S6, mod + 3 * D,
                                                   mod + 4 * D, S6, c->state, st));
-        OP(c, "fc1_gelu", dit_op_linear_next(c, &bl->fc1, ahead ? &bl->fc2 : NULL, c->xin, M, c->mlp, c->ct,
+        OP(c, "fc1_gelu", dit_op_linear_next(c, &bl->fc1, &bl->fc2, c->xin, M, c->mlp, c->ct,
                                              EPI_GELU_BIAS, st));
         OP(c, "fc2", dit_op_linear_next(c, &bl->fc2, after_fc2, c->mlp, M, c->y, DIT_TYPE_F32, EPI_BIAS, st));
     }

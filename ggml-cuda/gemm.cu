@@ -195,8 +195,17 @@ static int bias_act_cuda(void *y, int y_type, const float *b, int64_t M, int N, 
     return DIT_OK;
 }
 
-static int is_quantized(const dit_cuda_lin *w) {
-    return w && w->type != DIT_TYPE_F32 && w->type != DIT_TYPE_F16 && w->type != DIT_TYPE_BF16;
+static int is_quantized(const dit_cuda_lin *w) { return w && dit_type_block_size(w->type) > 1; }
+
+int dit_side_fork(dit_cuda *c, cudaStream_t st, cudaStream_t *side) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(st, &cs));
+    *side = st;
+    if (cs != cudaStreamCaptureStatusActive) return DIT_OK;
+    CUDA_CHECK(cudaEventRecord(c->fork, st));
+    CUDA_CHECK(cudaStreamWaitEvent(c->side, c->fork, 0));
+    *side = c->side;
+    return DIT_OK;
 }
 
 // A quantized weight as ct in one of the two scratch buffers: the one the previous call started on the
@@ -207,22 +216,17 @@ static int is_quantized(const dit_cuda_lin *w) {
 // (the first one, which times the GEMM algorithms; profiles) keep to one stream.
 static int quantized_weight(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, cudaStream_t st,
                             const void **W) {
-    int slot = 0, ready = 0;
-    if (c->pf_w) {   // started by the previous call: join it (also when unused, so nothing is left open)
-        ready = c->pf_w == w;
-        c->pf_w = NULL;
-        CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
-        if (ready) slot = c->pf_slot;
-    }
+    // started by the previous call: joined (also when unused, so nothing is left open)
+    const int ready = c->pf_w && c->pf_w == w, slot = ready ? c->pf_slot : 0;
+    TRY(dit_gemm_join(c, st));
     if (!ready) TRY(dit_op_dequant(w->type, w->w, w->n_out, w->n_in, c->deqs[0], c->ct, st));
     *W = c->deqs[slot];
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(st, &cs));
-    if (!is_quantized(next) || !c->deqs[1] || cs != cudaStreamCaptureStatusActive) return DIT_OK;
-    CUDA_CHECK(cudaEventRecord(c->fork, st));
-    CUDA_CHECK(cudaStreamWaitEvent(c->side, c->fork, 0));
-    const int rc = dit_op_dequant(next->type, next->w, next->n_out, next->n_in, c->deqs[slot ^ 1], c->ct, c->side);
-    CUDA_CHECK(cudaEventRecord(c->join, c->side));
+    if (!is_quantized(next) || !c->deqs[1]) return DIT_OK;
+    cudaStream_t side;
+    TRY(dit_side_fork(c, st, &side));
+    if (side == st) return DIT_OK;   // not captured: in line
+    const int rc = dit_op_dequant(next->type, next->w, next->n_out, next->n_in, c->deqs[slot ^ 1], c->ct, side);
+    CUDA_CHECK(cudaEventRecord(c->join, side));
     if (rc != DIT_OK) {   // joined at once: a capture must not end with the side stream open
         CUDA_CHECK(cudaStreamWaitEvent(st, c->join, 0));
         return rc;

@@ -214,13 +214,8 @@ static int gather_kv_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, cuda
     const dit_cuda_lin wq = lin_rows(qkv, 0, D), wkv = lin_rows(qkv, D, 2 * D);
     void *kv = c->sp[0], *kvg = c->sp[1];   // (R, 2D), (S, B, Tl, 2D)
     OP(c, "kv", dit_op_linear(c, &wkv, c->xin, R, kv, c->ct, EPI_BIAS, st));
-    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
-    CUDA_CHECK(cudaStreamIsCapturing(st, &cs));
-    cudaStream_t qs = cs == cudaStreamCaptureStatusActive ? c->side : st;
-    if (qs != st) {
-        CUDA_CHECK(cudaEventRecord(c->fork, st));
-        CUDA_CHECK(cudaStreamWaitEvent(qs, c->fork, 0));
-    }
+    cudaStream_t qs;
+    TRY(dit_side_fork(c, st, &qs));
     dit_prof_begin(c, "nccl_all_gather_kv");
     int rc = ncclAllGather(kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st) == ncclSuccess
                  ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: all-gather of k, v failed");

@@ -191,7 +191,7 @@ static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_t
         if (up || src_type != DIT_TYPE_F32)
             return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: direct conv %d->%d here", cv->cin, cv->cout);
         return dit_op_conv_direct((const float *)src, (const float *)cv->w.w, cv->w.b, dst, cv->cin, cv->cout, H, W,
-                                  cv->k, 1, !y_nchw, st);
+                                  cv->k, !y_nchw, st);
     }
     if (y_nchw) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %d-channel conv_out", cv->cout);
     if (cv->k == 1) {   // 1x1: the ct input (HW, cin) is the GEMM operand itself
