@@ -26,7 +26,7 @@ endif
 # Objects of each flavour live apart (a CPU-only dit.o must never reach a CUDA link); bin/ is shared,
 # so a stamp per flavour relinks the programs when the flavour changes.
 BUILD := $(if $(filter 1,$(SANITIZE)),build-san,$(if $(filter 1,$(CUDA)),build,build-cpu))
-FLAVOR_STAMP = bin/.built-with-$(subst /,-,$(BUILD))
+FLAVOR_STAMP = bin/.built-with-$(BUILD)
 ifeq ($(CUDA),1)
   $(info ✓ CUDA backend: $(NVCC) -arch=$(CUDA_ARCH))
   CFLAGS  += -DDIT_CUDA

@@ -26,6 +26,14 @@ static void ok(int cond, const char *fmt, ...)
 
 static void skip(const char *what, const char *why) { printf("ok - %s # SKIP %s\n", what, why); }
 
+/* a converted fixture model in moddir (static buffer: use before the next call) */
+static const char *mpath(const char *name)
+{
+    static char p[300];
+    snprintf(p, sizeof p, "%s/%s", moddir, name);
+    return p;
+}
+
 /* tests/fixtures/NAME.npy as floats; NULL (with a "#" line saying why) if unreadable or, when n > 0,
    not n values. The caller frees. */
 static float *fix(const char *name, size_t n)

@@ -52,7 +52,7 @@
 #ifdef DIT_CUDA
 #include "ggml-cuda/dit-cuda.h"
 
-#include "tap.h"   /* ok(), skip(), fix(), failures, FIX, moddir, tmpdir */
+#include "tap.h"   /* ok(), skip(), fix(), mpath(), failures, FIX, moddir, tmpdir */
 
 /* ---------------------------------------------------------------- random numbers, comparisons */
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
@@ -94,13 +94,6 @@ static void check_close(const char *what, const float *a, const float *ref, size
     const double lim = tol * (c.max_ref > 1 ? c.max_ref : 1);
     ok(c.nonfinite == 0 && c.max_abs <= lim, "%s: max |err| %.3g (limit %.3g, max |ref| %.3g, rel L2 %.3g)%s", what,
        c.max_abs, lim, c.max_ref, c.rel_l2, c.nonfinite ? ", NON-FINITE" : "");
-}
-
-static const char *mpath(const char *name)
-{
-    static char p[300];
-    snprintf(p, sizeof p, "%s/%s", moddir, name);
-    return p;
 }
 
 /* ---------------------------------------------------------------- per-op tests */

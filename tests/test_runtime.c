@@ -38,14 +38,7 @@ int dit__forward_taps(const dit_model *m, const float *x, const float *t, const 
                       int threads, float *temb, float *c, float *block0);
 void dit__philox4x32_10(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
-#include "tap.h"   /* ok(), skip(), fix(), failures, FIX, moddir, tmpdir */
-
-static const char *mpath(const char *name)
-{
-    static char p[300];
-    snprintf(p, sizeof p, "%s/%s", moddir, name);
-    return p;
-}
+#include "tap.h"   /* ok(), skip(), fix(), mpath(), failures, FIX, moddir, tmpdir */
 
 static const char *tpath(const char *name)
 {

@@ -4,8 +4,6 @@
 #   SECONDS > 0   fuzz each harness that long (default 60), one after the other, under nice -n 10.
 #   SECONDS = 0   replay only: every file of tests/corpus/<harness>/ (seeds and regress-*) runs once.
 #   HARNESS       any of: gguf npy json pickle ckpt model (default: all whose sources exist).
-#   san-bin       instead: builds the four programs with ASan + UBSan into build/fuzz/san-bin/ without
-#                 touching bin/ (then: DIT_BIN=build/fuzz/san-bin sh tests/test_bad_inputs.sh).
 #
 # Build: clang -fsanitize=fuzzer,address,undefined into build/fuzz/ (objects of dit.c and convert/*.c
 # compiled with -fsanitize=fuzzer-no-link). Working corpora grow in build/fuzz/corpus/<harness>/,
@@ -15,23 +13,11 @@
 # Environment: FUZZ_JOBS (parallel harnesses, default 1), FUZZ_FLAGS (extra libFuzzer flags),
 # FUZZ_KNOWN=1 (do not stop on the bugs already reported, kept as tests/corpus/*/regress-*).
 cd "$(dirname "$0")/../.." || exit 2
-if [ "${1:-}" = san-bin ]; then
-    mkdir -p build/fuzz/san-bin
-    SANF="-O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined -fopenmp -D_GNU_SOURCE -std=c11 -I. -I/usr/include/stb"
-    RT="dit.c $(ls dit_runtime.c 2>/dev/null)"
-    st=0
-    # shellcheck disable=SC2086
-    ${CC:-cc} $SANF -o build/fuzz/san-bin/dit-convert convert/*.c $RT -lz -lm || st=2
-    ${CC:-cc} $SANF -o build/fuzz/san-bin/dit-quantize quantize/*.c $RT -lz -lm || st=2
-    ${CC:-cc} $SANF -o build/fuzz/san-bin/dit-sample tools/dit-sample.c $RT -lz -lm || st=2
-    ${CC:-cc} $SANF -o build/fuzz/san-bin/dit-info tools/dit-info.c $RT -lz -lm || st=2
-    exit $st
-fi
 secs=${1:-60}
 [ $# -gt 0 ] && shift
 CC_FUZZ=${CC_FUZZ:-clang}
 B=build/fuzz
-mkdir -p $B/obj
+mkdir -p $B
 if [ "$secs" != 0 ] && ! command -v "$CC_FUZZ" >/dev/null; then
     echo "fuzz: $CC_FUZZ not found (Debian: apt-get install clang)" >&2
     exit 2
@@ -43,11 +29,18 @@ UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1${FUZZ_KNOWN:+:suppressions=$PW
 export UBSAN_OPTIONS
 CFLAGS_F="-g -O1 -std=gnu11 -D_GNU_SOURCE -I. -Iconvert -Itests/fuzz -I/usr/include/stb -Wno-unknown-pragmas $SAN"
 
-# obj SRC: compiles SRC (instrumented, no main) into $B/obj, prints the object path; rebuilds when stale
+# Replay (SECONDS = 0) builds with any C compiler, ASan + UBSan, no libFuzzer.
+CC_R=${CC_REPLAY:-$(command -v clang || echo cc)}
+
+# obj SRC: compiles SRC (no main) once into $B/obj (libFuzzer-instrumented) or, for a replay, into
+# $B/robj-<compiler>; prints the object path; rebuilds when stale
 obj() {
-    o=$B/obj/$(echo "$1" | tr / _ | sed 's/\.c$/.o/')
+    if [ "$secs" = 0 ]; then d=$B/robj-$(basename "$CC_R") cc="$CC_R"; else d=$B/obj cc="$CC_FUZZ -fsanitize=fuzzer-no-link"; fi
+    mkdir -p "$d"
+    o=$d/$(echo "$1" | tr / _ | sed 's/\.c$/.o/')
     if [ ! -f "$o" ] || [ "$1" -nt "$o" ] || [ dit.h -nt "$o" ] || { [ -f convert/convert.h ] && [ convert/convert.h -nt "$o" ]; }; then
-        $CC_FUZZ $CFLAGS_F -fsanitize=fuzzer-no-link -c "$1" -o "$o" || return 1
+        # shellcheck disable=SC2086
+        $cc $CFLAGS_F -c "$1" -o "$o" || return 1
     fi
     echo "$o"
 }
@@ -68,24 +61,18 @@ build() {
     [ -f "$src" ] || return 1
     case $name in
         json|pickle|ckpt) [ -n "$(ls convert/*.c 2>/dev/null)" ] || return 1
-                          [ "$secs" = 0 ] || { extra=$(convert_objs) || return 2; } ;;
+                          extra=$(convert_objs) || return 2 ;;
         model) grep -q 'dit_model_load' dit.c 2>/dev/null || [ -f dit_runtime.c ] || return 1; extra= ;;
         *) extra= ;;
     esac
-    if [ "$secs" = 0 ]; then   # replay build: any C compiler with ASan + UBSan, no libFuzzer
-        srcs="dit.c"
-        [ "$name" = model ] && [ -f dit_runtime.c ] && srcs="$srcs dit_runtime.c"
-        case $name in json|pickle|ckpt) for f in convert/*.c; do grep -q '^int main' "$f" || srcs="$srcs $f"; done ;; esac
-        # shellcheck disable=SC2086
-        ${CC_REPLAY:-$(command -v clang || echo cc)} -g -O1 -std=gnu11 -D_GNU_SOURCE -I. -Iconvert -Itests/fuzz -I/usr/include/stb -Wno-unknown-pragmas \
-            -fsanitize=address,undefined "$src" tests/fuzz/replay.c $srcs \
-            -o "$B/replay_$name" -lz -lm || return 2
-        return 0
-    fi
     rt=$(obj dit.c) || return 2
     if [ "$name" = model ] && [ -f dit_runtime.c ]; then r2=$(obj dit_runtime.c) || return 2; rt="$rt $r2"; fi
-    exe=$B/fuzz_$name
-    $CC_FUZZ $CFLAGS_F -fsanitize=fuzzer "$src" $rt $extra -o "$exe" -lz -lm || return 2
+    # shellcheck disable=SC2086
+    if [ "$secs" = 0 ]; then
+        $CC_R $CFLAGS_F "$src" tests/fuzz/replay.c $rt $extra -o "$B/replay_$name" -lz -lm || return 2
+    else
+        $CC_FUZZ $CFLAGS_F -fsanitize=fuzzer "$src" $rt $extra -o "$B/fuzz_$name" -lz -lm || return 2
+    fi
 }
 
 # seed NAME: fills $B/corpus/NAME from the small fixtures of that kind

@@ -1,7 +1,7 @@
 #!/bin/sh
 # One device call: GPU tests, timings, sanitizers. Usage (on the GPU machine, repo root, bin/ built):
 #   sh tests/kernels/device_run.sh OUTDIR [tests|opbench|bench|benchall|san|all]...
-# Build first with tests/kernels/build_cuda.sh (private objects) and carry bin/.
+# Build first with `make CUDA=1 all bin/tests/test_cuda` (CUDA objects live in build/, apart) and carry bin/.
 # Writes OUTDIR/log (everything) and prints a short summary last.
 out=${1:-/tmp/dit-out}; shift
 mkdir -p "$out"
