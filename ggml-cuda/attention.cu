@@ -2,18 +2,19 @@
 //   o[b, m, h*hd + d] = sum_n softmax_n(q[b,m,h] . k[b,n,h] / sqrt(hd)) v[b,n,h,d]
 // with qkv (B*T, 3D) laid out [q heads | k heads | v heads] (§1.7) and o (B*T, D) heads concatenated.
 //
-// Flash-style: the score matrix is never written. One CTA = 4 warps = 64 query rows of one (b, head);
-// it walks the keys in tiles of 64, double-buffered in shared memory with cp.async (rows past T are
-// zero-filled and masked to -inf). Each warp keeps its 16 rows of S = Q K^T, the running row max m and
-// row sum l, and O in registers (mma.sync m16n8k16, fp16/bf16 operands, fp32 accumulators):
-//   m' = max(m, rowmax(S)),  P = 2^(S*scale*log2e - m'),  l = l 2^(m-m') + rowsum(P),  O = O 2^(m-m') + P V
+// Flash-style: the score matrix is never written. One CTA = 4 warps = 64 or 128 query rows of one
+// (b, head) (16 or 32 per warp, see MT); it walks the keys in tiles of 64, double-buffered in shared
+// memory with cp.async (rows past T are zero-filled and masked to -inf).
+// Each warp keeps its rows of S = Q K^T, the running row max m and row sum l, and O in registers
+// (mma.sync m16n8k16, fp16/bf16 operands, fp32 accumulators; K and V fragments by ldmatrix):
+//   m' = max(m, rowmax(S)),  P = 2^((S - m') scale log2e),  l = l 2^((m-m') scale log2e) + rowsum(P),
+//   O = O 2^((m-m') scale log2e) + P V
 // and finally o = O / l. Where q, k and v live is described by dit_att_layout (common.cuh): one qkv buffer,
 // or (sequence parallel, all-gather mode) this rank's q_tok queries and the gathered k|v rows of all ranks,
 // which arrive as `segs` pieces of T/segs keys each: o then has q_tok rows per sequence.
 // hd = 72 is padded to 80 (5 k-steps of 16) for Q K^T with zeros; P V uses 9 n-tiles of 8. P is rounded
 // to the operand type before P V (as FlashAttention does).
-// Shared rows are 72 elements (144 B): the 32-bit K loads and the ldmatrix.trans V loads of a warp hit
-// 32 different banks.
+// Shared rows are 72 elements (144 B): the 8 rows an ldmatrix reads start 4 banks apart (no conflicts).
 #include "common.cuh"
 
 #define ATT_BQ 64       // query rows per CTA (4 warps x 16)
@@ -61,41 +62,66 @@ static __device__ __forceinline__ void ldmatrix_x2_trans(uint32_t *r, const void
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(s));
 }
 
-template <typename T, int HD>
-static __global__ void __launch_bounds__(ATT_WARPS * WARP)
+static __device__ __forceinline__ void ldmatrix_x4(uint32_t *r, const void *smem) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+static __device__ __forceinline__ void ldmatrix_x1(uint32_t *r, const void *smem) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];" : "=r"(r[0]) : "r"(s));
+}
+static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *r, const void *smem) {
+    const uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
+}
+
+// MT m-tiles (16 query rows each) per warp: every K and V fragment read from shared memory feeds MT mmas.
+// With MT = 1 the kernel was bound by shared-memory reads (~19.5 KB per warp per 64-key tile against 76
+// mmas); MT = 2 halves the bytes per mma, for grids with enough CTAs to fill the GPU (attention_cuda).
+// The online softmax runs per 64 keys with MT = 1, per 32 with MT = 2 (s then stays 4 n-tiles per m-tile
+// within 255 registers); 32 for both measured 7 % slower at MT = 1 (60.8 vs 56.7 us, 512 px).
+template <typename T, int HD, int MT>
+static __global__ void __launch_bounds__(ATT_WARPS * WARP, MT == 1 ? 3 : 2)
 flash_attn_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__restrict__ o, dit_att_layout a,
                   float scale_log2) {
-    constexpr int KD = (HD + 15) / 16;  // k-steps of Q K^T
+    constexpr int KD = (HD + 15) / 16;  // k-steps of Q K^T (hd 72: the last one half zeros)
     constexpr int ND = HD / 8;          // n-tiles of P V
-    constexpr int NS = ATT_BK / 8;      // n-tiles of S
     constexpr int CH = HD / 8;          // 16-byte chunks per row
+    constexpr int KH = MT == 1 ? 64 : 32;   // keys per softmax update (MT 2: registers)
+    constexpr int NS = KH / 8;          // n-tiles of S per update
     static_assert(HD % 8 == 0 && HD <= ATT_SROW, "head dim");
     __shared__ __align__(16) T Ks[2][ATT_BK][ATT_SROW];
     __shared__ __align__(16) T Vs[2][ATT_BK][ATT_SROW];
 
-    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * ATT_BQ;
+    const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * ATT_WARPS * 16 * MT;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
     const int g = lane >> 2, q = lane & 3;
     const int T_tok = a.T, H = a.H, q_tok = a.q_tok, D = H * HD, seg = T_tok / a.segs;
     const T *kvb = kvp + (int64_t)b * a.kv_b + h * HD;   // k of this head; v at + a.v_off
+    const int row0 = q0 + warp * 16 * MT;                // this warp's first query row
 
     // Q fragments (A operand, row-major 16 x 16 per k-step), zero past hd and past the query rows
-    uint32_t qa[KD][4];
+    uint32_t qa[MT][KD][4];
     {
-        const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
         const T *qbase = qp + (int64_t)b * a.q_b + h * HD;
 #pragma unroll
-        for (int kc = 0; kc < KD; kc++) {
+        for (int mt = 0; mt < MT; mt++) {
+            const int r0 = row0 + mt * 16 + g, r1 = r0 + 8;
 #pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const int d = kc * 16 + half * 8 + 2 * q;
-                uint32_t v0 = 0, v1 = 0;
-                if (d < HD) {
-                    if (r0 < q_tok) v0 = *(const uint32_t *)(qbase + (int64_t)r0 * a.q_ld + d);
-                    if (r1 < q_tok) v1 = *(const uint32_t *)(qbase + (int64_t)r1 * a.q_ld + d);
+            for (int kc = 0; kc < KD; kc++) {
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const int d = kc * 16 + half * 8 + 2 * q;
+                    uint32_t v0 = 0, v1 = 0;
+                    if (d < HD) {
+                        if (r0 < q_tok) v0 = *(const uint32_t *)(qbase + (int64_t)r0 * a.q_ld + d);
+                        if (r1 < q_tok) v1 = *(const uint32_t *)(qbase + (int64_t)r1 * a.q_ld + d);
+                    }
+                    qa[mt][kc][half * 2 + 0] = v0;
+                    qa[mt][kc][half * 2 + 1] = v1;
                 }
-                qa[kc][half * 2 + 0] = v0;
-                qa[kc][half * 2 + 1] = v1;
             }
         }
     }
@@ -113,10 +139,14 @@ flash_attn_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__rest
         cp_async_commit();
     };
 
-    float oacc[ND][4];
+    float oacc[MT][ND][4], m[MT][2], l[MT][2];
 #pragma unroll
-    for (int i = 0; i < ND; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.0f;
-    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    for (int mt = 0; mt < MT; mt++) {
+#pragma unroll
+        for (int i = 0; i < ND; i++) oacc[mt][i][0] = oacc[mt][i][1] = oacc[mt][i][2] = oacc[mt][i][3] = 0.0f;
+        m[mt][0] = m[mt][1] = -INFINITY;
+        l[mt][0] = l[mt][1] = 0.0f;
+    }
 
     const int ntiles = (T_tok + ATT_BK - 1) / ATT_BK;
     load_tile(0, 0);
@@ -130,102 +160,168 @@ flash_attn_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__rest
         }
         __syncthreads();
 
-        // S = Q K^T for this warp's 16 rows x 64 keys
-        float s[NS][4];
 #pragma unroll
-        for (int nt = 0; nt < NS; nt++) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+        for (int kh = 0; kh < ATT_BK / KH; kh++) {
+            // S = Q K^T: MT x 16 rows x 32 keys. ldmatrix x4 gives the B fragments of two k-steps of one
+            // n-tile (lanes 8i..8i+7 address matrix i: keys +0..7, dims 8i..8i+7 of the pair)
+            float s[MT][NS][4];
 #pragma unroll
-            for (int kc = 0; kc < KD; kc++) {
-                const int d = kc * 16 + 2 * q;
-                uint32_t kb[2];
-                kb[0] = *(const uint32_t *)&Ks[buf][nt * 8 + g][d];
-                kb[1] = d + 8 < HD ? *(const uint32_t *)&Ks[buf][nt * 8 + g][d + 8] : 0u;
-                mma_t<T>::run(s[nt], qa[kc], kb);
+            for (int nt = 0; nt < NS; nt++) {
+#pragma unroll
+                for (int mt = 0; mt < MT; mt++) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+                const T *krow = &Ks[buf][kh * KH + nt * 8 + (lane & 7)][0];
+#pragma unroll
+                for (int kc = 0; kc + 1 < KD; kc += 2) {
+                    uint32_t kb[4];
+                    ldmatrix_x4(kb, krow + kc * 16 + (lane >> 3) * 8);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma_t<T>::run(s[mt][nt], qa[mt][kc], kb);
+                        mma_t<T>::run(s[mt][nt], qa[mt][kc + 1], kb + 2);
+                    }
+                }
+                if (KD % 2) {   // the last k-step alone; hd 72: dims 64..71, then zeros
+                    uint32_t kb[4] = { 0u, 0u, 0u, 0u };
+                    if (HD - (KD - 1) * 16 == 8) ldmatrix_x1(kb, krow + (KD - 1) * 16);
+                    else ldmatrix_x4(kb, krow + (KD - 1) * 16 + (lane >> 3 & 1) * 8);
+#pragma unroll
+                    for (int mt = 0; mt < MT; mt++) mma_t<T>::run(s[mt][nt], qa[mt][KD - 1], kb);
+                }
             }
-        }
-        // mask keys past T, then the online softmax (rows g and g+8 of the warp)
-        const int kbase = j * ATT_BK;
-        float mx0 = m0, mx1 = m1;
+            // online softmax on the raw scores (rows g and g+8 of each m-tile): the max commutes with the
+            // positive scale, which goes into one FMA per score, P = 2^(s*sl2 - m*sl2); keys past T (last
+            // tile only) are masked to -inf
+            const int kbase = j * ATT_BK + kh * KH;
+            uint32_t pa[MT][KH / 16][4];
 #pragma unroll
-        for (int nt = 0; nt < NS; nt++) {
+            for (int mt = 0; mt < MT; mt++) {
+                if (kbase + KH > T_tok) {
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const bool ok = kbase + nt * 8 + 2 * q + e < T_tok;
-                s[nt][e] = ok ? s[nt][e] * scale_log2 : -INFINITY;
-                s[nt][2 + e] = ok ? s[nt][2 + e] * scale_log2 : -INFINITY;
-                mx0 = fmaxf(mx0, s[nt][e]);
-                mx1 = fmaxf(mx1, s[nt][2 + e]);
+                    for (int nt = 0; nt < NS; nt++)
+#pragma unroll
+                        for (int e = 0; e < 2; e++)
+                            if (kbase + nt * 8 + 2 * q + e >= T_tok) s[mt][nt][e] = s[mt][nt][2 + e] = -INFINITY;
+                }
+                float mx0 = m[mt][0], mx1 = m[mt][1];
+#pragma unroll
+                for (int nt = 0; nt < NS; nt++) {
+                    mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
+                    mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
+                }
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+                // key 0 is in the first update, so mx is finite from there on (c = 0 at the first); once
+                // the row maxima settle, c = 1 and the warp skips the rescale (exact: x * 1 = x)
+                const float c0 = exp2f((m[mt][0] - mx0) * scale_log2), c1 = exp2f((m[mt][1] - mx1) * scale_log2);
+                const bool grew = __any_sync(0xffffffffu, mx0 != m[mt][0] || mx1 != m[mt][1]);
+                m[mt][0] = mx0;
+                m[mt][1] = mx1;
+                const float o0 = -mx0 * scale_log2, o1 = -mx1 * scale_log2;
+                float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+                for (int nt = 0; nt < NS; nt++) {
+                    s[mt][nt][0] = exp2f(fmaf(s[mt][nt][0], scale_log2, o0));
+                    s[mt][nt][1] = exp2f(fmaf(s[mt][nt][1], scale_log2, o0));
+                    s[mt][nt][2] = exp2f(fmaf(s[mt][nt][2], scale_log2, o1));
+                    s[mt][nt][3] = exp2f(fmaf(s[mt][nt][3], scale_log2, o1));
+                    rs0 += s[mt][nt][0] + s[mt][nt][1];
+                    rs1 += s[mt][nt][2] + s[mt][nt][3];
+                }
+                if (grew) {
+                    l[mt][0] *= c0;
+                    l[mt][1] *= c1;
+#pragma unroll
+                    for (int i = 0; i < ND; i++) {
+                        oacc[mt][i][0] *= c0;
+                        oacc[mt][i][1] *= c0;
+                        oacc[mt][i][2] *= c1;
+                        oacc[mt][i][3] *= c1;
+                    }
+                }
+                l[mt][0] += rs0;
+                l[mt][1] += rs1;
+                // P's accumulator layout is the A-operand layout of the P V mma
+#pragma unroll
+                for (int kc = 0; kc < KH / 16; kc++) {
+                    pa[mt][kc][0] = mma_t<T>::pack(s[mt][2 * kc][0], s[mt][2 * kc][1]);
+                    pa[mt][kc][1] = mma_t<T>::pack(s[mt][2 * kc][2], s[mt][2 * kc][3]);
+                    pa[mt][kc][2] = mma_t<T>::pack(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
+                    pa[mt][kc][3] = mma_t<T>::pack(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
+                }
             }
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float c0 = exp2f(m0 - mx0), c1 = exp2f(m1 - mx1);
-        m0 = mx0;
-        m1 = mx1;
-        float rs0 = 0.0f, rs1 = 0.0f;
+            // O += P V; ldmatrix x4 trans gives the B fragments of two n-tiles (lanes 16..31: the second)
 #pragma unroll
-        for (int nt = 0; nt < NS; nt++) {
-            s[nt][0] = exp2f(s[nt][0] - mx0);
-            s[nt][1] = exp2f(s[nt][1] - mx0);
-            s[nt][2] = exp2f(s[nt][2] - mx1);
-            s[nt][3] = exp2f(s[nt][3] - mx1);
-            rs0 += s[nt][0] + s[nt][1];
-            rs1 += s[nt][2] + s[nt][3];
-        }
-        l0 = l0 * c0 + rs0;
-        l1 = l1 * c1 + rs1;
+            for (int kc = 0; kc < KH / 16; kc++) {
+                const T *vrow = &Vs[buf][kh * KH + kc * 16 + (lane & 15)][0];
 #pragma unroll
-        for (int i = 0; i < ND; i++) {
-            oacc[i][0] *= c0;
-            oacc[i][1] *= c0;
-            oacc[i][2] *= c1;
-            oacc[i][3] *= c1;
-        }
-        // O += P V: P's accumulator layout is the A-operand layout of the next mma
+                for (int nd = 0; nd + 1 < ND; nd += 2) {
+                    uint32_t vb[4];
+                    ldmatrix_x4_trans(vb, vrow + (nd + (lane >> 4)) * 8);
 #pragma unroll
-        for (int kc = 0; kc < ATT_BK / 16; kc++) {
-            uint32_t pa[4];
-            pa[0] = mma_t<T>::pack(s[2 * kc][0], s[2 * kc][1]);
-            pa[1] = mma_t<T>::pack(s[2 * kc][2], s[2 * kc][3]);
-            pa[2] = mma_t<T>::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
-            pa[3] = mma_t<T>::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+                    for (int mt = 0; mt < MT; mt++) {
+                        mma_t<T>::run(oacc[mt][nd], pa[mt][kc], vb);
+                        mma_t<T>::run(oacc[mt][nd + 1], pa[mt][kc], vb + 2);
+                    }
+                }
+                if (ND % 2) {
+                    uint32_t vb[2];
+                    ldmatrix_x2_trans(vb, vrow + (ND - 1) * 8);
 #pragma unroll
-            for (int nd = 0; nd < ND; nd++) {
-                uint32_t vb[2];
-                ldmatrix_x2_trans(vb, &Vs[buf][kc * 16 + (lane & 15)][nd * 8]);
-                mma_t<T>::run(oacc[nd], pa, vb);
+                    for (int mt = 0; mt < MT; mt++) mma_t<T>::run(oacc[mt][ND - 1], pa[mt][kc], vb);
+                }
             }
         }
         __syncthreads();   // the next iteration's prefetch overwrites this buffer
     }
 
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
-    const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
     T *ob = o + (int64_t)b * q_tok * D + h * HD;
 #pragma unroll
-    for (int nd = 0; nd < ND; nd++) {
-        const int d = nd * 8 + 2 * q;
-        if (r0 < q_tok) *(uint32_t *)(ob + (int64_t)r0 * D + d) = mma_t<T>::pack(oacc[nd][0] * i0, oacc[nd][1] * i0);
-        if (r1 < q_tok) *(uint32_t *)(ob + (int64_t)r1 * D + d) = mma_t<T>::pack(oacc[nd][2] * i1, oacc[nd][3] * i1);
+    for (int mt = 0; mt < MT; mt++) {
+        float l0 = l[mt][0], l1 = l[mt][1];
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+        const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+        const int r0 = row0 + mt * 16 + g, r1 = r0 + 8;
+#pragma unroll
+        for (int nd = 0; nd < ND; nd++) {
+            const int d = nd * 8 + 2 * q;
+            if (r0 < q_tok) *(uint32_t *)(ob + (int64_t)r0 * D + d) = mma_t<T>::pack(oacc[mt][nd][0] * i0, oacc[mt][nd][1] * i0);
+            if (r1 < q_tok) *(uint32_t *)(ob + (int64_t)r1 * D + d) = mma_t<T>::pack(oacc[mt][nd][2] * i1, oacc[mt][nd][3] * i1);
+        }
     }
+}
+
+// 32 query rows per warp where that still leaves a CTA per SM (measured: 512 px, T 1024 x 16 heads x 2);
+// 16 where the grid would be too small (256 px, 1 image: 64 CTAs of 128 rows). DIT_CUDA_ATT_MT=1|2 forces.
+static int attention_mt(int64_t q_tok, int H, int B) {
+    const char *ev = getenv("DIT_CUDA_ATT_MT");
+    if (ev && (ev[0] == '1' || ev[0] == '2')) return ev[0] - '0';
+    int dev = 0, sms = 132;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+        sms = 132;
+    return (int64_t)cdiv(q_tok, ATT_BQ * 2) * H * B >= sms ? 2 : 1;
+}
+
+template <typename T, int HD>
+static void attention_launch(int mt, const T *q, const T *kv, T *o, const dit_att_layout *a, float scale_log2,
+                             cudaStream_t st) {
+    const int bq = ATT_BQ * mt;
+    const dim3 grid(cdiv(a->q_tok, bq), a->H, a->B);
+    if (mt == 2) flash_attn_kernel<T, HD, 2><<<grid, ATT_WARPS * WARP, 0, st>>>(q, kv, o, *a, scale_log2);
+    else flash_attn_kernel<T, HD, 1><<<grid, ATT_WARPS * WARP, 0, st>>>(q, kv, o, *a, scale_log2);
 }
 
 template <typename T>
 static int attention_cuda(const T *q, const T *kv, T *o, const dit_att_layout *a, int hd, cudaStream_t st) {
     if (a->segs < 1 || a->T % a->segs) return dit_set_error(DIT_ERR_INPUT, "cuda: attention: %d keys in %d pieces", a->T, a->segs);
-    const dim3 grid(cdiv(a->q_tok, ATT_BQ), a->H, a->B);
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)hd);
-    if (hd == 72)
-        flash_attn_kernel<T, 72><<<grid, ATT_WARPS * WARP, 0, st>>>(q, kv, o, *a, scale_log2);
-    else if (hd == 64)
-        flash_attn_kernel<T, 64><<<grid, ATT_WARPS * WARP, 0, st>>>(q, kv, o, *a, scale_log2);
+    const int mt = attention_mt(a->q_tok, a->H, a->B);
+    if (hd == 72) attention_launch<T, 72>(mt, q, kv, o, a, scale_log2, st);
+    else if (hd == 64) attention_launch<T, 64>(mt, q, kv, o, a, scale_log2, st);
     else return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: attention: head dim %d (supported: 64, 72)", hd);
     LAUNCH_CHECK();
     return DIT_OK;

@@ -208,6 +208,8 @@ struct dit_cuda {
     // graph
     cudaGraphExec_t graph;
     int graph_B, graph_N, graph_sampler;
+    cudaGraphExec_t vae_graph;   // one image's decode (vae.cu), into the arena: dropped when it moves
+    int vae_warm;                // a decode ran eagerly: plans made, kernels loaded
 
     // profiling
     int profiling;

@@ -136,34 +136,43 @@ int dit_op_resid_ln_mod(const float *y, float *h, void *out, int ct, int64_t M, 
 #define GN_MAX_C 1024
 #define GN_MAX_G 256
 
+// acc[c] = sum over the pixel lanes of thread (lane, c / 4)'s partial s, in lane order: the same bits on
+// every run (shared-memory atomics made the decoded image vary from run to run by ~1e-3)
+static __device__ void channel_sums(float4 *red, float *acc, float4 s, bool active, int nq, int lanes) {
+    red[threadIdx.x] = active ? s : make_float4(0, 0, 0, 0);
+    __syncthreads();
+    for (int q = threadIdx.x; q < nq; q += GN_THREADS) {
+        float4 t = make_float4(0, 0, 0, 0);
+        for (int pl = 0; pl < lanes; pl++) {
+            const float4 v = red[pl * nq + q];
+            t.x += v.x; t.y += v.y; t.z += v.z; t.w += v.w;
+        }
+        acc[4 * q] = t.x; acc[4 * q + 1] = t.y; acc[4 * q + 2] = t.z; acc[4 * q + 3] = t.w;
+    }
+    __syncthreads();
+}
+
 static __global__ void gn_stats_kernel(const float *__restrict__ x, float2 *__restrict__ part, int C, int HW, int G,
                                        int ppc) {
     __shared__ float acc[GN_MAX_C];
     __shared__ float gmean[GN_MAX_G];
+    __shared__ float4 red[GN_THREADS];
     const int nq = C / 4, lanes = GN_THREADS / nq, q = threadIdx.x % nq, pl = threadIdx.x / nq, cg = C / G;
     const int p0 = blockIdx.x * ppc, p1 = min(HW, p0 + ppc);
     const bool active = pl < lanes;
-    for (int c = threadIdx.x; c < C; c += GN_THREADS) acc[c] = 0.0f;
-    __syncthreads();
     float4 s = make_float4(0, 0, 0, 0);
     if (active)
         for (int p = p0 + pl; p < p1; p += lanes) {
             const float4 v = ((const float4 *)(x + (int64_t)p * C))[q];
             s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w;
         }
-    if (active) {
-        atomicAdd(&acc[4 * q], s.x); atomicAdd(&acc[4 * q + 1], s.y);
-        atomicAdd(&acc[4 * q + 2], s.z); atomicAdd(&acc[4 * q + 3], s.w);
-    }
-    __syncthreads();
+    channel_sums(red, acc, s, active, nq, lanes);
     const float cnt = (float)(p1 - p0) * cg;
     for (int g = threadIdx.x; g < G; g += GN_THREADS) {
         float t = 0.0f;
         for (int c = g * cg; c < (g + 1) * cg; c++) t += acc[c];
         gmean[g] = t / cnt;
     }
-    __syncthreads();
-    for (int c = threadIdx.x; c < C; c += GN_THREADS) acc[c] = 0.0f;
     __syncthreads();
     const float m0 = gmean[(4 * q) / cg], m1 = gmean[(4 * q + 1) / cg], m2 = gmean[(4 * q + 2) / cg],
                 m3 = gmean[(4 * q + 3) / cg];
@@ -174,11 +183,7 @@ static __global__ void gn_stats_kernel(const float *__restrict__ x, float2 *__re
             const float a = v.x - m0, b = v.y - m1, c = v.z - m2, d = v.w - m3;
             s.x += a * a; s.y += b * b; s.z += c * c; s.w += d * d;
         }
-    if (active) {
-        atomicAdd(&acc[4 * q], s.x); atomicAdd(&acc[4 * q + 1], s.y);
-        atomicAdd(&acc[4 * q + 2], s.z); atomicAdd(&acc[4 * q + 3], s.w);
-    }
-    __syncthreads();
+    channel_sums(red, acc, s, active, nq, lanes);
     for (int g = threadIdx.x; g < G; g += GN_THREADS) {
         float t = 0.0f;
         for (int c = g * cg; c < (g + 1) * cg; c++) t += acc[c];

@@ -172,7 +172,6 @@ static void test_attention(int B, int T, int H, int hd)
     float *qkv = malloc(nq * 4), *o = malloc(no * 4), *ref = malloc(no * 4);
     double *s = malloc(T * sizeof(double));
     for (size_t i = 0; i < nq; i++) qkv[i] = f16r(frand(2.5f));
-    int rc = dit_cuda_test_attention(qkv, B, T, H, hd, o);
     const double scale = 1.0 / sqrt((double)hd);
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++)
@@ -193,11 +192,16 @@ static void test_attention(int B, int T, int H, int hd)
                     ref[((size_t)b * T + i) * D + h * hd + e] = (float)(acc / sum);
                 }
             }
-    cmp_t c = compare(o, ref, no);
-    char what[128];
-    snprintf(what, sizeof what, "flash attention B %d T %d H %d hd %d == double reference", B, T, H, hd);
-    ok(rc == DIT_OK && c.nonfinite == 0 && c.max_abs <= 4e-3 * c.max_ref, "%s (max |err| %.3g, max |ref| %.3g)%s",
-       what, c.max_abs, c.max_ref, c.nonfinite ? ", NON-FINITE or unwritten" : "");
+    /* both kernel variants, 16 and 32 query rows per warp (the launcher picks one by grid size) */
+    for (int mt = 1; mt <= 2; mt++) {
+        setenv("DIT_CUDA_ATT_MT", mt == 1 ? "1" : "2", 1);
+        int rc = dit_cuda_test_attention(qkv, B, T, H, hd, o);
+        unsetenv("DIT_CUDA_ATT_MT");
+        cmp_t c = compare(o, ref, no);
+        ok(rc == DIT_OK && c.nonfinite == 0 && c.max_abs <= 4e-3 * c.max_ref,
+           "flash attention B %d T %d H %d hd %d, %d rows per warp == double reference (max |err| %.3g, max |ref| %.3g)%s",
+           B, T, H, hd, 16 * mt, c.max_abs, c.max_ref, c.nonfinite ? ", NON-FINITE or unwritten" : "");
+    }
     free(qkv); free(o); free(ref); free(s);
 }
 
@@ -402,6 +406,25 @@ static void test_fixture_dit_s(void)
         else {
             check_close("VAE decode GPU == CPU dit_decode", g, c, 3 * 64 * 64, 3e-2);
             check_close("VAE decode GPU == float64 vae_out", g, vo, 3 * 64 * 64, 3e-2);
+            /* later decodes replay a CUDA graph (captured on this call): same bits as the eager decode above,
+               and each image's own latents (image 1 is another latent) */
+            float *l3 = malloc(3 * 256 * 4), *g3 = malloc(3 * 3 * 64 * 64 * 4);
+            for (int i = 0; i < 256; i++) { l3[i] = l3[512 + i] = vi[i]; l3[256 + i] = -0.5f * vi[i]; }
+            rc = dit_cuda_decode(m, l3, 3, g3);
+            rc2 = rc ? rc : dit_decode(m, l3 + 256, 1, c, 0);
+            if (rc || rc2) ok(0, "VAE decode, graph: %s", dit_last_error());
+            else {
+                double d0 = 0, d2 = 0;
+                for (int i = 0; i < 3 * 64 * 64; i++) {
+                    d0 = fmax(d0, fabs(g3[i] - g[i]));
+                    d2 = fmax(d2, fabs(g3[2 * 3 * 64 * 64 + i] - g3[i]));
+                }
+                ok(memcmp(g3, g, 3 * 64 * 64 * 4) == 0 && memcmp(g3 + 2 * 3 * 64 * 64, g, 3 * 64 * 64 * 4) == 0,
+                   "VAE decode: graph replay == eager decode, bitwise (max |diff| %.3g; image 2 vs 0: %.3g)", d0, d2);
+                check_close("VAE decode: graph replay, another latent == CPU", g3 + 3 * 64 * 64, c, 3 * 64 * 64, 3e-2);
+            }
+            free(l3);
+            free(g3);
         }
         free(g);
         free(c);
