@@ -17,13 +17,16 @@
      GEMMs whose output is fp16/bf16 (qkv, fc1, VAE q/k/v) add the bias rounded to that type in the
      epilogue: cuBLASLt 13.0 offers no algorithm for an fp32 bias with fp16 output.
      q8_0 / q4_0 / q5_0 / q4_1 / q5_1 weights stay quantized in GPU memory (the raw ggml blocks) and
-     are dequantized into one small reusable scratch right before their GEMM.
+     are dequantized into a small reusable scratch before their GEMM (on one GPU one GEMM ahead, on a
+     second stream).
 
    ENVIRONMENT
      DIT_CUDA_MOD_MB   size of the adaLN modulation cache in MiB (default 64, about 40 steps of DiT-XL/2
                        with CFG for one image): the modulation of all steps is precomputed per chunk
                        of steps that fits (~0.5 ms per chunk warm).
-     DIT_CUDA_GRAPH=0  run the step eagerly instead of replaying a CUDA graph (debugging).
+     DIT_CUDA_GRAPH=0  run the step and the VAE decode eagerly instead of replaying CUDA graphs (debugging).
+     DIT_CUDA_AHEAD=0  dequantize each quantized weight right before its GEMM, not one GEMM ahead.
+     DIT_CUDA_ATT_MT=1|2  attention with 16 or 32 query rows per warp (default: by grid size).
      DIT_CUDA_TUNE=0   take cuBLASLt's first heuristic answer instead of timing its top 8 on the first
                        run of each GEMM shape (timing makes the choice, so results can differ in the
                        last bits between processes; with 0 they are reproducible across runs).

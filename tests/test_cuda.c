@@ -749,7 +749,17 @@ static void test_parallel(void)
                                    { "cfg+seq (all-gather)", 4, DIT_PAR_CFG | DIT_PAR_SEQ, DIT_SEQ_ALLGATHER } };
     par_cases(&r->m, "random DiT-XL/2 256 px DDIM", p, b1, 2);
     p.sampler = DIT_SAMPLER_DDPM;
+    dit_cuda_free(&r->m);
+    rmodel_free(r);
 
+    /* q8_0 weights: the all-gather mode's k,v and q GEMMs over row ranges of the quantized W_qkv */
+    static const par_case q8[] = {
+        { "seq (all-gather)", 2, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER }, { "seq (Ulysses)", 2, DIT_PAR_SEQ, DIT_SEQ_ULYSSES },
+        { "cfg", 2, DIT_PAR_CFG, 0 }, { "cfg+seq (all-gather)", 4, DIT_PAR_CFG | DIT_PAR_SEQ, DIT_SEQ_ALLGATHER },
+    };
+    r = random_dit(4, 1152, 16, 32, DIT_TYPE_Q8_0);
+    p.n = 2;
+    par_cases(&r->m, "random DiT-XL/2 width q8_0, 4 blocks", p, q8, (int)(sizeof q8 / sizeof q8[0]));
     dit_cuda_free(&r->m);
     rmodel_free(r);
 
