@@ -17,7 +17,7 @@
 // Shared rows are 72 elements (144 B): the 8 rows an ldmatrix reads start 4 banks apart (no conflicts).
 #include "common.cuh"
 
-#define ATT_BQ 64       // query rows per CTA (4 warps x 16)
+#define ATT_BQ 64       // query rows per CTA and m-tile per warp (4 warps x 16; x MT)
 #define ATT_BK 64       // keys per tile
 #define ATT_WARPS 4
 #define ATT_SROW 72     // shared row stride in elements
@@ -162,7 +162,7 @@ flash_attn_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__rest
 
 #pragma unroll
         for (int kh = 0; kh < ATT_BK / KH; kh++) {
-            // S = Q K^T: MT x 16 rows x 32 keys. ldmatrix x4 gives the B fragments of two k-steps of one
+            // S = Q K^T: MT x 16 rows x KH keys. ldmatrix x4 gives the B fragments of two k-steps of one
             // n-tile (lanes 8i..8i+7 address matrix i: keys +0..7, dims 8i..8i+7 of the pair)
             float s[MT][NS][4];
 #pragma unroll

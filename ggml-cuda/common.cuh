@@ -210,6 +210,7 @@ struct dit_cuda {
     int graph_B, graph_N, graph_sampler;
     cudaGraphExec_t vae_graph;   // one image's decode (vae.cu), into the arena: dropped when it moves
     int vae_warm;                // a decode ran eagerly: plans made, kernels loaded
+    int vae_no_graph;            // capturing the decode failed once: eager from then on
 
     // profiling
     int profiling;

@@ -258,7 +258,7 @@ static void cuda_teardown(dit_cuda *c) {
     // the step graph before the communicators: NCCL waits for graphs that captured a communicator to be
     // destroyed before it frees that communicator (a hang, the other way round)
     if (c->graph) { cudaGraphExecDestroy(c->graph); c->graph = NULL; }
-    if (c->vae_graph) cudaGraphExecDestroy(c->vae_graph);
+    if (c->vae_graph) { cudaGraphExecDestroy(c->vae_graph); c->vae_graph = NULL; }
     if (c->group) dit_par_destroy(c);   // the other GPUs' contexts and every communicator
     dit_par_rank_free(c);
     cudaSetDevice(c->device);

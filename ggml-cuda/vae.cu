@@ -273,7 +273,7 @@ static int decode_one(dit_cuda *c, const dit_model *m, int L, float *z, vae_bufs
 // convs. The first decode of a context runs eagerly (it makes the GEMM plans and loads the kernels);
 // the graph is captured on the second and lives until the arena it points into is reallocated.
 static int decode_graph(dit_cuda *c, const dit_model *m, int L, float *z, vae_bufs *b, cudaStream_t st) {
-    if (!c->use_graph || c->profiling || !c->vae_warm) {
+    if (!c->use_graph || c->profiling || !c->vae_warm || c->vae_no_graph) {
         TRY(decode_one(c, m, L, z, b, st));
         c->vae_warm = 1;
         return DIT_OK;
@@ -285,13 +285,19 @@ static int decode_graph(dit_cuda *c, const dit_model *m, int L, float *z, vae_bu
         cudaError_t e = cudaStreamEndCapture(st, &g);
         if (rc != DIT_OK) {
             if (e == cudaSuccess) cudaGraphDestroy(g);
+            cudaGetLastError();   // the invalidated capture's error must not surface in a later check
             return rc;
         }
-        CUDA_CHECK(e);
-        e = cudaGraphInstantiate(&c->vae_graph, g, 0);
-        cudaGraphDestroy(g);
-        if (e != cudaSuccess) c->vae_graph = NULL;
-        CUDA_CHECK(e);
+        if (e == cudaSuccess) {
+            e = cudaGraphInstantiate(&c->vae_graph, g, 0);
+            cudaGraphDestroy(g);
+        }
+        if (e != cudaSuccess) {   // no graph here: decode eagerly from now on (as DIT_CUDA_GRAPH=0)
+            c->vae_graph = NULL;
+            c->vae_no_graph = 1;
+            cudaGetLastError();
+            return decode_one(c, m, L, z, b, st);
+        }
     }
     CUDA_CHECK(cudaGraphLaunch(c->vae_graph, st));
     return DIT_OK;
