@@ -327,6 +327,19 @@ void dit_atomic_abort(dit_atomic_file *a) {
     memset(a, 0, sizeof *a);
 }
 
+/* The dims rule of the GGUF reader and writer: none negative, the product of the non-zero ones below 2^56
+   (byte counts of every type then fit in 64 bits); zero dims are allowed (empty tensors). The index of
+   the first dim that breaks it, or -1. */
+static int dit__dims_bad(const int64_t *ne, int n)
+{
+    uint64_t p = 1;
+    for (int d = 0; d < n; d++) {
+        if (ne[d] < 0 || (ne[d] && p > (UINT64_MAX >> 8) / (uint64_t)ne[d])) return d;
+        p *= ne[d] ? (uint64_t)ne[d] : 1;
+    }
+    return -1;
+}
+
 /* ==== GGUF reader ========================================================================== */
 
 typedef struct {
@@ -494,24 +507,15 @@ static int dit__gguf_read_tensors(dit_gguf *g, dit__cur *c) {
         if (c->what) return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': %s", t->name, c->what);
         if (!dit__type_known(t->type))
             return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': unknown ggml type %d", t->name, t->type);
-        uint64_t rows = 1;   /* the product of the non-zero dims stays below 2^56 (the writer's rule), even
-                                when a zero dim makes the byte count 0 */
-        for (int d = 0; d < 4; d++) {
-            if (t->ne[d] && rows > (UINT64_MAX >> 8) / (uint64_t)t->ne[d])
-                return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': element count of dims [%lld, %lld, %lld, %lld] overflows",
-                                      t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3]);
-            rows *= t->ne[d] ? (uint64_t)t->ne[d] : 1;
-        }
+        if (dit__dims_bad(t->ne, 4) >= 0)
+            return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': element count of dims [%lld, %lld, %lld, %lld] overflows",
+                                  t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3]);
         int blck = dit__types[t->type].blck;
         if (t->ne[0] % blck)
             return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': row length %lld is not a multiple of the %s block size %d",
                                   t->name, (long long)t->ne[0], dit__types[t->type].name, blck);
-        /* bytes = ne0/blck * bytes * ne1 * ne2 * ne3, every product checked */
-        uint64_t nbytes = (uint64_t)(t->ne[0] / blck) * (uint64_t)dit__types[t->type].bytes;
-        if (t->ne[0] / blck && nbytes / (uint64_t)(t->ne[0] / blck) != (uint64_t)dit__types[t->type].bytes) nbytes = UINT64_MAX;
-        for (int d = 1; d < 4; d++)
-            if (t->ne[d] && nbytes > UINT64_MAX / (uint64_t)t->ne[d]) nbytes = UINT64_MAX;
-            else nbytes *= (uint64_t)t->ne[d];
+        /* < 2^56 elements and <= 8 bytes per element (dit__dims_bad): no overflow */
+        const uint64_t nbytes = dit_row_bytes(t->type, t->ne[0]) * (uint64_t)(t->ne[1] * t->ne[2] * t->ne[3]);
         if (nbytes > g->size)
             return dit__gguf_fail(g, DIT_ERR_INPUT, "tensor '%s': size of dims [%lld, %lld, %lld, %lld] exceeds the file",
                                   t->name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2], (long long)t->ne[3]);
@@ -899,12 +903,9 @@ int dit_gguf_add_tensor(dit_gguf_writer *w, const char *name, int type, int n_di
         if (strcmp(w->t[i].name, name) == 0) return dit_set_error(DIT_ERR_INPUT, "duplicate tensor name '%s'", name), -1;
     dit__wtensor t = {.type = type, .n_dims = n_dims, .ne = {1, 1, 1, 1}};
     strcpy(t.name, name);
-    uint64_t nel = 1;
-    for (int d = 0; d < n_dims; d++) {
-        if (ne[d] < 0 || (ne[d] && nel > (UINT64_MAX >> 8) / (uint64_t)ne[d]))
-            return dit_set_error(DIT_ERR_INPUT, "tensor '%s': bad dimension %lld", name, (long long)ne[d]), -1;
-        t.ne[d] = ne[d], nel *= ne[d] ? (uint64_t)ne[d] : 1;   /* zero dims: same rule as the reader */
-    }
+    const int bad = dit__dims_bad(ne, n_dims);
+    if (bad >= 0) return dit_set_error(DIT_ERR_INPUT, "tensor '%s': bad dimension %lld", name, (long long)ne[bad]), -1;
+    for (int d = 0; d < n_dims; d++) t.ne[d] = ne[d];
     if (t.ne[0] % dit__types[type].blck)
         return dit_set_error(DIT_ERR_INPUT, "tensor '%s': row length %lld is not a multiple of the %s block size %d", name,
                              (long long)t.ne[0], dit__types[type].name, dit__types[type].blck), -1;

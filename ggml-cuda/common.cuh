@@ -153,7 +153,7 @@ struct dit_cuda {
     int cfg_ch;          // eps channels guided by CFG
     int use_graph;
     int dequant_ahead;   // quantized weights: the next GEMM's dequantized on `side` (DIT_CUDA_AHEAD=0: off)
-    int autotune;        // time the heuristic's candidates on a plan's first run (DIT_CUDA_TUNE=0: off)
+    int autotune;        // time the heuristic's candidates on a plan's first run (DIT_CUDA_TUNE=0: off, 2: verbose)
     int tune_now;        // set while the per-step network runs: only its GEMMs are worth tuning
 
     // model shape; Tl tokens t0 .. t0+Tl-1 are this GPU's (all T on one GPU)

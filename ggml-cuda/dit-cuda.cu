@@ -297,7 +297,7 @@ static int init_impl(dit_cuda *c, dit_model *m, int device) {
     ev = getenv("DIT_CUDA_AHEAD");   // 0: quantized weights dequantized in line, not ahead (for comparisons)
     c->dequant_ahead = !(ev && ev[0] == '0');
     ev = getenv("DIT_CUDA_TUNE");
-    c->autotune = !(ev && ev[0] == '0');
+    c->autotune = !ev ? 1 : ev[0] == '0' ? 0 : ev[0] == '2' ? 2 : 1;   // 2: and print each choice
     c->blocks = (dit_cuda_block *)calloc((size_t)c->depth, sizeof(dit_cuda_block));
     if (!c->blocks) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
 
@@ -427,12 +427,14 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     const int ahead = c->dequant_ahead && !pr && c->deq_elems;
     size_t o_deq2 = ahead ? ap_take(&a, c->deq_elems * es) : 0;
     size_t o_fout = ap_take(&a, FB * c->T * c->pp_oc * 4);
-    // multi-GPU: this rank's output rows, the gathered pieces, the sequence exchange buffers, all latents
+    // multi-GPU: this rank's output rows where the image group shares its rows (data parallel alone: fout
+    // itself), the gathered pieces of a token split, its exchange buffers, every data slice's latents
     const size_t G = pr ? (size_t)pr->cf * pr->S : 1, S = pr ? (size_t)pr->S : 1;
-    size_t o_floc = pr ? ap_take(&a, M * c->pp_oc * 4) : 0, o_fgat = pr ? ap_take(&a, G * M * c->pp_oc * 4) : 0;
+    const int dd = pr ? pr->dd : 1;
+    size_t o_floc = G > 1 ? ap_take(&a, M * c->pp_oc * 4) : 0, o_fgat = S > 1 ? ap_take(&a, G * M * c->pp_oc * 4) : 0;
     size_t o_sp[3] = { 0, 0, 0 };
     for (int i = 0; S > 1 && i < 3; i++) o_sp[i] = ap_take(&a, S * M * 3 * D * es);
-    size_t o_latg = pr ? ap_take(&a, (size_t)pr->world * N * c->C * c->L * c->L * 4) : 0;
+    size_t o_latg = dd > 1 ? ap_take(&a, (size_t)pr->world * N * c->C * c->L * c->L * 4) : 0;
     size_t o_lat = ap_take(&a, (size_t)(N > B ? N : B) * lat * 4);
     size_t o_lout = ap_take(&a, (size_t)B * c->oc * c->L * c->L * 4);
     size_t o_tsin = ap_take(&a, (size_t)R * 256 * 4), o_cond = ap_take(&a, (size_t)R * D * 4);
@@ -448,10 +450,10 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     c->xin = p + o_xin; c->qkv = p + o_qkv; c->att = p + o_att; c->mlp = p + o_mlp;
     c->deqs[0] = p + o_deq; c->deqs[1] = ahead ? p + o_deq2 : NULL;
     c->fout = (float *)(p + o_fout); c->lat = (float *)(p + o_lat); c->lat_out = (float *)(p + o_lout);
-    c->fout_loc = pr ? (float *)(p + o_floc) : c->fout;
-    c->fgath = pr ? (float *)(p + o_fgat) : NULL;
+    c->fout_loc = G > 1 ? (float *)(p + o_floc) : c->fout;
+    c->fgath = S > 1 ? (float *)(p + o_fgat) : NULL;
     for (int i = 0; i < 3; i++) c->sp[i] = S > 1 ? p + o_sp[i] : NULL;
-    c->latg = pr ? (float *)(p + o_latg) : NULL;
+    c->latg = dd > 1 ? (float *)(p + o_latg) : NULL;
     c->tsin = (float *)(p + o_tsin); c->cond = (float *)(p + o_cond); c->cond2 = (float *)(p + o_cond2);
     c->scond = p + o_scond; c->mod = (float *)(p + o_mod); c->fmod = (float *)(p + o_fmod);
     c->coef = (float *)(p + o_coef); c->noise = noise_K ? (float *)(p + o_noise) : NULL;

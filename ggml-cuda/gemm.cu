@@ -156,8 +156,7 @@ static void gemm_autotune(dit_cuda *c, dit_gemm_plan *p, const void *A, const vo
         }
     }
     p->algo = p->cand[bi];
-    const char *ev = getenv("DIT_CUDA_TUNE");
-    if (ev && ev[0] == '2')
+    if (c->autotune == 2)
         fprintf(stderr, "gemm: m %lld n %lld k %lld epi %d: heuristic's first %.2f us, chose #%d of %d: %.2f us\n",
                 (long long)p->M, (long long)p->N, (long long)p->K, p->epi, first, bi, p->n_cand, best);
     cudaGetLastError();

@@ -55,12 +55,19 @@ static double now_s(void) {
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-#define NCCL_CHECK(call)                                                                                       \
-    do {                                                                                                       \
-        ncclResult_t r_ = (call);                                                                              \
-        if (r_ != ncclSuccess && r_ != ncclInProgress)                                                         \
-            return dit_set_error(DIT_ERR_DEVICE, "nccl: %s: %s", #call, ncclGetErrorString(r_));               \
-    } while (0)
+static int nccl_ok(ncclResult_t r, const char *what) {
+    return r == ncclSuccess ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: %s: %s", what, ncclGetErrorString(r));
+}
+
+// wait until everything enqueued on st so far is done (dit_par_wait: with the timeout and the abort flag)
+static int drain(dit_cuda *c, cudaStream_t st) {
+    cudaEvent_t e;
+    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    int rc = cudaEventRecord(e, st) == cudaSuccess ? dit_par_wait(c, e)
+                                                    : dit_set_error(DIT_ERR_DEVICE, "cuda: cudaEventRecord failed");
+    cudaEventDestroy(e);
+    return rc;
+}
 
 // ---------------------------------------------------------------- errors and the watchdog
 static void par_fail(dit_par *g, int code, const char *msg, int secondary) {
@@ -189,9 +196,7 @@ static int all_to_all(const dit_par_rank *pr, const void *send, void *recv, size
         if (r == ncclSuccess) r = ncclRecv((char *)recv + q * chunk, chunk, ncclChar, q, pr->seq_comm, st);
     }
     const ncclResult_t e = ncclGroupEnd();   // always closed, also after an error
-    if (r == ncclSuccess) r = e;
-    if (r != ncclSuccess) return dit_set_error(DIT_ERR_DEVICE, "nccl: all-to-all: %s", ncclGetErrorString(r));
-    return DIT_OK;
+    return nccl_ok(r == ncclSuccess ? e : r, "all-to-all");
 }
 
 // rows r0 .. r0+n-1 of a Linear layer (the q or the k|v part of W_qkv): a view, no copy
@@ -217,8 +222,7 @@ static int gather_kv_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, cuda
     cudaStream_t qs;
     TRY(dit_side_fork(c, st, &qs));
     dit_prof_begin(c, "nccl_all_gather_kv");
-    int rc = ncclAllGather(kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st) == ncclSuccess
-                 ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: all-gather of k, v failed");
+    int rc = nccl_ok(ncclAllGather(kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st), "all-gather of k, v");
     dit_prof_end(c);
     if (rc == DIT_OK) {
         dit_prof_begin(c, "q");
@@ -265,13 +269,10 @@ int dit_par_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, cudaStream_t 
 int dit_par_gather_output(dit_cuda *c, int B, cudaStream_t st) {
     const dit_par_rank *pr = c->pr;
     const size_t n = (size_t)B * c->Tl * c->pp_oc;
-    if (pr->cf * pr->S == 1) {   // data parallel alone: this rank holds all rows of its images
-        CUDA_CHECK(cudaMemcpyAsync(c->fout, c->fout_loc, n * 4, cudaMemcpyDeviceToDevice, st));
-        return DIT_OK;
-    }
+    if (pr->cf * pr->S == 1) return DIT_OK;   // data parallel alone: fout_loc is fout (arena_plan)
     float *dst = pr->S == 1 ? c->fout : c->fgath;   // (cf, B, T, .) is already the sampler's layout
-    OP(c, "nccl_all_gather_output", (ncclAllGather(c->fout_loc, dst, n, ncclFloat, pr->img_comm, st) == ncclSuccess
-                                         ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: all-gather of the output failed")));
+    OP(c, "nccl_all_gather_output",
+       nccl_ok(ncclAllGather(c->fout_loc, dst, n, ncclFloat, pr->img_comm, st), "all-gather of the output"));
     // (cf, S, B, Tl, .) -> (cf, B, S, Tl, .) = rows [cond; uncond] x all tokens
     if (pr->S > 1) OP(c, "gather_unpack", dit_op_swap12(c->fgath, c->fout, pr->cf, pr->S, B, (int64_t)c->Tl * c->pp_oc * 4, st));
     return DIT_OK;
@@ -291,15 +292,10 @@ int dit_par_gather_latents(dit_cuda *c, int N, int n, float *out) {
     for (int d = 0; out && d < pr->dd; d++) {
         const int k = n - d * N < N ? n - d * N : N;
         if (k <= 0) break;
-        const float *from = pr->dd > 1 ? src + (size_t)d * G * N * per : src;
+        const float *from = src + (size_t)d * G * N * per;   // d = 0 only when dd = 1
         CUDA_CHECK(cudaMemcpyAsync(out + (size_t)d * N * per, from, k * per * 4, cudaMemcpyDeviceToHost, st));
     }
-    cudaEvent_t e;
-    CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
-    int rc = cudaEventRecord(e, st) == cudaSuccess ? dit_par_wait(c, e)
-                                                    : dit_set_error(DIT_ERR_DEVICE, "cuda: cudaEventRecord failed");
-    cudaEventDestroy(e);
-    return rc;
+    return drain(c, st);
 }
 
 // ---------------------------------------------------------------- the plan
@@ -378,20 +374,14 @@ int dit_par_plan(const dit_model *m, const dit_par_params *pp, int gpus, int out
 }
 
 // ---------------------------------------------------------------- the NCCL unique id, multi-process
-static int id_from_file(const dit_par_params *pp, ncclUniqueId *id, double t_end) {
+// rank 0 shares *id (made by the caller), the others receive it; t_end = start + timeout
+static int id_from_file(const dit_par_params *pp, ncclUniqueId *id, double t_end, double timeout) {
     const char *path = pp->id_file;
-    if (pp->rank == 0) {
-        NCCL_CHECK(ncclGetUniqueId(id));
-        char tmp[4200];
-        snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
-        FILE *f = fopen(tmp, "wb");
-        if (!f) return dit_set_error(DIT_ERR_IO, "%s: cannot write the NCCL id: %s", path, strerror(errno));
-        const int ok = fwrite(id, sizeof(*id), 1, f) == 1;
-        if (fclose(f) != 0 || !ok || rename(tmp, path) != 0) {
-            unlink(tmp);
-            return dit_set_error(DIT_ERR_IO, "%s: cannot write the NCCL id", path);
-        }
-        return DIT_OK;
+    if (pp->rank == 0) {   // written whole or not at all: a peer never reads half an id
+        dit_atomic_file a;
+        TRY(dit_atomic_open(&a, path));
+        fwrite(id, sizeof(*id), 1, a.f);   // commit checks the stream for errors
+        return dit_atomic_commit(&a);
     }
     const time_t started = time(NULL);
     while (now_s() < t_end) {   // a file older than this process by more than a minute is a stale one
@@ -405,10 +395,10 @@ static int id_from_file(const dit_par_params *pp, ncclUniqueId *id, double t_end
         usleep(20000);
     }
     return dit_set_error(DIT_ERR_DEVICE, "%s: no NCCL id from rank 0 within %.0f s (is rank 0 running?)", path,
-                         pp->timeout_s);
+                         timeout);
 }
 
-static int id_over_tcp(const dit_par_params *pp, ncclUniqueId *id, double t_end) {
+static int id_over_tcp(const dit_par_params *pp, ncclUniqueId *id, double t_end, double timeout) {
     char host[256];
     snprintf(host, sizeof(host), "%s", pp->master);
     char *colon = strrchr(host, ':');
@@ -428,7 +418,6 @@ static int id_over_tcp(const dit_par_params *pp, ncclUniqueId *id, double t_end)
     const struct timeval tv = { 1, 0 };   // every socket call wakes up each second to look at the clock
     int rc = DIT_OK;
     if (pp->rank == 0) {   // serve the id to world - 1 peers
-        NCCL_CHECK(ncclGetUniqueId(id));
         const int fd = socket(ai->ai_family, SOCK_STREAM, 0), one = 1, zero = 0;
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
         if (ai->ai_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
@@ -444,7 +433,7 @@ static int id_over_tcp(const dit_par_params *pp, ncclUniqueId *id, double t_end)
                     close(p);
                 } else if (now_s() > t_end) {
                     rc = dit_set_error(DIT_ERR_DEVICE, "parallel: only %d of %d ranks connected to port %s within "
-                                       "%.0f s", served + 1, pp->world, colon + 1, pp->timeout_s);
+                                       "%.0f s", served + 1, pp->world, colon + 1, timeout);
                 }
             }
         }
@@ -466,7 +455,7 @@ static int id_over_tcp(const dit_par_params *pp, ncclUniqueId *id, double t_end)
         }
         if (rc != DIT_OK)
             rc = dit_set_error(DIT_ERR_DEVICE, "parallel: no NCCL id from rank 0 at %s within %.0f s", pp->master,
-                               pp->timeout_s);
+                               timeout);
     }
     freeaddrinfo(ai);
     return rc;
@@ -503,7 +492,6 @@ typedef struct {
     const dit_par_params *pp;
     const par_plan *pl;
     ncclUniqueId id;
-    int rc;
     // sampling
     const dit_sample_params *p;
     const dit_schedule *s;
@@ -511,7 +499,6 @@ typedef struct {
 } rank_job;
 
 static void rank_finish(rank_job *j, int rc) {
-    j->rc = rc;
     j->g->active[j->i] = 0;
     if (rc != DIT_OK) par_fail(j->g, rc, dit_last_error(), strstr(dit_last_error(), "stopped: another") != NULL);
 }
@@ -536,14 +523,10 @@ static int warm_up(dit_cuda *c) {
     CUDA_CHECK(cudaMemset(buf, 0, 3 * n * sizeof(float)));
     cudaStream_t st = c->stream;
     int rc = settle(c, pr->world_comm, ncclAllGather(buf, buf + n, 64, ncclFloat, pr->world_comm, st), "warm-up");
-    if (rc == DIT_OK && pr->img_comm && ncclAllGather(buf, buf + n, 64, ncclFloat, pr->img_comm, st) != ncclSuccess)
-        rc = dit_set_error(DIT_ERR_DEVICE, "nccl: warm-up all-gather failed");
+    if (rc == DIT_OK && pr->img_comm)
+        rc = nccl_ok(ncclAllGather(buf, buf + n, 64, ncclFloat, pr->img_comm, st), "warm-up all-gather");
     if (rc == DIT_OK && pr->seq_comm) rc = all_to_all(pr, buf + n, buf + 2 * n, 64 * sizeof(float), st);
-    cudaEvent_t e;
-    if (rc == DIT_OK && cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess) {
-        rc = cudaEventRecord(e, st) == cudaSuccess ? dit_par_wait(c, e) : dit_set_error(DIT_ERR_DEVICE, "cuda: event");
-        cudaEventDestroy(e);
-    }
+    if (rc == DIT_OK) rc = drain(c, st);
     cudaFree(buf);
     return rc;
 }
@@ -553,8 +536,7 @@ static int rank_setup(rank_job *j) {
     const par_plan *pl = j->pl;
     const int multi = j->pp->world > 1;
     const int device = multi ? j->pp->device : j->i, rank = multi ? j->pp->rank : j->i;
-    CUDA_CHECK(cudaSetDevice(device));
-    TRY(dit_cuda_ctx_create(j->m, device, &g->ctx[j->i]));
+    TRY(dit_cuda_ctx_create(j->m, device, &g->ctx[j->i]));   // the device is current on this thread from here
     dit_cuda *c = g->ctx[j->i];
     dit_par_rank *pr = (dit_par_rank *)calloc(1, sizeof(dit_par_rank));
     if (!pr) return dit_set_error(DIT_ERR_NOMEM, "out of host memory");
@@ -598,13 +580,9 @@ static void *sample_main(void *arg) {
         rank_finish(j, stopped_error(c));
         return NULL;
     }
-    int rc = cudaSetDevice(c->device) == cudaSuccess ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "cuda: cudaSetDevice");
-    if (rc == DIT_OK) {
-        j->g->beat[j->i] = now_s();
-        j->g->active[j->i] = 1;   // the first step's NCCL calls may block on a dead peer
-        rc = dit_cuda_sample_ctx(c, &p, j->s, j->i == 0 ? j->out : NULL);
-    }
-    rank_finish(j, rc);
+    j->g->beat[j->i] = now_s();
+    j->g->active[j->i] = 1;   // the first step's NCCL calls may block on a dead peer
+    rank_finish(j, dit_cuda_sample_ctx(c, &p, j->s, j->i == 0 ? j->out : NULL));   // it sets this thread's device
     return NULL;
 }
 
@@ -693,8 +671,9 @@ int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, s
     ncclUniqueId id;
     const double t_end = now_s() + g->timeout;
     int rc = DIT_OK;
-    if (!multi) rc = ncclGetUniqueId(&id) == ncclSuccess ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: no unique id");
-    else rc = pp->id_file ? id_from_file(pp, &id, t_end) : id_over_tcp(pp, &id, t_end);
+    if (!multi || pp->rank == 0) rc = nccl_ok(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    if (rc == DIT_OK && multi)
+        rc = pp->id_file ? id_from_file(pp, &id, t_end, g->timeout) : id_over_tcp(pp, &id, t_end, g->timeout);
     if (rc == DIT_OK) {
         g->watchdog_on = pthread_create(&g->watchdog, NULL, watchdog_main, g) == 0;
         if (!g->watchdog_on) rc = dit_set_error(DIT_ERR_NOMEM, "parallel: cannot start the watchdog thread");

@@ -38,7 +38,20 @@ static int up_conv(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, dit
         if (wt->ne[0] != wt->ne[1]) return dit_set_error(DIT_ERR_INPUT, "cuda: vae: %s is not a square conv", wt->name);
     }
     const int direct = cv->cin * cv->k * cv->k < 64 || cv->cout < 8;
-    return dit_wp_lin(w, wt, bt, direct ? WP_F32 : WP_CT_ONLY, &cv->w);
+    TRY(dit_wp_lin(w, wt, bt, direct ? WP_F32 : WP_CT_ONLY, &cv->w));
+    if (w->dry || direct || cv->k != 3) return DIT_OK;
+    // 3x3 GEMM conv: (cout, cin, 3, 3) -> (cout, 3, 3, cin), the column order of the channels-last im2col.
+    // On the legacy stream, ordered after dit_wp_lin's cudaMemcpy; vae_upload synchronizes the device after.
+    const size_t bytes = (size_t)cv->cout * cv->cin * 9 * 2;
+    void *tmp = NULL;
+    CUDA_CHECK(cudaMalloc(&tmp, bytes));
+    int rc = cudaMemcpyAsync(tmp, cv->w.w, bytes, cudaMemcpyDeviceToDevice, 0) == cudaSuccess
+                 ? dit_op_conv_w_tap_major(tmp, cv->w.w, cv->cout, cv->cin, 0)
+                 : dit_set_error(DIT_ERR_DEVICE, "cuda: vae: %s: weight copy failed", wt->name);
+    if (cudaStreamSynchronize(0) != cudaSuccess && rc == DIT_OK)
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: vae: %s: weight permutation failed", wt->name);
+    cudaFree(tmp);
+    return rc;
 }
 
 static int up_resnet(dit_wpass *w, const dit_vae_resnet *r, dit_cuda_resnet *o) {
@@ -76,42 +89,6 @@ static int vae_upload_pass(dit_cuda *c, const dit_model *m, dit_wpass *w) {
     return DIT_OK;
 }
 
-// 3x3 GEMM convs: (cout, cin, 3, 3) -> (cout, 3, 3, cin), the column order of the channels-last im2col
-static int vae_permute_weights(dit_cuda *c, const dit_model *m) {
-    const dit_config *k = &m->cfg;
-    dit_cuda_conv *cv[4 + 2 * DIT_VAE_MAX_BLOCKS + 6 * (DIT_VAE_MAX_BLOCKS * DIT_VAE_MAX_RESNETS + 2)];
-    int n = 0;
-    cv[n++] = &c->pq; cv[n++] = &c->conv_in; cv[n++] = &c->conv_out;
-    for (int i = 0; i < 2; i++) { cv[n++] = &c->mid[i].c1; cv[n++] = &c->mid[i].c2; cv[n++] = &c->mid[i].sc; }
-    for (int i = 0; i < k->vae_n_blocks; i++) {
-        cv[n++] = &c->up_conv[i];
-        for (int j = 0; j <= k->vae_layers_per_block; j++) {
-            cv[n++] = &c->up[i][j].c1; cv[n++] = &c->up[i][j].c2; cv[n++] = &c->up[i][j].sc;
-        }
-    }
-    size_t mx = 0;
-    for (int i = 0; i < n; i++)
-        if (cv[i]->w.w && cv[i]->k == 3 && cv[i]->w.type != DIT_TYPE_F32 && (size_t)cv[i]->cout * cv[i]->cin * 9 > mx)
-            mx = (size_t)cv[i]->cout * cv[i]->cin * 9;
-    if (!mx) return DIT_OK;
-    void *tmp = NULL;
-    CUDA_CHECK(cudaMalloc(&tmp, mx * 2));
-    int rc = DIT_OK;
-    for (int i = 0; i < n && rc == DIT_OK; i++) {
-        const dit_cuda_conv *q = cv[i];
-        if (!q->w.w || q->k != 3 || q->w.type == DIT_TYPE_F32) continue;
-        const size_t bytes = (size_t)q->cout * q->cin * 9 * 2;
-        if (cudaMemcpyAsync(tmp, q->w.w, bytes, cudaMemcpyDeviceToDevice, c->stream) != cudaSuccess)
-            rc = dit_set_error(DIT_ERR_DEVICE, "cuda: vae: weight copy failed");
-        else
-            rc = dit_op_conv_w_tap_major(tmp, q->w.w, q->cout, q->cin, c->stream);
-    }
-    if (rc == DIT_OK && cudaStreamSynchronize(c->stream) != cudaSuccess)
-        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: vae: weight permutation failed");
-    cudaFree(tmp);
-    return rc;
-}
-
 static int vae_upload(dit_cuda *c, const dit_model *m) {
     const dit_config *k = &m->cfg;
     if (!k->has_vae) return dit_set_error(DIT_ERR_INPUT, "cuda: the model has no VAE");
@@ -140,7 +117,6 @@ static int vae_upload(dit_cuda *c, const dit_model *m) {
     }
     if (!c->conv_in.w.w || !c->conv_out.w.w || !c->attn_q.w || !c->attn_n_w || !c->out_n_w)
         return dit_set_error(DIT_ERR_INPUT, "cuda: vae: missing tensors");
-    TRY(vae_permute_weights(c, m));
     c->vae_ready = 1;
     return DIT_OK;
 }
