@@ -258,6 +258,8 @@ int dit_op_linear(struct dit_cuda *c, const dit_cuda_lin *w, const void *x, int6
 int dit_op_linear_next(struct dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x,
                        int64_t M, void *y, int y_type, int epi, cudaStream_t st);
 int dit_gemm_join(struct dit_cuda *c, cudaStream_t st);
+// y (M, n_out) fp32 += x W^T + b: the residual sum in the GEMM's epilogue (beta = 1, in place)
+int dit_op_linear_acc(struct dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, float *y, cudaStream_t st);
 // inside a stream capture: c->side joins it after everything enqueued on st so far (*side = c->side);
 // otherwise *side = st (eager work stays on one stream). The caller records c->join on it to rejoin.
 int dit_side_fork(struct dit_cuda *c, cudaStream_t st, cudaStream_t *side);
@@ -285,6 +287,9 @@ int dit_op_resid_ln_mod(const float *y, float *h, void *out, int ct, int64_t M, 
 #define DIT_GN_CHUNKS 256
 int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int C, int HW,
                       int groups, float eps, int silu, float2 *part, float *ab, cudaStream_t st);
+// only the statistics: ab[c] = rstd_g * w[c], ab[C + c] = b[c] - ab[c] * mean_g (GroupNorm = x * a + b)
+int dit_op_group_norm_ab(const float *x, const float *w, const float *b, int C, int HW, int groups, float eps,
+                         float2 *part, float *ab, cudaStream_t st);
 
 // attention.cu: o (B*T, H*hd) = softmax(q k^T / sqrt(hd)) v per (b, head); qkv (B*T, 3*H*hd); ct
 int dit_op_attention(const void *qkv, void *o, int ct, int B, int T, int H, int hd, cudaStream_t st);
@@ -327,12 +332,12 @@ int dit_op_state_set(dit_cuda_state *s, int step, int mod_row, int reset_nonfini
 int dit_op_randn(uint64_t seed, int img0, int n_img, uint32_t step, float *out, int64_t per_image, cudaStream_t st);
 
 // conv.cu (VAE; activations channels-last (HW, C))
-int dit_op_im2col3(const void *src, int src_type, void *cols, int ct, int C, int H, int W, int y0, int rows, int up,
-                   cudaStream_t st);
+// ab != NULL (fp32 src only): each gathered value is SiLU(x * ab[c] + ab[C + c]) (GroupNorm + SiLU fused)
+int dit_op_im2col3(const void *src, int src_type, const float *ab, void *cols, int ct, int C, int H, int W, int y0,
+                   int rows, int up, cudaStream_t st);
 int dit_op_conv_w_tap_major(const void *src, void *dst, int cout, int cin, cudaStream_t st);
 int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y, int cin, int cout, int H, int W,
                        int k, int y_nhwc, cudaStream_t st);
-int dit_op_add(float *y, const float *a, const float *b, int64_t n, cudaStream_t st);
 int dit_op_softmax_rows(const float *x, void *out, int ct, int64_t rows, int cols, float scale, cudaStream_t st);
 
 // weight upload passes (dit-cuda.cu): the first pass (dry) only sums the sizes

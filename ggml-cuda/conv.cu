@@ -2,13 +2,14 @@
 // (H*W, C) row-major, which is also the (tokens, C) layout of the mid attention.
 //   im2col3:   cols[(y - y0) W + x][t*C + ci] = src[(y + ky - 1) W + x + kx - 1][ci] (0 outside), t = 3 ky + kx,
 //              in ct, for output rows y in [y0, y0 + rows); src fp32 or ct. Each tap is a contiguous run of C
-//              channels, copied 8 at a time (16-byte stores). With up = 1 the source is read at (y/2, x/2): the
-//              nearest 2x upsample of Upsample2D fused into the gather (§5.2). Column order = the conv weight
-//              permuted to (cout, 3, 3, cin) at upload (conv_w_tap_major).
+//              channels, 8 at a time (16-byte stores), scattered from each source pixel to its 9 taps. With
+//              up = 1 the source is read at (y/2, x/2): the nearest 2x upsample of Upsample2D fused in (§5.2). Column order = the conv weight
+//              permuted to (cout, 3, 3, cin) at upload (conv_w_tap_major). With ab, an fp32 source goes through
+//              GroupNorm + SiLU on the way (ab: per-channel scale and shift), so the normalized activation
+//              is never written (zero padding stays zero: it pads the normalized tensor).
 //   conv_direct: fp32 direct convolution for the thin convs (post_quant_conv 4->4, conv_in 4->c, conv_out
 //              c->3), where a GEMM would be all padding; input and output layouts NCHW or NHWC. Up to 4
 //              output channels from channels-last input: a warp per pixel (conv_thin).
-//   add:       y = a + b (fp32, the residual sums; y may alias a).
 //   softmax_rows: ct(softmax(scale * x)) per row, fp32 math.
 #include "common.cuh"
 
@@ -20,47 +21,70 @@ template <typename T> __device__ __forceinline__ uint4 pack8(const float *v) {
     return u;
 }
 
-// one thread per (output pixel, tap, 8 channels); C % 8 == 0
+// One thread per (source pixel, 8 channels), scattering to the <= 9 column entries that read it: the value
+// is loaded, normalized and converted once (a thread per column entry did the GroupNorm + SiLU 9 times
+// over, ~0.3 ms of SFU work per 256 px decode). The source grid is padded by one pixel on each side and
+// limited to the rows the chunk's output rows [y0, y0 + rows) read; padding threads write the zeros.
+// C % 8 == 0.
 template <typename S, typename T>
-static __global__ void im2col3_kernel(const S *__restrict__ src, T *__restrict__ cols, int C, int H, int W, int y0,
-                                      int rows, int up) {
-    const unsigned CV = C / 8;
-    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;   // = ((pix * 9 + t) * CV + v) < 2^31
-    if (i >= (unsigned)rows * W * 9 * CV) return;
-    const unsigned v = i % CV, r = i / CV, t = r % 9, pix = r / 9;
-    const int y = y0 + (int)(pix / W), x = (int)(pix % W);
-    const int sy = y + t / 3 - 1, sx = x + t % 3 - 1;
+static __global__ void im2col3_kernel(const S *__restrict__ src, const float *__restrict__ ab, T *__restrict__ cols,
+                                      int C, int H, int W, int y0, int rows, int up) {
+    const unsigned CV = C / 8, WP = W + 2;
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;   // = ((sy - y0 + 1) * WP + sx + 1) * CV + v
+    if (i >= (unsigned)(rows + 2) * WP * CV) return;
+    const unsigned v = i % CV, r = i / CV;
+    const int sy = y0 - 1 + (int)(r / WP), sx = (int)(r % WP) - 1;
     uint4 out = make_uint4(0, 0, 0, 0);
     if (sy >= 0 && sy < H && sx >= 0 && sx < W) {
         const S *p = src + ((int64_t)(sy >> up) * (W >> up) + (sx >> up)) * C + v * 8;
         if (sizeof(S) == 4) {
             const float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
-            const float f[8] = { a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w };
+            float f[8] = { a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w };
+            if (ab) {
+                const float4 s0 = ((const float4 *)ab)[2 * v], s1 = ((const float4 *)ab)[2 * v + 1];
+                const float4 h0 = ((const float4 *)(ab + C))[2 * v], h1 = ((const float4 *)(ab + C))[2 * v + 1];
+                const float sc[8] = { s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w };
+                const float sh[8] = { h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w };
+#pragma unroll
+                for (int j = 0; j < 8; j++) f[j] = silu_f(f[j] * sc[j] + sh[j]);
+            }
             out = pack8<T>(f);
         } else {
             out = *(const uint4 *)p;
         }
     }
-    ((uint4 *)cols)[i] = out;
+    // output pixel (sy + 1 - ky, sx + 1 - kx) reads this pixel as its tap t = 3 ky + kx
+#pragma unroll
+    for (int ky = 0; ky < 3; ky++) {
+        const int y = sy + 1 - ky;
+        if (y < y0 || y >= y0 + rows) continue;
+#pragma unroll
+        for (int kx = 0; kx < 3; kx++) {
+            const int x = sx + 1 - kx;
+            if (x < 0 || x >= W) continue;
+            ((uint4 *)cols)[((int64_t)(y - y0) * W + x) * 9 * CV + (3 * ky + kx) * CV + v] = out;
+        }
+    }
 }
 
 // src_type: DIT_TYPE_F32 or ct; H, W: output (= conv input after the optional upsample) size
-int dit_op_im2col3(const void *src, int src_type, void *cols, int ct, int C, int H, int W, int y0, int rows, int up,
-                   cudaStream_t st) {
+int dit_op_im2col3(const void *src, int src_type, const float *ab, void *cols, int ct, int C, int H, int W, int y0,
+                   int rows, int up, cudaStream_t st) {
     if (C % 8) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: im2col: %d channels (needs a multiple of 8)", C);
-    const int64_t n = (int64_t)rows * W * 9 * (C / 8);
+    if (ab && src_type != DIT_TYPE_F32) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: im2col: GroupNorm of a ct source");
+    const int64_t n = (int64_t)(rows + 2) * (W + 2) * (C / 8);
     if (n >= ((int64_t)1 << 31)) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: im2col: %lld vectors", (long long)n);
     const int grid = cdiv(n, 256);
     if (ct == DIT_TYPE_BF16) {
         if (src_type == DIT_TYPE_F32)
-            im2col3_kernel<<<grid, 256, 0, st>>>((const float *)src, (__nv_bfloat16 *)cols, C, H, W, y0, rows, up);
+            im2col3_kernel<<<grid, 256, 0, st>>>((const float *)src, ab, (__nv_bfloat16 *)cols, C, H, W, y0, rows, up);
         else
-            im2col3_kernel<<<grid, 256, 0, st>>>((const __nv_bfloat16 *)src, (__nv_bfloat16 *)cols, C, H, W, y0, rows, up);
+            im2col3_kernel<<<grid, 256, 0, st>>>((const __nv_bfloat16 *)src, ab, (__nv_bfloat16 *)cols, C, H, W, y0, rows, up);
     } else {
         if (src_type == DIT_TYPE_F32)
-            im2col3_kernel<<<grid, 256, 0, st>>>((const float *)src, (__half *)cols, C, H, W, y0, rows, up);
+            im2col3_kernel<<<grid, 256, 0, st>>>((const float *)src, ab, (__half *)cols, C, H, W, y0, rows, up);
         else
-            im2col3_kernel<<<grid, 256, 0, st>>>((const __half *)src, (__half *)cols, C, H, W, y0, rows, up);
+            im2col3_kernel<<<grid, 256, 0, st>>>((const __half *)src, ab, (__half *)cols, C, H, W, y0, rows, up);
     }
     LAUNCH_CHECK();
     return DIT_OK;
@@ -108,42 +132,55 @@ static __global__ void conv_direct_kernel(const float *__restrict__ x, const flo
     y[co * ycs + p * yps] = acc + (b ? b[co] : 0.0f);
 }
 
-// few output channels (conv_out c->3), channels-last x: one warp per output pixel, lanes over the input
-// channels (4 each, coalesced), the weights staged in shared memory as (k*k, cin, cout); warp-sum per co
+// few output channels (conv_out c->3), channels-last x, cin <= 128: one warp per output pixel, lane l
+// holds input channels 4l..4l+3 and their weights (K*K taps x 4 x 4 co) in registers; the K*K taps' loads
+// are issued together (zero outside the image); warp-sum per co. (Weights in shared memory, read per
+// pixel with 4-way bank conflicts, and one tap load at a time: 152 us for the 256 px conv_out.)
 #define THIN_MAX_CO 4
 #define THIN_WARPS 8
-static __global__ void conv_thin_kernel(const float *__restrict__ x, const float *__restrict__ w,
-                                        const float *__restrict__ b, float *__restrict__ y, int cin, int cout, int H,
-                                        int W, int k, int64_t ycs, int64_t yps) {
-    extern __shared__ float ws[];
-    const int kk = k * k, nw = kk * cin * cout, pad = k / 2, lane = threadIdx.x % WARP;
-    for (int i = threadIdx.x; i < nw; i += blockDim.x) {
-        const int co = i % cout, ci = (i / cout) % cin, t = i / (cout * cin);
-        ws[i] = w[((int64_t)co * cin + ci) * kk + t];
-    }
-    __syncthreads();
-    const int64_t HW = (int64_t)H * W;
-    for (int64_t p = (int64_t)blockIdx.x * THIN_WARPS + threadIdx.x / WARP; p < HW; p += (int64_t)gridDim.x * THIN_WARPS) {
-        const int yy = (int)(p / W), xx = (int)(p % W);
-        float acc[THIN_MAX_CO] = { 0.0f, 0.0f, 0.0f, 0.0f };
-        for (int t = 0; t < kk; t++) {
-            const int sy = yy + t / k - pad, sx = xx + t % k - pad;
-            if (sy < 0 || sy >= H || sx < 0 || sx >= W) continue;   // the same for the whole warp
-            const float *xp = x + ((int64_t)sy * W + sx) * cin;
-            for (int ci = lane * 4; ci < cin; ci += WARP * 4) {
-                const float4 v = *(const float4 *)(xp + ci);
-                const float *wt = ws + ((int64_t)t * cin + ci) * cout;
+template <int K>
+static __global__ void __launch_bounds__(THIN_WARPS * WARP)
+conv_thin_kernel(const float *__restrict__ x, const float *__restrict__ w, const float *__restrict__ b,
+                 float *__restrict__ y, int cin, int cout, int H, int W, int64_t ycs, int64_t yps) {
+    const int lane = threadIdx.x % WARP, ci = 4 * lane, pad = K / 2;
+    const bool live = ci < cin;
+    float wr[K * K][4][THIN_MAX_CO];
 #pragma unroll
-                for (int co = 0; co < THIN_MAX_CO; co++)
-                    if (co < cout)
-                        acc[co] += v.x * wt[co] + v.y * wt[cout + co] + v.z * wt[2 * cout + co] + v.w * wt[3 * cout + co];
-            }
+    for (int t = 0; t < K * K; t++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int co = 0; co < THIN_MAX_CO; co++)
+                wr[t][j][co] = live && co < cout ? w[((int64_t)co * cin + ci + j) * K * K + t] : 0.0f;
+    const int64_t HW = (int64_t)H * W, step = (int64_t)gridDim.x * THIN_WARPS;
+    // the taps of pixel p, zero outside the image
+    auto load = [&](float4 *v, int64_t p) {
+        const int yy = (int)(p / W), xx = (int)(p % W);
+#pragma unroll
+        for (int t = 0; t < K * K; t++) {
+            const int sy = yy + t / K - pad, sx = xx + t % K - pad;
+            v[t] = live && p < HW && sy >= 0 && sy < H && sx >= 0 && sx < W
+                       ? *(const float4 *)(x + ((int64_t)sy * W + sx) * cin + ci) : make_float4(0, 0, 0, 0);
         }
+    };
+    float4 v[K * K], nv[K * K];
+    int64_t p = (int64_t)blockIdx.x * THIN_WARPS + threadIdx.x / WARP;
+    load(v, p);
+    for (; p < HW; p += step) {
+        load(nv, p + step);   // the next pixel's loads fly while this one is summed
+        float acc[THIN_MAX_CO] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+        for (int t = 0; t < K * K; t++)
+#pragma unroll
+            for (int co = 0; co < THIN_MAX_CO; co++)
+                acc[co] += v[t].x * wr[t][0][co] + v[t].y * wr[t][1][co] + v[t].z * wr[t][2][co] + v[t].w * wr[t][3][co];
 #pragma unroll
         for (int co = 0; co < THIN_MAX_CO; co++) {
             const float s = warp_sum(acc[co]);
             if (lane == 0 && co < cout) y[co * ycs + p * yps] = s + (b ? b[co] : 0.0f);
         }
+#pragma unroll
+        for (int t = 0; t < K * K; t++) v[t] = nv[t];
     }
 }
 
@@ -151,31 +188,16 @@ static __global__ void conv_thin_kernel(const float *__restrict__ x, const float
 int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y, int cin, int cout, int H, int W,
                        int k, int y_nhwc, cudaStream_t st) {
     const int64_t HW = (int64_t)H * W;
-    const size_t smem = (size_t)k * k * cin * cout * sizeof(float);
-    if (cin % 4 == 0 && cout <= THIN_MAX_CO && smem <= 48 * 1024) {
+    if (cin % 4 == 0 && cin <= 4 * WARP && cout <= THIN_MAX_CO && (k == 1 || k == 3)) {
         const int grid = cdiv(HW, THIN_WARPS) < 1024 ? cdiv(HW, THIN_WARPS) : 1024;
-        conv_thin_kernel<<<grid, THIN_WARPS * WARP, smem, st>>>(x, w, b, y, cin, cout, H, W, k, y_nhwc ? 1 : HW,
-                                                                y_nhwc ? cout : 1);
+        const int64_t ycs = y_nhwc ? 1 : HW, yps = y_nhwc ? cout : 1;
+        if (k == 3) conv_thin_kernel<3><<<grid, THIN_WARPS * WARP, 0, st>>>(x, w, b, y, cin, cout, H, W, ycs, yps);
+        else conv_thin_kernel<1><<<grid, THIN_WARPS * WARP, 0, st>>>(x, w, b, y, cin, cout, H, W, ycs, yps);
         LAUNCH_CHECK();
         return DIT_OK;
     }
     conv_direct_kernel<<<cdiv((int64_t)cout * HW, 256), 256, 0, st>>>(
         x, w, b, y, cin, cout, H, W, k, 1, cin, y_nhwc ? 1 : HW, y_nhwc ? cout : 1);
-    LAUNCH_CHECK();
-    return DIT_OK;
-}
-
-static __global__ void add_kernel(float *y, const float *a, const float *__restrict__ b, int64_t n4) {
-    const int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n4) return;
-    const float4 u = ((const float4 *)a)[i], v = ((const float4 *)b)[i];
-    ((float4 *)y)[i] = make_float4(u.x + v.x, u.y + v.y, u.z + v.z, u.w + v.w);
-}
-
-// n % 4 == 0
-int dit_op_add(float *y, const float *a, const float *b, int64_t n, cudaStream_t st) {
-    if (n % 4) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: add: %lld elements", (long long)n);
-    add_kernel<<<cdiv(n / 4, 256), 256, 0, st>>>(y, a, b, n / 4);
     LAUNCH_CHECK();
     return DIT_OK;
 }

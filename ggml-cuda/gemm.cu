@@ -164,12 +164,12 @@ static void gemm_autotune(dit_cuda *c, dit_gemm_plan *p, const void *A, const vo
     cudaEventDestroy(e1);
 }
 
+// Cm = alpha A B (+ bias) + beta Cm (in place: C and D are the same matrix)
 static int gemm_run(dit_cuda *c, dit_gemm_plan *p, const void *A, const void *Bm, void *Cm, const void *bias,
-                    float alpha, cudaStream_t st) {
-    const float beta = 0.0f;
+                    float alpha, float beta, cudaStream_t st) {
     if (p->epi != EPI_NONE)
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    if (!p->tuned) gemm_autotune(c, p, A, Bm, Cm, alpha, st);
+    if (!p->tuned && beta == 0.0f) gemm_autotune(c, p, A, Bm, Cm, alpha, st);   // timing runs overwrite Cm
     CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->algo,
                                 c->lt_ws, c->lt_ws_bytes, st));
     return DIT_OK;
@@ -242,13 +242,24 @@ int dit_gemm_join(dit_cuda *c, cudaStream_t st) {
     return DIT_OK;
 }
 
+static int linear(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M, void *y,
+                  int y_type, int epi, float beta, cudaStream_t st);
 int dit_op_linear(dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, void *y, int y_type, int epi,
                   cudaStream_t st) {
-    return dit_op_linear_next(c, w, NULL, x, M, y, y_type, epi, st);
+    return linear(c, w, NULL, x, M, y, y_type, epi, 0.0f, st);
 }
 
 int dit_op_linear_next(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M,
                        void *y, int y_type, int epi, cudaStream_t st) {
+    return linear(c, w, next, x, M, y, y_type, epi, 0.0f, st);
+}
+
+int dit_op_linear_acc(dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, float *y, cudaStream_t st) {
+    return linear(c, w, NULL, x, M, y, DIT_TYPE_F32, EPI_BIAS, 1.0f, st);
+}
+
+static int linear(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M, void *y,
+                  int y_type, int epi, float beta, cudaStream_t st) {
     const void *W = w->w;
     int ab = w->type;
     if (is_quantized(w)) {   // quantized: dequantized into a scratch buffer (ct), then an ordinary ct GEMM
@@ -272,7 +283,7 @@ int dit_op_linear_next(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *n
     }
     if (post) TRY(plan_find(c, ab, y_type, EPI_NONE, 1, 0, w->n_out, M, w->n_in, w->n_in, 0, w->n_in, 0, w->n_out, 0,
                             1, &p));
-    TRY(gemm_run(c, p, W, x, y, bias, 1.0f, st));
+    TRY(gemm_run(c, p, W, x, y, bias, 1.0f, beta, st));
     if (post) TRY(bias_act_cuda(y, y_type, w->b, M, (int)w->n_out, post == 2, st));
     return DIT_OK;
 }
@@ -282,7 +293,7 @@ int dit_op_gemm_raw(dit_cuda *c, int type, int y_type, int transa, int transb, i
                     int64_t ldc, int64_t sc, int batch, float alpha, cudaStream_t st) {
     dit_gemm_plan *p;
     TRY(plan_find(c, type, y_type, EPI_NONE, transa, transb, m, n, k, lda, sa, ldb, sb, ldc, sc, batch, &p));
-    return gemm_run(c, p, A, Bm, Cm, NULL, alpha, st);
+    return gemm_run(c, p, A, Bm, Cm, NULL, alpha, 0.0f, st);
 }
 
 // cuBLASLt documents its GELU epilogue only as "GELU". Probe it: y = GELU(x + b) for x on a grid in
@@ -355,7 +366,7 @@ int dit_gemm_time(dit_cuda *c, int ab, int y_type, int epi, int64_t M, int64_t N
     *us = -1;
     c->tune_now = 1;   // plan and tune as for a step
     int rc = plan_find(c, ab, y_type, epi, 1, 0, N, M, K, K, 0, K, 0, N, 0, 1, &p);
-    if (rc == DIT_OK) rc = gemm_run(c, p, W, X, Y, bias, 1.0f, c->stream);   // the first run tunes
+    if (rc == DIT_OK) rc = gemm_run(c, p, W, X, Y, bias, 1.0f, 0.0f, c->stream);   // the first run tunes
     c->tune_now = 0;
     if (rc != DIT_OK) return dit_last_error_code() == DIT_ERR_UNSUPPORTED ? DIT_OK : rc;   // no algorithm: -1 us
     cudaEvent_t e0, e1;

@@ -1,13 +1,16 @@
 // norm.cu - LayerNorm fused with the adaLN residual and modulation (DiT), GroupNorm (+SiLU) (VAE).
 //
-// resid_ln_mod, one warp per token row m of batch row b = m / T, modulation row r = mod_row + b:
+// resid_ln_mod, one CTA per token row m of batch row b = m / T, modulation row r = mod_row + b:
 //   if y:  h[m] = h[m] + gate[r] * y[m]                       (x = x + gate * sublayer(...), M:120-121)
 //   out[m] = ct( LN(h[m]) * (1 + scale[r]) + shift[r] )       (modulate(LN(x), shift, scale), M:19-20)
 //   LN: mean, biased variance of the centred row, eps 1e-6, no affine, all fp32.
-// The row lives in registers (NV float4 per lane), so h is read once and written once.
+// One float4 of the row per thread (D/4 threads, rounded up to warps: 288 for D 1152), so h is read once
+// and written once. A CTA per row, not a warp: at M = 512 (256 px) a warp per row left ~4 warps per SM,
+// too few loads in flight to hide L2 latency (~8 us a call); a CTA per row took the 256 px step from 1.90
+// to 1.57 ms (bench/RESULTS.md).
 #include "common.cuh"
 
-#define LN_WARPS 4
+#define LN_MAX_THREADS 512   // D <= 2048
 
 template <typename T> __device__ __forceinline__ void store4(T *p, float a, float b, float c, float d);
 template <> __device__ __forceinline__ void store4<__half>(__half *p, float a, float b, float c, float d) {
@@ -28,88 +31,56 @@ template <> __device__ __forceinline__ void store4<__nv_bfloat16>(__nv_bfloat16 
     *(uint2 *)p = u;
 }
 
-template <typename T, int NV>
-static __global__ void resid_ln_mod_kernel(const float *__restrict__ y, float *__restrict__ h, T *__restrict__ out,
-                                           int64_t M, int D, int T_tok, const float *__restrict__ gate,
-                                           int64_t gate_stride, const float *__restrict__ shift,
-                                           const float *__restrict__ scale, int64_t mod_stride,
-                                           const dit_cuda_state *__restrict__ state) {
-    const int64_t row = (int64_t)blockIdx.x * LN_WARPS + threadIdx.x / WARP;
-    const int lane = threadIdx.x % WARP;
-    if (row >= M) return;
-    const int64_t mrow = state->mod_row + row / T_tok;
-    const int D4 = D / 4;
-    float4 *h4 = (float4 *)(h + row * D);
-    float4 v[NV];
-    float sum = 0.0f;
-    if (y) {
-        const float4 *y4 = (const float4 *)(y + row * D);
-        const float4 *g4 = (const float4 *)(gate + mrow * gate_stride);
-#pragma unroll
-        for (int i = 0; i < NV; i++) {
-            const int idx = lane + i * WARP;
-            if (idx < D4) {
-                const float4 a = h4[idx], b = y4[idx], g = g4[idx];
-                v[i] = make_float4(a.x + g.x * b.x, a.y + g.y * b.y, a.z + g.z * b.z, a.w + g.w * b.w);
-                h4[idx] = v[i];
-                sum += (v[i].x + v[i].y) + (v[i].z + v[i].w);
-            }
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < NV; i++) {
-            const int idx = lane + i * WARP;
-            if (idx < D4) {
-                v[i] = h4[idx];
-                sum += (v[i].x + v[i].y) + (v[i].z + v[i].w);
-            }
-        }
-    }
-    const float mean = warp_sum(sum) / D;
-    float sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NV; i++) {
-        const int idx = lane + i * WARP;
-        if (idx < D4) {
-            const float a = v[i].x - mean, b = v[i].y - mean, c = v[i].z - mean, d = v[i].w - mean;
-            sq += (a * a + b * b) + (c * c + d * d);
-        }
-    }
-    const float rstd = rsqrtf(warp_sum(sq) / D + 1e-6f);
-    const float4 *s4 = (const float4 *)(shift + mrow * mod_stride);
-    const float4 *c4 = (const float4 *)(scale + mrow * mod_stride);
-    T *o = out + row * D;
-#pragma unroll
-    for (int i = 0; i < NV; i++) {
-        const int idx = lane + i * WARP;
-        if (idx < D4) {
-            const float4 sh = s4[idx], sc = c4[idx];
-            store4<T>(o + 4 * idx, (v[i].x - mean) * rstd * (1.0f + sc.x) + sh.x,
-                      (v[i].y - mean) * rstd * (1.0f + sc.y) + sh.y, (v[i].z - mean) * rstd * (1.0f + sc.z) + sh.z,
-                      (v[i].w - mean) * rstd * (1.0f + sc.w) + sh.w);
-        }
-    }
-}
-
-template <typename T, int NV>
-static void resid_ln_mod_cuda(const float *y, float *h, T *out, int64_t M, int D, int T_tok, const float *gate,
-                              int64_t gate_stride, const float *shift, const float *scale, int64_t mod_stride,
-                              const dit_cuda_state *state, cudaStream_t st) {
-    resid_ln_mod_kernel<T, NV><<<cdiv(M, LN_WARPS), LN_WARPS * WARP, 0, st>>>(y, h, out, M, D, T_tok, gate, gate_stride,
-                                                                             shift, scale, mod_stride, state);
+// sum of v over the CTA, in a fixed order (warp sums, then the first warp over them); red holds 32 floats
+__device__ __forceinline__ float block_sum(float v, float *red) {
+    const int w = threadIdx.x / WARP, lane = threadIdx.x % WARP, nw = blockDim.x / WARP;
+    v = warp_sum(v);
+    if (lane == 0) red[w] = v;
+    __syncthreads();
+    v = lane < nw ? red[lane] : 0.0f;
+    v = warp_sum(v);
+    __syncthreads();   // red is reused by the next call
+    return v;
 }
 
 template <typename T>
-static int resid_ln_mod_dispatch(const float *y, float *h, T *out, int64_t M, int D, int T_tok, const float *gate,
-                                 int64_t gate_stride, const float *shift, const float *scale, int64_t mod_stride,
-                                 const dit_cuda_state *state, cudaStream_t st) {
-    const int nv = cdiv(D / 4, WARP);
-    if (nv <= 2) resid_ln_mod_cuda<T, 2>(y, h, out, M, D, T_tok, gate, gate_stride, shift, scale, mod_stride, state, st);
-    else if (nv <= 4) resid_ln_mod_cuda<T, 4>(y, h, out, M, D, T_tok, gate, gate_stride, shift, scale, mod_stride, state, st);
-    else if (nv <= 8) resid_ln_mod_cuda<T, 8>(y, h, out, M, D, T_tok, gate, gate_stride, shift, scale, mod_stride, state, st);
-    else if (nv <= 12) resid_ln_mod_cuda<T, 12>(y, h, out, M, D, T_tok, gate, gate_stride, shift, scale, mod_stride, state, st);
-    else if (nv <= 16) resid_ln_mod_cuda<T, 16>(y, h, out, M, D, T_tok, gate, gate_stride, shift, scale, mod_stride, state, st);
-    else return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: layernorm: hidden size %d > 2048", D);
+static __global__ void resid_ln_mod_kernel(const float *__restrict__ y, float *__restrict__ h, T *__restrict__ out,
+                                           int D, int T_tok, const float *__restrict__ gate, int64_t gate_stride,
+                                           const float *__restrict__ shift, const float *__restrict__ scale,
+                                           int64_t mod_stride, const dit_cuda_state *__restrict__ state) {
+    __shared__ float red[WARP];
+    const int64_t row = blockIdx.x;
+    const int i = threadIdx.x, live = i < D / 4;
+    const int64_t mrow = state->mod_row + row / T_tok;
+    float4 *h4 = (float4 *)(h + row * D);
+    float4 v = make_float4(0, 0, 0, 0);
+    if (live) {
+        v = h4[i];
+        if (y) {
+            const float4 b = ((const float4 *)(y + row * D))[i], g = ((const float4 *)(gate + mrow * gate_stride))[i];
+            v = make_float4(v.x + g.x * b.x, v.y + g.y * b.y, v.z + g.z * b.z, v.w + g.w * b.w);
+            h4[i] = v;
+        }
+    }
+    const float mean = block_sum((v.x + v.y) + (v.z + v.w), red) / D;
+    const float a = v.x - mean, b = v.y - mean, c = v.z - mean, d = v.w - mean;
+    const float rstd = rsqrtf(block_sum(live ? (a * a + b * b) + (c * c + d * d) : 0.0f, red) / D + 1e-6f);
+    if (!live) return;
+    const float4 sh = ((const float4 *)(shift + mrow * mod_stride))[i], sc = ((const float4 *)(scale + mrow * mod_stride))[i];
+    store4<T>(out + row * D + 4 * i, a * rstd * (1.0f + sc.x) + sh.x, b * rstd * (1.0f + sc.y) + sh.y,
+              c * rstd * (1.0f + sc.z) + sh.z, d * rstd * (1.0f + sc.w) + sh.w);
+}
+
+template <typename T>
+static int resid_ln_mod_cuda(const float *y, float *h, T *out, int64_t M, int D, int T_tok, const float *gate,
+                             int64_t gate_stride, const float *shift, const float *scale, int64_t mod_stride,
+                             const dit_cuda_state *state, cudaStream_t st) {
+    const int threads = cdiv(D / 4, WARP) * WARP;
+    if (threads > LN_MAX_THREADS)
+        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: layernorm: hidden size %d > %d", D, 4 * LN_MAX_THREADS);
+    if (M == 0) return DIT_OK;
+    resid_ln_mod_kernel<T><<<(unsigned)M, threads, 0, st>>>(y, h, out, D, T_tok, gate, gate_stride, shift, scale,
+                                                             mod_stride, state);
     LAUNCH_CHECK();
     return DIT_OK;
 }
@@ -119,9 +90,9 @@ int dit_op_resid_ln_mod(const float *y, float *h, void *out, int ct, int64_t M, 
                         const dit_cuda_state *state, cudaStream_t st) {
     if (D % 4 != 0) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: layernorm: hidden size %d is not a multiple of 4", D);
     if (ct == DIT_TYPE_BF16)
-        return resid_ln_mod_dispatch(y, h, (__nv_bfloat16 *)out, M, D, T, gate, gate_stride, shift, scale, mod_stride,
-                                     state, st);
-    return resid_ln_mod_dispatch(y, h, (__half *)out, M, D, T, gate, gate_stride, shift, scale, mod_stride, state, st);
+        return resid_ln_mod_cuda(y, h, (__nv_bfloat16 *)out, M, D, T, gate, gate_stride, shift, scale, mod_stride,
+                                 state, st);
+    return resid_ln_mod_cuda(y, h, (__half *)out, M, D, T, gate, gate_stride, shift, scale, mod_stride, state, st);
 }
 
 // ---------------------------------------------------------------- GroupNorm (+SiLU), VAE
@@ -191,21 +162,32 @@ static __global__ void gn_stats_kernel(const float *__restrict__ x, float2 *__re
     }
 }
 
-// one warp per group: mean = sum n_i m_i / n, M2 = sum (M2_i + n_i (m_i - mean)^2), lanes over the chunks
+// one warp per group: mean = sum n_i m_i / n, M2 = sum (M2_i + n_i (m_i - mean)^2), lanes over the chunks.
+// Each lane loads its <= DIT_GN_CHUNKS / 32 partials at once (a loop of dependent L2 round trips took
+// ~10 us per GroupNorm, 0.3 ms of a 256 px decode).
+#define GN_PER_LANE (DIT_GN_CHUNKS / WARP)
+static_assert(DIT_GN_CHUNKS % WARP == 0, "chunks per lane");
 static __global__ void gn_finalize_kernel(const float2 *__restrict__ part, float *__restrict__ ab,
                                           const float *__restrict__ w, const float *__restrict__ b, int C, int HW,
                                           int G, int ppc, int P, float eps) {
     __shared__ float gm[GN_MAX_G], gr[GN_MAX_G];
     const int cg = C / G, lane = threadIdx.x % WARP, nw = blockDim.x / WARP;
     for (int g = threadIdx.x / WARP; g < G; g += nw) {
-        float s = 0.0f;
-        for (int i = lane; i < P; i += WARP) s += (float)(min(HW, (i + 1) * ppc) - i * ppc) * part[(int64_t)i * G + g].x;
-        const float n = (float)HW * cg, mean = warp_sum(s) * cg / n;
+        float2 pm[GN_PER_LANE];
+        float cnt[GN_PER_LANE], s = 0.0f;
+#pragma unroll
+        for (int j = 0; j < GN_PER_LANE; j++) {
+            const int i = lane + j * WARP;
+            pm[j] = i < P ? part[(int64_t)i * G + g] : make_float2(0.0f, 0.0f);
+            cnt[j] = i < P ? (float)(min(HW, (i + 1) * ppc) - i * ppc) * cg : 0.0f;
+            s += cnt[j] * pm[j].x;
+        }
+        const float n = (float)HW * cg, mean = warp_sum(s) / n;
         float q = 0.0f;
-        for (int i = lane; i < P; i += WARP) {
-            const float2 pm = part[(int64_t)i * G + g];
-            const float d = pm.x - mean;
-            q += pm.y + (float)(min(HW, (i + 1) * ppc) - i * ppc) * cg * d * d;
+#pragma unroll
+        for (int j = 0; j < GN_PER_LANE; j++) {
+            const float d = pm[j].x - mean;
+            q += pm[j].y + cnt[j] * d * d;
         }
         q = warp_sum(q);
         if (lane == 0) {
@@ -235,8 +217,8 @@ static __global__ void gn_apply_kernel(const float *__restrict__ x, T *__restric
     store4<T>(out + 4 * i, y[0], y[1], y[2], y[3]);
 }
 
-int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int C, int HW,
-                      int groups, float eps, int silu, float2 *part, float *ab, cudaStream_t st) {
+int dit_op_group_norm_ab(const float *x, const float *w, const float *b, int C, int HW, int groups, float eps,
+                         float2 *part, float *ab, cudaStream_t st) {
     if (groups <= 0 || groups > GN_MAX_G || C % groups != 0 || C % 4 != 0 || C > GN_MAX_C)
         return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: group norm: %d channels, %d groups", C, groups);
     const int ppc = cdiv(HW, cdiv(HW, 16) < DIT_GN_CHUNKS ? cdiv(HW, 16) : DIT_GN_CHUNKS);   // >= 16 pixels a chunk
@@ -245,6 +227,12 @@ int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, c
     LAUNCH_CHECK();
     gn_finalize_kernel<<<1, 1024, 0, st>>>(part, ab, w, b, C, HW, groups, ppc, P, eps);
     LAUNCH_CHECK();
+    return DIT_OK;
+}
+
+int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int C, int HW,
+                      int groups, float eps, int silu, float2 *part, float *ab, cudaStream_t st) {
+    TRY(dit_op_group_norm_ab(x, w, b, C, HW, groups, eps, part, ab, st));
     const int64_t n4 = (int64_t)HW * C / 4;
     if (out_type == DIT_TYPE_F32)
         gn_apply_kernel<<<cdiv(n4, 256), 256, 0, st>>>(x, (float *)out, ab, C, n4, silu);

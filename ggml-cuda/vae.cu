@@ -7,11 +7,12 @@
 //   resnet: h = conv1(SiLU(GN1(x)));  h = conv2(SiLU(GN2(h)));  out = shortcut(x) + h     (§5.3)
 //   attention (single head, head dim C): x + to_out(softmax(q k^T / sqrt(C)) v), q,k,v = Linear(GN(x)) (§5.4)
 //   GroupNorm: 32 groups, eps 1e-6 everywhere.
-// GroupNorm(+SiLU) writes ct (HW, C) = the GEMM operand of a 1x1 conv or the attention tokens. 3x3 convs
-// are im2col (16-byte copies of C contiguous channels per tap, the 2x upsample fused into it) + one
-// cuBLASLt GEMM y (HW, cout) = cols (HW, 9 cin) W^T + bias (epilogue), W permuted to (cout, 3, 3, cin) at
-// upload; in chunks of output rows of at most VAE_COLS_BYTES of columns (the whole image when it fits).
-// Residual sums in fp32 (add). Thin convs (cin*k*k < 64 or cout < 8) run a direct fp32 kernel; conv_out
+// 3x3 convs are im2col (16-byte copies of C contiguous channels per tap, the 2x upsample or the preceding
+// GroupNorm + SiLU fused into it) + one cuBLASLt GEMM y (HW, cout) = cols (HW, 9 cin) W^T + bias (epilogue),
+// W permuted to (cout, 3, 3, cin) at upload; in chunks of output rows of at most VAE_COLS_BYTES of columns
+// (the whole image when it fits). GroupNorm(+SiLU) is written out (ct) only where a 1x1 GEMM or the
+// attention reads it. Residual sums in fp32, in the epilogue of the GEMM that ends the branch (beta = 1).
+// Thin convs (cin*k*k < 64 or cout < 8) run a direct fp32 kernel; conv_out
 // writes the NCHW image. The buffers borrow the DiT arena (idle while decoding), grown if needed.
 #include "ggml-cuda/vae.cuh"
 
@@ -20,7 +21,8 @@
 #include <string.h>
 
 // im2col chunk budget. 256 MB (whole image at 256 px) measured 0.14 ms faster at 256 px but adds 192 MB
-// to the decode's peak memory, over the 2.0 GB (f16) and 1.3 GB (q8_0) targets of bench/RESULTS.md.
+// to the decode's peak memory, over the 2.0 GB (f16) and 1.3 GB (q8_0) targets of bench/RESULTS.md;
+// 8-24 MB chunks (to keep the columns in L2) were slower (5.06 ms at 8, 4.02 at 16, 3.86 at 24 vs 3.80).
 #define VAE_COLS_BYTES ((size_t)64 << 20)
 #define VAE_EPS 1e-6f
 
@@ -125,7 +127,7 @@ typedef struct {
     float *x, *h, *t;          // (HW, C) fp32: residual stream, conv output, shortcut / upsample output (max_elems)
     void *g, *cols;            // ct: GN output / 1x1 conv input / attention tokens (max_elems), im2col chunk
     void *q, *k, *v, *o;       // attention, ct (HW, C)
-    float *s, *ao;             // (HW, HW) scores, (HW, C) attention output
+    float *s;                  // (HW, HW) scores
     void *p;                   // ct (HW, HW)
     float *img;                // (3, 8L, 8L)
     float2 *part;              // GroupNorm partial statistics (DIT_GN_CHUNKS * groups)
@@ -158,11 +160,16 @@ static int gn(const vae_bufs *b, const float *x, void *out, int out_type, const 
     return dit_op_group_norm(x, out, out_type, w, bias, C, HW, G, VAE_EPS, silu, b->part, b->ab, st);
 }
 
-// k x k conv (k = 1 or 3) of src (H/2^up * W/2^up, cin) -> dst (H*W, cout) fp32 = conv + bias. Direct
-// (fp32) convs read src fp32 and write dst channels-last, or NCHW (cout, H*W) when y_nchw.
-static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_type, int H, int W, int up,
-                float *dst, int y_nchw, const vae_bufs *b, cudaStream_t st) {
+// k x k conv (k = 1 or 3) of src (H/2^up * W/2^up, cin) -> dst (H*W, cout) fp32 = conv + bias, or with acc
+// dst += conv + bias (the residual sum in the GEMM's epilogue). ab (3x3 GEMM convs, fp32 src): the conv
+// reads SiLU(GroupNorm(src)), applied in the im2col. Direct (fp32) convs read src fp32 and write dst
+// channels-last, or NCHW (cout, H*W) when y_nchw.
+static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_type, const float *ab, int H, int W,
+                int up, float *dst, int acc, int y_nchw, const vae_bufs *b, cudaStream_t st) {
     const int64_t HW = (int64_t)H * W;
+    if ((ab && cv->k != 3) || (acc && cv->w.type == DIT_TYPE_F32))
+        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %dx%d conv %d->%d with GroupNorm or a residual", cv->k,
+                             cv->k, cv->cin, cv->cout);
     if (cv->w.type == DIT_TYPE_F32) {
         if (up || src_type != DIT_TYPE_F32)
             return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: direct conv %d->%d here", cv->cin, cv->cout);
@@ -172,7 +179,8 @@ static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_t
     if (y_nchw) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %d-channel conv_out", cv->cout);
     if (cv->k == 1) {   // 1x1: the ct input (HW, cin) is the GEMM operand itself
         if (up || src_type != c->ct) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: 1x1 conv input");
-        return dit_op_linear(c, &cv->w, src, HW, dst, DIT_TYPE_F32, EPI_BIAS, st);
+        return acc ? dit_op_linear_acc(c, &cv->w, src, HW, dst, st)
+                   : dit_op_linear(c, &cv->w, src, HW, dst, DIT_TYPE_F32, EPI_BIAS, st);
     }
     if (cv->k != 3) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %dx%d conv", cv->k, cv->k);
     const int64_t K = (int64_t)cv->cin * 9;
@@ -181,28 +189,43 @@ static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_t
     if (rows > H) rows = H;
     for (int y0 = 0; y0 < H; y0 += rows) {
         const int r = H - y0 < rows ? H - y0 : rows;
-        TRY(dit_op_im2col3(src, src_type, b->cols, c->ct, cv->cin, H, W, y0, r, up, st));
-        TRY(dit_op_linear(c, &cv->w, b->cols, (int64_t)r * W, dst + (int64_t)y0 * W * cv->cout, DIT_TYPE_F32,
-                          EPI_BIAS, st));
+        float *d = dst + (int64_t)y0 * W * cv->cout;
+        TRY(dit_op_im2col3(src, src_type, ab, b->cols, c->ct, cv->cin, H, W, y0, r, up, st));
+        TRY(acc ? dit_op_linear_acc(c, &cv->w, b->cols, (int64_t)r * W, d, st)
+                : dit_op_linear(c, &cv->w, b->cols, (int64_t)r * W, d, DIT_TYPE_F32, EPI_BIAS, st));
     }
     return DIT_OK;
 }
 
-// x (HW, cin) -> x (HW, cout) = shortcut(x) + conv2(SiLU(GN2(conv1(SiLU(GN1(x)))))); t: fp32 scratch
-static int resnet(dit_cuda *c, const dit_cuda_resnet *r, int G, int H, int W, float *x, float *t, const vae_bufs *b,
-                  cudaStream_t st) {
-    const int HW = H * W, cin = r->c1.cin, cout = r->c1.cout;
-    const float *res = x;
-    if (r->sc.w.w) {   // x' = conv_shortcut(x) -> t
-        TRY(dit_op_to_ct(x, b->g, c->ct, (int64_t)cin * HW, st));
-        TRY(conv(c, &r->sc, b->g, c->ct, H, W, 0, t, 0, b, st));
-        res = t;
+// dst (+)= conv(SiLU(GroupNorm(x))): the normalization fused into the im2col of a 3x3 GEMM conv (never
+// written out); other convs get it written into b->g first
+static int gn_conv(dit_cuda *c, const dit_cuda_conv *cv, const float *x, const float *gw, const float *gb, int G,
+                   int H, int W, float *dst, int acc, const vae_bufs *b, cudaStream_t st) {
+    if (cv->k == 3 && cv->w.type != DIT_TYPE_F32) {
+        TRY(dit_op_group_norm_ab(x, gw, gb, cv->cin, H * W, G, VAE_EPS, b->part, b->ab, st));
+        return conv(c, cv, x, DIT_TYPE_F32, b->ab, H, W, 0, dst, acc, 0, b, st);
     }
-    TRY(gn(b, x, b->g, c->ct, r->n1_w, r->n1_b, cin, HW, G, 1, st));
-    TRY(conv(c, &r->c1, b->g, c->ct, H, W, 0, b->h, 0, b, st));
-    TRY(gn(b, b->h, b->g, c->ct, r->n2_w, r->n2_b, cout, HW, G, 1, st));
-    TRY(conv(c, &r->c2, b->g, c->ct, H, W, 0, b->h, 0, b, st));
-    return dit_op_add(x, res, b->h, (int64_t)HW * cout, st);
+    TRY(gn(b, x, b->g, c->ct, gw, gb, cv->cin, H * W, G, 1, st));
+    return conv(c, cv, b->g, c->ct, NULL, H, W, 0, dst, acc, 0, b, st);
+}
+
+// x (HW, cin) -> (HW, cout) = shortcut(x) + conv2(SiLU(GN2(conv1(SiLU(GN1(x)))))), the sum made by conv2's
+// GEMM on top of x, or of t = shortcut(x) (then *x and *t swap); t: fp32 scratch
+static int resnet(dit_cuda *c, const dit_cuda_resnet *r, int G, int H, int W, float **x, float **t,
+                  const vae_bufs *b, cudaStream_t st) {
+    float *out = *x;
+    if (r->sc.w.w) {
+        TRY(dit_op_to_ct(*x, b->g, c->ct, (int64_t)r->c1.cin * H * W, st));
+        TRY(conv(c, &r->sc, b->g, c->ct, NULL, H, W, 0, *t, 0, 0, b, st));
+        out = *t;
+    }
+    TRY(gn_conv(c, &r->c1, *x, r->n1_w, r->n1_b, G, H, W, b->h, 0, b, st));
+    TRY(gn_conv(c, &r->c2, b->h, r->n2_w, r->n2_b, G, H, W, out, 1, b, st));
+    if (out != *x) {
+        *t = *x;
+        *x = out;
+    }
+    return DIT_OK;
 }
 
 // x (HW, C) += to_out(softmax(q k^T / sqrt(C)) v), q, k, v = Linear(GN(x)); the tokens are GN's ct output
@@ -216,8 +239,7 @@ static int mid_attention(dit_cuda *c, int G, int C, int HW, float *x, const vae_
     TRY(dit_op_softmax_rows(b->s, b->p, c->ct, HW, HW, 1.0f / sqrtf((float)C), st));
     // o (HW_i, C) row-major = column-major (C x HW_i) = v^T (C x HW_j) p^T (HW_j x HW_i)
     TRY(dit_op_gemm_raw(c, c->ct, c->ct, 0, 0, C, HW, HW, b->v, C, 0, b->p, HW, 0, b->o, C, 0, 1, 1.0f, st));
-    TRY(dit_op_linear(c, &c->attn_o, b->o, HW, b->ao, DIT_TYPE_F32, EPI_BIAS, st));
-    return dit_op_add(x, x, b->ao, (int64_t)C * HW, st);
+    return dit_op_linear_acc(c, &c->attn_o, b->o, HW, x, st);
 }
 
 // z (L*L, C) channels-last latents -> b->img (3, 8L, 8L)
@@ -227,21 +249,21 @@ static int decode_one(dit_cuda *c, const dit_model *m, int L, float *z, vae_bufs
     float *x = b->x, *t = b->t;
     int H = L;
     // post_quant_conv (1x1) into h, then conv_in
-    TRY(conv(c, &c->pq, z, DIT_TYPE_F32, H, H, 0, b->h, 0, b, st));
-    TRY(conv(c, &c->conv_in, b->h, DIT_TYPE_F32, H, H, 0, x, 0, b, st));
-    TRY(resnet(c, &c->mid[0], G, H, H, x, t, b, st));
+    TRY(conv(c, &c->pq, z, DIT_TYPE_F32, NULL, H, H, 0, b->h, 0, 0, b, st));
+    TRY(conv(c, &c->conv_in, b->h, DIT_TYPE_F32, NULL, H, H, 0, x, 0, 0, b, st));
+    TRY(resnet(c, &c->mid[0], G, H, H, &x, &t, b, st));
     TRY(mid_attention(c, G, c->mid[0].c2.cout, H * H, x, b, st));
-    TRY(resnet(c, &c->mid[1], G, H, H, x, t, b, st));
+    TRY(resnet(c, &c->mid[1], G, H, H, &x, &t, b, st));
     for (int i = 0; i < nb; i++) {
-        for (int j = 0; j <= k->vae_layers_per_block; j++) TRY(resnet(c, &c->up[i][j], G, H, H, x, t, b, st));
+        for (int j = 0; j <= k->vae_layers_per_block; j++) TRY(resnet(c, &c->up[i][j], G, H, H, &x, &t, b, st));
         if (c->up_conv[i].w.w) {   // nearest 2x + conv 3x3
             H *= 2;
-            TRY(conv(c, &c->up_conv[i], x, DIT_TYPE_F32, H, H, 1, t, 0, b, st));
+            TRY(conv(c, &c->up_conv[i], x, DIT_TYPE_F32, NULL, H, H, 1, t, 0, 0, b, st));
             float *s = x; x = t; t = s;
         }
     }
     TRY(gn(b, x, b->h, DIT_TYPE_F32, c->out_n_w, c->out_n_b, c->conv_out.cin, H * H, G, 1, st));
-    return conv(c, &c->conv_out, b->h, DIT_TYPE_F32, H, H, 0, b->img, 1, b, st);
+    return conv(c, &c->conv_out, b->h, DIT_TYPE_F32, NULL, H, H, 0, b->img, 0, 1, b, st);
 }
 
 // decode_one as a CUDA graph, replayed for every later image: the decode is ~200 launches, ~40 of them
@@ -293,7 +315,7 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
     const size_t me = vae_max_elems(m, L), HW0 = (size_t)L * L, es = 2;
     vae_bufs b;
     memset(&b, 0, sizeof(b));
-    b.cols_elems = VAE_COLS_BYTES / es < 9 * me ? VAE_COLS_BYTES / es : 9 * me;   // 9 me: the whole widest conv
+    b.cols_elems = VAE_COLS_BYTES / es < 9 * me ? VAE_COLS_BYTES / es : 9 * me;   // 9 me: the whole widest conv   // 9 me: the whole widest conv
     int cmax = 0;
     for (int j = 0; j < nb; j++) cmax = k->vae_block_out[j] > cmax ? k->vae_block_out[j] : cmax;
     size_t off[16], o = 0;
@@ -306,7 +328,6 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
     off[i++] = o; o += al(HW0 * c_top * es) * 4;   // q k v o
     off[i++] = o; o += al(HW0 * HW0 * 4);          // s
     off[i++] = o; o += al(HW0 * HW0 * es);         // p
-    off[i++] = o; o += al(HW0 * c_top * 4);        // ao
     off[i++] = o; o += al((size_t)k->vae_out_channels * S * S * 4);   // img
     off[i++] = o; o += al((size_t)C * HW0 * 4);    // z
     off[i++] = o; o += al((size_t)DIT_GN_CHUNKS * k->vae_groups * sizeof(float2));   // part
@@ -322,7 +343,7 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
         const size_t s1 = al(HW0 * c_top * es);
         b.q = q; b.k = q + s1; b.v = q + 2 * s1; b.o = q + 3 * s1;
     }
-    b.s = (float *)(a + off[i++]); b.p = a + off[i++]; b.ao = (float *)(a + off[i++]);
+    b.s = (float *)(a + off[i++]); b.p = a + off[i++];
     b.img = (float *)(a + off[i++]);
     float *z = (float *)(a + off[i++]);
     b.part = (float2 *)(a + off[i++]);

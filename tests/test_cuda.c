@@ -1051,6 +1051,7 @@ int main(int argc, char **argv)
         test_attention(2, 200, 2, 72);
         test_attention(1, 256, 3, 64);
         test_attention(2, 16, 1, 72);
+        test_attention(1, 40, 2, 72);
         if (!quick) test_attention(1, 1024, 2, 72);
     }
     if (dir) {
