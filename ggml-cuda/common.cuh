@@ -185,8 +185,8 @@ struct dit_cuda {
     char *arena;
     size_t arena_bytes;
     int arena_B, arena_R, arena_N;
-    float *h, *y;             // (B*T, D) residual stream, GEMM fp32 output
-    void *xin, *qkv, *att, *mlp;  // ct: (B*T, D), (B*T, 3D), (B*T, D), (B*T, F)
+    float *h;                 // (B*T, D) residual stream, fp32
+    void *y, *xin, *qkv, *att, *mlp;  // ct: (B*T, D) proj/fc2 output, (B*T, D), (B*T, 3D), (B*T, D), (B*T, F)
     void *deqs[2];            // ct scratch for dequantized weights (two: the next one is made on `side`)
     const dit_cuda_lin *pf_w; // the weight being dequantized on `side` into deqs[pf_slot], or NULL
     int pf_slot;
@@ -278,8 +278,8 @@ int dit_op_dequant(int type, const void *blocks, int64_t rows, int64_t cols, voi
 
 // norm.cu
 // out = ct(LN(h) * (1 + scale) + shift); when y != NULL first h += gate * y (and h is written back).
-// gate/shift/scale rows: mod pointers + (state->mod_row + row / T) * stride.
-int dit_op_resid_ln_mod(const float *y, float *h, void *out, int ct, int64_t M, int D, int T,
+// y and out are ct; gate/shift/scale rows: mod pointers + (state->mod_row + row / T) * stride.
+int dit_op_resid_ln_mod(const void *y, float *h, void *out, int ct, int64_t M, int D, int T,
                         const float *gate, int64_t gate_stride, const float *shift, const float *scale,
                         int64_t mod_stride, const dit_cuda_state *state, cudaStream_t st);
 // VAE GroupNorm (+SiLU): x (HW, C) fp32 channels-last -> out (HW, C), DIT_TYPE_F32 or ct.

@@ -420,7 +420,7 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     const size_t FB = pr ? 2 * (size_t)N : (size_t)B;   // rows of the whole network output (the sampler's view)
     const size_t lat = (size_t)c->C * c->L * c->L;
     aplan a = { 0 };
-    size_t o_h = ap_take(&a, M * D * 4), o_y = ap_take(&a, M * D * 4);
+    size_t o_h = ap_take(&a, M * D * 4), o_y = ap_take(&a, M * D * es);
     size_t o_xin = ap_take(&a, M * D * es), o_qkv = ap_take(&a, M * 3 * D * es), o_att = ap_take(&a, M * D * es);
     size_t o_mlp = ap_take(&a, M * c->F * es), o_deq = ap_take(&a, c->deq_elems * es);
     // a second scratch buffer turns on the dequantization ahead (gemm.cu): one GPU, quantized weights
@@ -446,7 +446,7 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
 
     TRY(dit_arena_reserve(c, a.off));
     char *p = c->arena;
-    c->h = (float *)(p + o_h); c->y = (float *)(p + o_y);
+    c->h = (float *)(p + o_h); c->y = p + o_y;
     c->xin = p + o_xin; c->qkv = p + o_qkv; c->att = p + o_att; c->mlp = p + o_mlp;
     c->deqs[0] = p + o_deq; c->deqs[1] = ahead ? p + o_deq2 : NULL;
     c->fout = (float *)(p + o_fout); c->lat = (float *)(p + o_lat); c->lat_out = (float *)(p + o_lout);
@@ -529,14 +529,13 @@ static int run_network_ops(dit_cuda *c, int B, int n_img) {
             OP(c, "qkv", dit_op_linear_next(c, &bl->qkv, &bl->proj, c->xin, M, c->qkv, c->ct, EPI_BIAS, st));
             OP(c, "attention", dit_op_attention(c->qkv, c->att, c->ct, B, T, c->H, c->hd, st));
         }
-        OP(c, "proj", dit_op_linear_next(c, &bl->proj, &bl->fc1, c->att, M, c->y, DIT_TYPE_F32,
-                                         EPI_BIAS, st));
+        OP(c, "proj", dit_op_linear_next(c, &bl->proj, &bl->fc1, c->att, M, c->y, c->ct, EPI_BIAS, st));
         // h += gate_msa * y;  xin = modulate(LN(h), shift_mlp, scale_mlp)
         OP(c, "resid_ln_mod", dit_op_resid_ln_mod(c->y, c->h, c->xin, c->ct, M, D, T, mod + 2 * D, S6, mod + 3 * D,
                                                   mod + 4 * D, S6, c->state, st));
         OP(c, "fc1_gelu", dit_op_linear_next(c, &bl->fc1, &bl->fc2, c->xin, M, c->mlp, c->ct,
                                              EPI_GELU_BIAS, st));
-        OP(c, "fc2", dit_op_linear_next(c, &bl->fc2, after_fc2, c->mlp, M, c->y, DIT_TYPE_F32, EPI_BIAS, st));
+        OP(c, "fc2", dit_op_linear_next(c, &bl->fc2, after_fc2, c->mlp, M, c->y, c->ct, EPI_BIAS, st));
     }
     c->prof_layer = c->depth;
     const float *last = c->mod + (size_t)(c->depth - 1) * ms;
@@ -1221,7 +1220,7 @@ int dit_cuda_opbench(FILE *out) {
                                     (const dit_cuda_state *)bufs[3], c->stream);
             const float us = ev_us(c->stream, &e, reps);
             fprintf(out, "opbench: resid_ln_mod M %4d D %d: %8.2f us %6.0f GB/s\n", M, D, us,
-                    (double)M * D * (4 * 3 + 2) / (us * 1e-6) / 1e9);
+                    (double)M * D * (2 + 4 * 2 + 2) / (us * 1e-6) / 1e9);
         }
         cudaEventRecord(e.e0, c->stream);
         for (int r = 0; r < reps; r++) dit_op_dequant(DIT_TYPE_Q8_0, bufs[6], F, D, bufs[2], DIT_TYPE_F16, c->stream);
