@@ -1215,7 +1215,7 @@ int dit_cuda_opbench(FILE *out) {
             dit_op_state_set((dit_cuda_state *)bufs[3], 0, 0, 1, c->stream);
             cudaEventRecord(e.e0, c->stream);
             for (int r = 0; r < reps; r++)
-                dit_op_resid_ln_mod((float *)bufs[1], (float *)bufs[1] + (size_t)M * D, bufs[0], DIT_TYPE_F16, M, D, 256,
+                dit_op_resid_ln_mod(bufs[5], (float *)bufs[1], bufs[0], DIT_TYPE_F16, M, D, 256,
                                     (float *)bufs[7], 6 * D, (float *)bufs[7] + D, (float *)bufs[7] + 2 * D, 6 * D,
                                     (const dit_cuda_state *)bufs[3], c->stream);
             const float us = ev_us(c->stream, &e, reps);

@@ -167,7 +167,8 @@ static int gn(const vae_bufs *b, const float *x, void *out, int out_type, const 
 static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_type, const float *ab, int H, int W,
                 int up, float *dst, int acc, int y_nchw, const vae_bufs *b, cudaStream_t st) {
     const int64_t HW = (int64_t)H * W;
-    if ((ab && cv->k != 3) || (acc && cv->w.type == DIT_TYPE_F32))
+    const int gemm = cv->w.type != DIT_TYPE_F32;   // GroupNorm fused: 3x3 GEMM convs; residual: GEMM convs
+    if ((ab && !(gemm && cv->k == 3)) || (acc && !gemm))
         return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %dx%d conv %d->%d with GroupNorm or a residual", cv->k,
                              cv->k, cv->cin, cv->cout);
     if (cv->w.type == DIT_TYPE_F32) {
