@@ -3,8 +3,9 @@
 //   im2col3:   cols[(y - y0) W + x][t*C + ci] = src[(y + ky - 1) W + x + kx - 1][ci] (0 outside), t = 3 ky + kx,
 //              in ct, for output rows y in [y0, y0 + rows); src fp32 or ct. Each tap is a contiguous run of C
 //              channels, 8 at a time (16-byte stores), scattered from each source pixel to its 9 taps. With
-//              up = 1 the source is read at (y/2, x/2): the nearest 2x upsample of Upsample2D fused in (§5.2). Column order = the conv weight
-//              permuted to (cout, 3, 3, cin) at upload (conv_w_tap_major). With ab, an fp32 source goes through
+//              up = 1 the source is read at (y/2, x/2): the nearest 2x upsample of Upsample2D fused in
+//              (§5.2). Column order = the conv weight permuted to (cout, 3, 3, cin) at upload
+//              (conv_w_tap_major). With ab, an fp32 source goes through
 //              GroupNorm + SiLU on the way (ab: per-channel scale and shift), so the normalized activation
 //              is never written (zero padding stays zero: it pads the normalized tensor).
 //   conv_direct: fp32 direct convolution for the thin convs (post_quant_conv 4->4, conv_in 4->c, conv_out

@@ -242,22 +242,7 @@ int dit_gemm_join(dit_cuda *c, cudaStream_t st) {
     return DIT_OK;
 }
 
-static int linear(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M, void *y,
-                  int y_type, int epi, float beta, cudaStream_t st);
-int dit_op_linear(dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, void *y, int y_type, int epi,
-                  cudaStream_t st) {
-    return linear(c, w, NULL, x, M, y, y_type, epi, 0.0f, st);
-}
-
-int dit_op_linear_next(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M,
-                       void *y, int y_type, int epi, cudaStream_t st) {
-    return linear(c, w, next, x, M, y, y_type, epi, 0.0f, st);
-}
-
-int dit_op_linear_acc(dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, float *y, cudaStream_t st) {
-    return linear(c, w, NULL, x, M, y, DIT_TYPE_F32, EPI_BIAS, 1.0f, st);
-}
-
+// y = x W^T (+ b, + GELU per epi) + beta y, for dit_op_linear / _next / _acc below
 static int linear(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M, void *y,
                   int y_type, int epi, float beta, cudaStream_t st) {
     const void *W = w->w;
@@ -286,6 +271,20 @@ static int linear(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, 
     TRY(gemm_run(c, p, W, x, y, bias, 1.0f, beta, st));
     if (post) TRY(bias_act_cuda(y, y_type, w->b, M, (int)w->n_out, post == 2, st));
     return DIT_OK;
+}
+
+int dit_op_linear(dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, void *y, int y_type, int epi,
+                  cudaStream_t st) {
+    return linear(c, w, NULL, x, M, y, y_type, epi, 0.0f, st);
+}
+
+int dit_op_linear_next(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M,
+                       void *y, int y_type, int epi, cudaStream_t st) {
+    return linear(c, w, next, x, M, y, y_type, epi, 0.0f, st);
+}
+
+int dit_op_linear_acc(dit_cuda *c, const dit_cuda_lin *w, const void *x, int64_t M, float *y, cudaStream_t st) {
+    return linear(c, w, NULL, x, M, y, DIT_TYPE_F32, EPI_BIAS, 1.0f, st);
 }
 
 int dit_op_gemm_raw(dit_cuda *c, int type, int y_type, int transa, int transb, int64_t m, int64_t n, int64_t k,

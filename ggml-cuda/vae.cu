@@ -12,8 +12,7 @@
 // W permuted to (cout, 3, 3, cin) at upload; in chunks of output rows of at most VAE_COLS_BYTES of columns
 // (the whole image when it fits). GroupNorm(+SiLU) is written out (ct) only where a 1x1 GEMM or the
 // attention reads it. Residual sums in fp32, in the epilogue of the GEMM that ends the branch (beta = 1).
-// Thin convs (cin*k*k < 64 or cout < 8) run a direct fp32 kernel; conv_out
-// writes the NCHW image. The buffers borrow the DiT arena (idle while decoding), grown if needed.
+// Thin convs (cin*k*k < 64 or cout < 8) run a direct fp32 kernel; conv_out writes the NCHW image. The buffers borrow the DiT arena (idle while decoding), grown if needed.
 #include "ggml-cuda/vae.cuh"
 
 #include <math.h>
@@ -316,7 +315,7 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
     const size_t me = vae_max_elems(m, L), HW0 = (size_t)L * L, es = 2;
     vae_bufs b;
     memset(&b, 0, sizeof(b));
-    b.cols_elems = VAE_COLS_BYTES / es < 9 * me ? VAE_COLS_BYTES / es : 9 * me;   // 9 me: the whole widest conv   // 9 me: the whole widest conv
+    b.cols_elems = VAE_COLS_BYTES / es < 9 * me ? VAE_COLS_BYTES / es : 9 * me;   // 9 me: the whole widest conv
     int cmax = 0;
     for (int j = 0; j < nb; j++) cmax = k->vae_block_out[j] > cmax ? k->vae_block_out[j] : cmax;
     size_t off[16], o = 0;
