@@ -211,6 +211,9 @@ struct dit_cuda {
     cudaGraphExec_t vae_graph;   // one image's decode (vae.cu), into the arena: dropped when it moves
     int vae_warm;                // a decode ran eagerly: plans made, kernels loaded
     int vae_no_graph;            // capturing the decode failed once: eager from then on
+    int vae_conv;                // 3x3 convs: 0 auto, 1 im2col + cuBLASLt, 2 implicit GEMM (DIT_VAE_CONV)
+    int n_sm;                    // multiprocessors of the device
+    int igemm_ok;                // conv3_igemm runs here (an sm_90a build on a compute capability 9.0 GPU)
 
     // profiling
     int profiling;
@@ -283,13 +286,14 @@ int dit_op_resid_ln_mod(const void *y, float *h, void *out, int ct, int64_t M, i
                         const float *gate, int64_t gate_stride, const float *shift, const float *scale,
                         int64_t mod_stride, const dit_cuda_state *state, cudaStream_t st);
 // VAE GroupNorm (+SiLU): x (HW, C) fp32 channels-last -> out (HW, C), DIT_TYPE_F32 or ct.
-// Scratch: part (DIT_GN_CHUNKS * groups) partial statistics, ab (2C) per-channel scale and shift.
+// Scratch: part (DIT_GN_CHUNKS * groups) partial statistics, count (zero before the first call; every
+// call leaves it zero), ab (2C) per-channel scale and shift.
 #define DIT_GN_CHUNKS 256
 int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int C, int HW,
-                      int groups, float eps, int silu, float2 *part, float *ab, cudaStream_t st);
+                      int groups, float eps, int silu, float2 *part, unsigned int *count, float *ab, cudaStream_t st);
 // only the statistics: ab[c] = rstd_g * w[c], ab[C + c] = b[c] - ab[c] * mean_g (GroupNorm = x * a + b)
 int dit_op_group_norm_ab(const float *x, const float *w, const float *b, int C, int HW, int groups, float eps,
-                         float2 *part, float *ab, cudaStream_t st);
+                         float2 *part, unsigned int *count, float *ab, cudaStream_t st);
 
 // attention.cu: o (B*T, H*hd) = softmax(q k^T / sqrt(hd)) v per (b, head); qkv (B*T, 3*H*hd); ct
 int dit_op_attention(const void *qkv, void *o, int ct, int B, int T, int H, int hd, cudaStream_t st);
@@ -333,8 +337,11 @@ int dit_op_randn(uint64_t seed, int img0, int n_img, uint32_t step, float *out, 
 
 // conv.cu (VAE; activations channels-last (HW, C))
 // ab != NULL (fp32 src only): each gathered value is SiLU(x * ab[c] + ab[C + c]) (GroupNorm + SiLU fused)
-int dit_op_im2col3(const void *src, int src_type, const float *ab, void *cols, int ct, int C, int H, int W, int y0,
-                   int rows, int up, cudaStream_t st);
+int dit_op_conv_cols(const void *src, int src_type, const float *ab, void *out, int ct, int C, int H, int W, int y0,
+                     int rows, int up, int pad, cudaStream_t st);
+int dit_conv3_igemm_supported(int device);
+int dit_op_conv3_igemm(const void *xp, int ct, const void *w, const float *bias, float *y, int acc, int C, int N,
+                       int rows, int W, int64_t ycs, cudaStream_t st);
 int dit_op_conv_w_tap_major(const void *src, void *dst, int cout, int cin, cudaStream_t st);
 int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y, int cin, int cout, int H, int W,
                        int k, int y_nhwc, cudaStream_t st);

@@ -1,16 +1,21 @@
-// conv.cu - VAE building blocks around the cuBLASLt GEMM. Activations are channels-last (NHWC, one image):
-// (H*W, C) row-major, which is also the (tokens, C) layout of the mid attention.
-//   im2col3:   cols[(y - y0) W + x][t*C + ci] = src[(y + ky - 1) W + x + kx - 1][ci] (0 outside), t = 3 ky + kx,
-//              in ct, for output rows y in [y0, y0 + rows); src fp32 or ct. Each tap is a contiguous run of C
-//              channels, 8 at a time (16-byte stores), scattered from each source pixel to its 9 taps. With
-//              up = 1 the source is read at (y/2, x/2): the nearest 2x upsample of Upsample2D fused in
-//              (§5.2). Column order = the conv weight permuted to (cout, 3, 3, cin) at upload
-//              (conv_w_tap_major). With ab, an fp32 source goes through
-//              GroupNorm + SiLU on the way (ab: per-channel scale and shift), so the normalized activation
-//              is never written (zero padding stays zero: it pads the normalized tensor).
-//   conv_direct: fp32 direct convolution for the thin convs (post_quant_conv 4->4, conv_in 4->c, conv_out
-//              c->3), where a GEMM would be all padding; input and output layouts NCHW or NHWC. Up to 4
-//              output channels from channels-last input: a warp per pixel (conv_thin).
+// conv.cu - VAE convolutions. Activations are channels-last (NHWC, one image): (H*W, C) row-major, which is
+// also the (tokens, C) layout of the mid attention.
+//   pad3:      xp[(py (W + 2) + px) C + ci] = in(y0 - 1 + py, px - 1)[ci], zero outside the image: the conv
+//              input of output rows [y0, y0 + rows) written once, padded, in ct (the conv3_igemm operand).
+//   conv3_igemm: the 3x3 conv as an implicit GEMM over pad3's rows (wgmma, sm_90a; see the kernel).
+//   im2col3:   cols[(y - y0) W + x][t*C + ci] = in(y + ky - 1, x + kx - 1)[ci] (0 outside), t = 3 ky + kx,
+//              in ct: the same input once per tap, for cuBLASLt (small convs, other GPUs). Each tap is a
+//              contiguous run of C channels, 8 at a time (16-byte stores), scattered from each source pixel
+//              to its 9 taps. Column order = the conv weight permuted to (cout, 3, 3, cin) at upload
+//              (conv_w_tap_major).
+//   in(y, x):  src fp32 or ct; with up = 1 read at (y/2, x/2): the nearest 2x upsample of Upsample2D fused in
+//              (§5.2); with ab, an fp32 source goes through GroupNorm + SiLU on the way (ab: per-channel
+//              scale and shift), so the normalized activation is never written (zero padding stays zero:
+//              it pads the normalized tensor).
+//   conv_direct: fp32 direct convolution for the thin convs (post_quant_conv 4->4, conv_in 4->c, and
+//              conv_out c->3 without conv3_igemm), where a GEMM would be all padding; input and output
+//              layouts NCHW or NHWC. Up to 4 output channels from channels-last input: a warp per pixel
+//              (conv_thin).
 //   softmax_rows: ct(softmax(scale * x)) per row, fp32 math.
 #include "common.cuh"
 
@@ -20,6 +25,27 @@ template <typename T> __device__ __forceinline__ uint4 pack8(const float *v) {
 #pragma unroll
     for (int j = 0; j < 8; j++) h[j] = from_f32<T>(v[j]);
     return u;
+}
+
+// 8 channels [8v, 8v + 8) of the conv input at (sy, sx) (after the optional upsample), in T: zero outside
+// the image; an fp32 source goes through GroupNorm + SiLU when ab is set (per-channel scale, shift).
+template <typename S, typename T>
+static __device__ __forceinline__ uint4 conv_in8(const S *__restrict__ src, const float *__restrict__ ab, int C,
+                                                 int H, int W, int sy, int sx, int v, int up) {
+    if (sy < 0 || sy >= H || sx < 0 || sx >= W) return make_uint4(0, 0, 0, 0);
+    const S *p = src + ((int64_t)(sy >> up) * (W >> up) + (sx >> up)) * C + v * 8;
+    if (sizeof(S) != 4) return *(const uint4 *)p;
+    const float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
+    float f[8] = { a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w };
+    if (ab) {
+        const float4 s0 = ((const float4 *)ab)[2 * v], s1 = ((const float4 *)ab)[2 * v + 1];
+        const float4 h0 = ((const float4 *)(ab + C))[2 * v], h1 = ((const float4 *)(ab + C))[2 * v + 1];
+        const float sc[8] = { s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w };
+        const float sh[8] = { h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w };
+#pragma unroll
+        for (int j = 0; j < 8; j++) f[j] = silu_f(f[j] * sc[j] + sh[j]);
+    }
+    return pack8<T>(f);
 }
 
 // One thread per (source pixel, 8 channels), scattering to the <= 9 column entries that read it: the value
@@ -35,25 +61,7 @@ static __global__ void im2col3_kernel(const S *__restrict__ src, const float *__
     if (i >= (unsigned)(rows + 2) * WP * CV) return;
     const unsigned v = i % CV, r = i / CV;
     const int sy = y0 - 1 + (int)(r / WP), sx = (int)(r % WP) - 1;
-    uint4 out = make_uint4(0, 0, 0, 0);
-    if (sy >= 0 && sy < H && sx >= 0 && sx < W) {
-        const S *p = src + ((int64_t)(sy >> up) * (W >> up) + (sx >> up)) * C + v * 8;
-        if (sizeof(S) == 4) {
-            const float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
-            float f[8] = { a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w };
-            if (ab) {
-                const float4 s0 = ((const float4 *)ab)[2 * v], s1 = ((const float4 *)ab)[2 * v + 1];
-                const float4 h0 = ((const float4 *)(ab + C))[2 * v], h1 = ((const float4 *)(ab + C))[2 * v + 1];
-                const float sc[8] = { s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w };
-                const float sh[8] = { h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w };
-#pragma unroll
-                for (int j = 0; j < 8; j++) f[j] = silu_f(f[j] * sc[j] + sh[j]);
-            }
-            out = pack8<T>(f);
-        } else {
-            out = *(const uint4 *)p;
-        }
-    }
+    const uint4 out = conv_in8<S, T>(src, ab, C, H, W, sy, sx, v, up);
     // output pixel (sy + 1 - ky, sx + 1 - kx) reads this pixel as its tap t = 3 ky + kx
 #pragma unroll
     for (int ky = 0; ky < 3; ky++) {
@@ -68,27 +76,237 @@ static __global__ void im2col3_kernel(const S *__restrict__ src, const float *__
     }
 }
 
-// src_type: DIT_TYPE_F32 or ct; H, W: output (= conv input after the optional upsample) size
-int dit_op_im2col3(const void *src, int src_type, const float *ab, void *cols, int ct, int C, int H, int W, int y0,
-                   int rows, int up, cudaStream_t st) {
+// pad3: the same input as im2col3, written once: xp[(py * (W + 2) + px) C + ci] = input(y0 - 1 + py, px - 1)
+// for py in [0, rows + 2), px in [0, W + 2), zero on the border (the implicit-GEMM conv's operand)
+template <typename S, typename T>
+static __global__ void pad3_kernel(const S *__restrict__ src, const float *__restrict__ ab, T *__restrict__ xp, int C,
+                                   int H, int W, int y0, int rows, int up) {
+    const unsigned CV = C / 8, WP = W + 2;
+    const unsigned i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (unsigned)(rows + 2) * WP * CV) return;
+    const unsigned v = i % CV, r = i / CV;
+    ((uint4 *)xp)[i] = conv_in8<S, T>(src, ab, C, H, W, y0 - 1 + (int)(r / WP), (int)(r % WP) - 1, v, up);
+}
+
+template <typename S, typename T>
+static void launch_cols(int pad, int grid, cudaStream_t st, const void *src, const float *ab, void *out, int C, int H,
+                        int W, int y0, int rows, int up) {
+    if (pad) pad3_kernel<<<grid, 256, 0, st>>>((const S *)src, ab, (T *)out, C, H, W, y0, rows, up);
+    else im2col3_kernel<<<grid, 256, 0, st>>>((const S *)src, ab, (T *)out, C, H, W, y0, rows, up);
+}
+
+// src_type: DIT_TYPE_F32 or ct; H, W: output (= conv input after the optional upsample) size; pad: write
+// the padded rows for conv3_igemm instead of the im2col columns
+int dit_op_conv_cols(const void *src, int src_type, const float *ab, void *out, int ct, int C, int H, int W, int y0,
+                     int rows, int up, int pad, cudaStream_t st) {
     if (C % 8) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: im2col: %d channels (needs a multiple of 8)", C);
     if (ab && src_type != DIT_TYPE_F32) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: im2col: GroupNorm of a ct source");
     const int64_t n = (int64_t)(rows + 2) * (W + 2) * (C / 8);
     if (n >= ((int64_t)1 << 31)) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: im2col: %lld vectors", (long long)n);
     const int grid = cdiv(n, 256);
+    const int f32 = src_type == DIT_TYPE_F32;
     if (ct == DIT_TYPE_BF16) {
-        if (src_type == DIT_TYPE_F32)
-            im2col3_kernel<<<grid, 256, 0, st>>>((const float *)src, ab, (__nv_bfloat16 *)cols, C, H, W, y0, rows, up);
-        else
-            im2col3_kernel<<<grid, 256, 0, st>>>((const __nv_bfloat16 *)src, ab, (__nv_bfloat16 *)cols, C, H, W, y0, rows, up);
+        if (f32) launch_cols<float, __nv_bfloat16>(pad, grid, st, src, ab, out, C, H, W, y0, rows, up);
+        else launch_cols<__nv_bfloat16, __nv_bfloat16>(pad, grid, st, src, ab, out, C, H, W, y0, rows, up);
     } else {
-        if (src_type == DIT_TYPE_F32)
-            im2col3_kernel<<<grid, 256, 0, st>>>((const float *)src, ab, (__half *)cols, C, H, W, y0, rows, up);
-        else
-            im2col3_kernel<<<grid, 256, 0, st>>>((const __half *)src, ab, (__half *)cols, C, H, W, y0, rows, up);
+        if (f32) launch_cols<float, __half>(pad, grid, st, src, ab, out, C, H, W, y0, rows, up);
+        else launch_cols<__half, __half>(pad, grid, st, src, ab, out, C, H, W, y0, rows, up);
     }
     LAUNCH_CHECK();
     return DIT_OK;
+}
+
+// conv3_igemm: 3x3 conv as an implicit GEMM over pad3's rows, no columns written. Output pixel (y, x) is
+// virtual row r = y (W + 2) + x of the padded grid, and its tap (ky, kx) is padded row r + ky (W + 2) + kx,
+// so every tap of a tile of consecutive virtual rows is a contiguous run of rows: a plain GEMM A tile at
+// a per-tap row offset. Rows with x >= W (two per image row) are computed and dropped; the last ones read
+// up to 2 rows past the padded grid (allocated, never used for a kept output).
+//   y[(y W + x) N + n] (+)= bias[n] + sum_{t, ci} xp[r + off_t][ci] w[n][t C + ci]     (w: (N, 9, C))
+// Hopper wgmma (sm_90a): CTA tile 128 x BN, two warpgroups of m64nBNk16, fp32 accumulators in registers;
+// k-tiles of 64 channels of one tap (9 C / 64 of them) in a 4-stage cp.async ring, stored with the 128-byte
+// swizzle the wgmma shared-memory descriptors name (16-byte chunk c of row r at chunk c ^ (r % 8)).
+// Tile kt + 2 is loaded while tile kt is multiplied and tile kt - 1's wgmma may still run; a stage is
+// refilled only after every warp has waited for the wgmma that read it (the barrier of the next tile).
+// BN = 128 writes channels-last pairs (N even); BN = 8 (conv_out, N <= 8) writes NCHW planes ycs apart.
+// (An mma.sync m16n8k16 version of this kernel ran at ~146 TFLOP/s on an H200, latency-bound at 2 warps
+// per scheduler: cuBLASLt's wgmma kernels did the im2col GEMMs at ~400-500.) Needs C % 64 == 0.
+#define IG_BM 128
+#define IG_BK 64                                   // 128-byte rows
+#define IG_THREADS 256
+#define IG_STAGES 4                                // 3 (2 CTAs per SM), 5 and 6: all slower
+#define IG_STAGE_BYTES(BN) ((IG_BM + (BN)) * IG_BK * 2)
+#define IG_SMEM(BN) (IG_STAGES * IG_STAGE_BYTES(BN) + 1024)   // + alignment of the swizzle atoms
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+// K-major operand, 128-byte swizzle: 8-row groups 1024 B apart (SBO), start address in 16-byte units
+static __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
+    return (uint64_t)((saddr & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 | (uint64_t)1 << 62;
+}
+// d (64 x BN of this warpgroup) += A (64 x 16) B^T (BN x 16), both from shared memory
+template <typename T, int BN> struct wgmma_t;
+#define WG_N128(ty)                                                                                           \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." ty "." ty " {%0, %1, %2, %3, %4, %5, %6, %7, " \
+                 "%8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, " \
+                 "%27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, " \
+                 "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "    \
+                 "%64, %65, p, 1, 1, 0, 0;\n}" : WG_DREGS : "l"(a), "l"(b), "r"(1))
+#define WG_DREGS \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define WG_N8(ty) \
+    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"                                                 \
+                 "wgmma.mma_async.sync.aligned.m64n8k16.f32." ty "." ty " {%0, %1, %2, %3}, %4, %5, p, 1, 1, 0, 0;\n}" \
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "l"(a), "l"(b), "r"(1))
+template <> struct wgmma_t<__half, 128> { static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_N128("f16"); } };
+template <> struct wgmma_t<__nv_bfloat16, 128> { static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_N128("bf16"); } };
+template <> struct wgmma_t<__half, 8> { static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_N8("f16"); } };
+template <> struct wgmma_t<__nv_bfloat16, 8> { static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_N8("bf16"); } };
+#undef WG_N128
+#undef WG_N8
+#undef WG_DREGS
+#endif
+
+// accumulators -> y for the tile at (m0, n0); see conv3_igemm_kernel
+template <int BN>
+static __device__ __forceinline__ void igemm_epilogue(const float *d, float *__restrict__ y, const float *__restrict__ bias,
+                                                      int m0, int n0, int Mv, int WP, int W, int N, int acc, int64_t ycs) {
+    // accumulator j of this thread: row 16 warp + lane / 4 (+ 8 for j % 4 >= 2), column 8 (j / 4) + 2 (lane % 4) + j % 2.
+    // With acc, a row's residual pairs are all loaded before the first store (loads and stores to y in one
+    // loop ran one DRAM latency after another: +37 us on a 256 px 128-channel conv)
+    const int lane = threadIdx.x % WARP, q = lane & 3;
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const int r = m0 + threadIdx.x / 128 * 64 + (threadIdx.x % 128) / WARP * 16 + (lane >> 2) + 8 * h, py = r / WP, px = r % WP;
+        if (r >= Mv || px >= W) continue;
+        const int nn = N - n0 - 2 * q;   // columns left in this row from this thread's first: pair j when 8 j < nn
+        if (BN == 8) {                   // NCHW planes
+            float *yp = y + (int64_t)py * W + px;
+            if (nn > 0) yp[(int64_t)(n0 + 2 * q) * ycs] = d[2 * h] + (bias ? bias[n0 + 2 * q] : 0.0f);
+            if (nn > 1) yp[(int64_t)(n0 + 2 * q + 1) * ycs] = d[2 * h + 1] + (bias ? bias[n0 + 2 * q + 1] : 0.0f);
+            continue;
+        }
+        float *yr = y + ((int64_t)py * W + px) * N + n0 + 2 * q;
+        float2 v[BN / 8];
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++) {
+            v[j] = make_float2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+            if (bias && 8 * j < nn) v[j].x += bias[n0 + 8 * j + 2 * q], v[j].y += bias[n0 + 8 * j + 2 * q + 1];
+        }
+        if (acc) {
+            float2 o[BN / 8];
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) o[j] = 8 * j < nn ? *(const float2 *)(yr + 8 * j) : make_float2(0.0f, 0.0f);
+#pragma unroll
+            for (int j = 0; j < BN / 8; j++) v[j].x += o[j].x, v[j].y += o[j].y;
+        }
+#pragma unroll
+        for (int j = 0; j < BN / 8; j++)
+            if (8 * j < nn) *(float2 *)(yr + 8 * j) = v[j];
+    }
+}
+
+template <typename T, int BN>
+static __global__ void __launch_bounds__(IG_THREADS, 1)
+conv3_igemm_kernel(const T *__restrict__ xp, const T *__restrict__ w, const float *__restrict__ bias,
+                   float *__restrict__ y, int C, int N, int rows, int W, int acc, int64_t ycs) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    extern __shared__ unsigned char ig_raw[];
+    const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(ig_raw) + 1023) & ~1023u;
+    const int WP = W + 2, Mv = rows * WP;
+    const int m0 = blockIdx.x * IG_BM, n0 = blockIdx.y * BN;
+    const int tid = threadIdx.x, wg = tid / 128;
+    const int CK = C / IG_BK, KT = 9 * CK;   // k-tiles per tap, in all
+
+    // stage s: A rows at sbase + s STAGE, B rows after them; each row 128 B, swizzled
+    auto load = [&](int s, int kt) {
+        const int t = kt / CK, c0 = (kt % CK) * IG_BK, off = (t / 3) * WP + t % 3;
+        const uint32_t sa = sbase + s * IG_STAGE_BYTES(BN), sb = sa + IG_BM * 128;
+#pragma unroll
+        for (int j = 0; j < IG_BM * 8 / IG_THREADS; j++) {   // A: 16-byte chunk c of row r
+            const int i = tid + j * IG_THREADS, r = i / 8, c = i % 8;
+            const bool ok = m0 + r < Mv;
+            const T *g = xp + (int64_t)(ok ? m0 + r + off : 0) * C + c0 + c * 8;
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa + r * 128 + ((c ^ (r & 7)) << 4)), "l"(g), "r"(ok ? 16 : 0));
+        }
+#pragma unroll
+        for (int j = 0; j < (BN * 8 + IG_THREADS - 1) / IG_THREADS; j++) {   // B
+            const int i = tid + j * IG_THREADS, r = i / 8, c = i % 8;
+            const bool ok = n0 + r < N;
+            const T *g = w + (int64_t)(ok ? n0 + r : 0) * 9 * C + t * C + c0 + c * 8;
+            if (BN * 8 % IG_THREADS == 0 || i < BN * 8)
+                asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sb + r * 128 + ((c ^ (r & 7)) << 4)), "l"(g), "r"(ok ? 16 : 0));
+        }
+    };
+    float d[BN / 2];
+#pragma unroll
+    for (int i = 0; i < BN / 2; i++) d[i] = 0.0f;
+#pragma unroll
+    for (int s = 0; s < IG_STAGES - 2; s++) {
+        if (s < KT) load(s, s);
+        asm volatile("cp.async.commit_group;");
+    }
+    for (int kt = 0; kt < KT; kt++) {
+        asm volatile("cp.async.wait_group %0;" ::"n"(IG_STAGES - 3));   // tile kt has landed (this thread's part)
+        asm volatile("fence.proxy.async.shared::cta;");                  // ... visible to the wgmma (async proxy)
+        __syncthreads();                                                 // ... all of it; wgmma(kt - 2) done
+        if (kt + IG_STAGES - 2 < KT) load((kt + IG_STAGES - 2) % IG_STAGES, kt + IG_STAGES - 2);
+        asm volatile("cp.async.commit_group;");
+        const uint32_t sa = sbase + (kt % IG_STAGES) * IG_STAGE_BYTES(BN), sb = sa + IG_BM * 128;
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < IG_BK / 16; kk++)   // k16 step: + 32 bytes inside the swizzled rows
+            wgmma_t<T, BN>::run(d, wg_desc(sa + wg * 64 * 128 + kk * 32), wg_desc(sb + kk * 32));
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+    }
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    asm volatile("cp.async.wait_group 0;");
+    igemm_epilogue<BN>(d, y, bias, m0, n0, Mv, WP, W, N, acc, ycs);
+#endif
+}
+
+// whether this build has the wgmma kernel (sm_90a) and the device runs it (compute capability 9.0)
+int dit_conv3_igemm_supported(int device) {
+    cudaFuncAttributes fa;
+    int major = 0;
+    if (cudaFuncGetAttributes(&fa, conv3_igemm_kernel<__half, 128>) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return fa.binaryVersion == 90 && major == 9;
+}
+
+template <typename T, int BN>
+static int igemm_launch(const void *xp, const void *w, const float *bias, float *y, int acc, int C, int N, int rows,
+                        int W, int64_t ycs, cudaStream_t st) {
+    // > 48 KB of dynamic shared memory is opt-in, per device
+    CUDA_CHECK(cudaFuncSetAttribute(conv3_igemm_kernel<T, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, IG_SMEM(BN)));
+    const dim3 grid(cdiv((int64_t)rows * (W + 2), IG_BM), cdiv(N, BN));
+    conv3_igemm_kernel<T, BN><<<grid, IG_THREADS, IG_SMEM(BN), st>>>((const T *)xp, (const T *)w, bias, y, C, N, rows, W,
+                                                                     acc, ycs);
+    LAUNCH_CHECK();
+    return DIT_OK;
+}
+
+// xp: pad3's rows + 2 (rows + 2, W + 2, C) of ct; w (N, 9, C) ct; y (rows W, N) fp32 channels-last, or with
+// ycs > 0 (N <= 8, no acc) NCHW planes ycs elements apart
+int dit_op_conv3_igemm(const void *xp, int ct, const void *w, const float *bias, float *y, int acc, int C, int N,
+                       int rows, int W, int64_t ycs, cudaStream_t st) {
+    if (C % IG_BK || (ycs ? N > 8 || acc : N % 2))
+        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: implicit conv: %d -> %d channels%s", C, N, ycs ? " NCHW" : "");
+    const int bf = ct == DIT_TYPE_BF16;
+    if (ycs) return bf ? igemm_launch<__nv_bfloat16, 8>(xp, w, bias, y, 0, C, N, rows, W, ycs, st)
+                       : igemm_launch<__half, 8>(xp, w, bias, y, 0, C, N, rows, W, ycs, st);
+    return bf ? igemm_launch<__nv_bfloat16, 128>(xp, w, bias, y, acc, C, N, rows, W, 0, st)
+              : igemm_launch<__half, 128>(xp, w, bias, y, acc, C, N, rows, W, 0, st);
 }
 
 // w (cout, cin, 9) -> (cout, 9, cin), 16-bit elements

@@ -240,6 +240,10 @@ static int cuda_setup(dit_cuda *c, int device) {
     cudaDeviceProp prop;
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     snprintf(c->device_name, sizeof(c->device_name), "%.63s", prop.name);
+    c->n_sm = prop.multiProcessorCount;
+    c->igemm_ok = dit_conv3_igemm_supported(device);
+    const char *ev = getenv("DIT_VAE_CONV");   // im2col | implicit: force one 3x3 conv path (tests, comparisons)
+    c->vae_conv = !ev ? 0 : !strcmp(ev, "im2col") ? 1 : !strcmp(ev, "implicit") ? 2 : 0;
     // the step's stream first when both have blocks waiting: the side stream's work (the next weight's
     // dequantization) fills the SMs the step leaves idle instead of delaying it
     int lo = 0, hi = 0;
@@ -1085,6 +1089,52 @@ int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, 
                          cudaMemcpy(y, dy, (size_t)M * N * 4, cudaMemcpyDeviceToHost) != cudaSuccess))
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: linear test failed");
     cudaFree(dx); cudaFree(dw); cudaFree(db); cudaFree(dy);
+    cuda_teardown(c);
+    return rc;
+}
+
+int dit_cuda_test_conv3(const float *x, const float *w, const float *b, const float *ab, int cin, int cout, int H,
+                        int W, int up, int acc, int implicit, float *y) {
+    dit_cuda *c;
+    TRY(test_ctx(&c));
+    if (implicit && !c->igemm_ok) {
+        cuda_teardown(c);
+        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: no implicit-GEMM conv here (needs an sm_90a build and GPU)");
+    }
+    const size_t nx = (size_t)(H >> up) * (W >> up) * cin, nw = (size_t)cout * cin * 9, ny = (size_t)H * W * cout;
+    const int nchw = implicit && cout <= 8;   // conv_out's form: NCHW planes
+    const size_t ncols = implicit ? ((size_t)(H + 2) * (W + 2) + 2) * cin : (size_t)H * W * 9 * cin;
+    void *dw = NULL, *dwt = NULL, *dcols = NULL;
+    float *dx = NULL, *db = NULL, *dab = NULL, *dy = NULL;
+    int rc = upload_f16(w, nw, &dw);
+    if (rc == DIT_OK && (cudaMalloc((void **)&dx, nx * 4) != cudaSuccess || cudaMalloc((void **)&db, cout * 4) != cudaSuccess ||
+                         cudaMalloc((void **)&dab, 2 * cin * 4) != cudaSuccess || cudaMalloc((void **)&dy, ny * 4) != cudaSuccess ||
+                         cudaMalloc(&dwt, nw * 2) != cudaSuccess || cudaMalloc(&dcols, ncols * 2) != cudaSuccess))
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: oom");
+    if (rc == DIT_OK && (cudaMemcpy(dx, x, nx * 4, cudaMemcpyHostToDevice) != cudaSuccess ||
+                         cudaMemcpy(db, b, cout * 4, cudaMemcpyHostToDevice) != cudaSuccess ||
+                         (ab && cudaMemcpy(dab, ab, 2 * cin * 4, cudaMemcpyHostToDevice) != cudaSuccess) ||
+                         cudaMemcpy(dy, y, ny * 4, cudaMemcpyHostToDevice) != cudaSuccess))
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: conv test upload failed");
+    if (rc == DIT_OK) rc = dit_op_conv_w_tap_major(dw, dwt, cout, cin, 0);
+    if (rc == DIT_OK && cudaDeviceSynchronize() != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: conv test setup failed");
+    dit_cuda_lin L = { DIT_TYPE_F16, cout, (int64_t)cin * 9, dwt, db };
+    cudaStream_t st = c->stream;
+    if (rc == DIT_OK) rc = dit_op_conv_cols(dx, DIT_TYPE_F32, ab ? dab : NULL, dcols, DIT_TYPE_F16, cin, H, W, 0, H, up, implicit, st);
+    if (rc == DIT_OK && implicit) rc = dit_op_conv3_igemm(dcols, DIT_TYPE_F16, dwt, db, dy, acc, cin, cout, H, W,
+                                                         nchw ? (int64_t)H * W : 0, st);
+    else if (rc == DIT_OK) rc = acc ? dit_op_linear_acc(c, &L, dcols, (int64_t)H * W, dy, st)
+                                    : dit_op_linear(c, &L, dcols, (int64_t)H * W, dy, DIT_TYPE_F32, EPI_BIAS, st);
+    if (rc == DIT_OK && (cudaStreamSynchronize(st) != cudaSuccess || cudaMemcpy(y, dy, ny * 4, cudaMemcpyDeviceToHost) != cudaSuccess))
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: conv test failed: %s", cudaGetErrorString(cudaGetLastError()));
+    if (rc == DIT_OK && nchw) {   // (cout, H*W) as conv_out writes it -> (H*W, cout)
+        float *t = (float *)malloc(ny * 4);
+        if (!t) rc = dit_set_error(DIT_ERR_NOMEM, "cuda: oom");
+        for (size_t i = 0; t && i < ny; i++) t[(i % ((size_t)H * W)) * cout + i / ((size_t)H * W)] = y[i];
+        if (t) memcpy(y, t, ny * 4);
+        free(t);
+    }
+    cudaFree(dw); cudaFree(dwt); cudaFree(dcols); cudaFree(dx); cudaFree(db); cudaFree(dab); cudaFree(dy);
     cuda_teardown(c);
     return rc;
 }

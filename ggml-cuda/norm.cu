@@ -105,11 +105,14 @@ int dit_op_resid_ln_mod(const void *y, float *h, void *out, int ct, int64_t M, i
 
 // ---------------------------------------------------------------- GroupNorm (+SiLU), VAE
 // x (HW, C) fp32 channels-last, one image; group g = channels [g*C/G, (g+1)*C/G) over all HW pixels.
-// Three kernels, all fp32 math:
+// Two kernels, all fp32 math:
 //   gn_stats:    P chunks of pixels, one CTA each: the chunk's group means, then the sums of squares about
-//                them (two passes; the second reads the chunk again from L2) -> part[chunk][g] = (mean, M2)
-//   gn_finalize: one CTA, a warp per group, merges the chunks' (mean, M2) exactly (no E[x^2] - E[x]^2
-//                cancellation) -> per channel a = rstd * gamma, b = beta - a * mean  (as PyTorch's CUDA GroupNorm)
+//                them (two passes; the second reads the chunk again from L2) -> part[chunk][g] = (mean, M2).
+//                The CTA that finishes last (a counter, reset by it for the next call) finalizes: a warp per
+//                group merges the chunks' (mean, M2) exactly, in chunk order (no E[x^2] - E[x]^2
+//                cancellation, the same bits every run) -> per channel a = rstd * gamma, b = beta - a * mean
+//                (as PyTorch's CUDA GroupNorm). A separate one-CTA finalize kernel cost ~7 us a GroupNorm
+//                (0.21 ms of a 256 px decode on an H200), mostly its launch and ramp.
 //   gn_apply:    out = ct or fp32 (x * a + b), optionally SiLU, 4 channels per thread.
 #define GN_THREADS 256
 #define GN_MAX_C 1024
@@ -131,8 +134,62 @@ static __device__ void channel_sums(float4 *red, float *acc, float4 s, bool acti
     __syncthreads();
 }
 
-static __global__ void gn_stats_kernel(const float *__restrict__ x, float2 *__restrict__ part, int C, int HW, int G,
-                                       int ppc) {
+// a warp per group: mean = sum n_i m_i / n, M2 = sum (M2_i + n_i (m_i - mean)^2), lanes over the chunks.
+// Each lane loads its <= DIT_GN_CHUNKS / 32 partials of GN_FIN_G groups at once: run by the 8 warps of the
+// last stats CTA, a group at a time was a chain of L2 round trips (~6 us a GroupNorm).
+#define GN_PER_LANE (DIT_GN_CHUNKS / WARP)
+#define GN_FIN_G 4
+static_assert(DIT_GN_CHUNKS % WARP == 0, "chunks per lane");
+static __device__ void gn_finalize(const float2 *part, float *__restrict__ ab, const float *__restrict__ w,
+                                   const float *__restrict__ b, int C, int HW, int G, int ppc, int P, float eps) {
+    __shared__ float gm[GN_MAX_G], gr[GN_MAX_G];
+    const int cg = C / G, lane = threadIdx.x % WARP, nw = blockDim.x / WARP;
+    float cnt[GN_PER_LANE];
+#pragma unroll
+    for (int j = 0; j < GN_PER_LANE; j++) {
+        const int i = lane + j * WARP;
+        cnt[j] = i < P ? (float)(min(HW, (i + 1) * ppc) - i * ppc) * cg : 0.0f;
+    }
+    const float n = (float)HW * cg;
+    for (int g0 = threadIdx.x / WARP * GN_FIN_G; g0 < G; g0 += nw * GN_FIN_G) {
+        float2 pm[GN_FIN_G][GN_PER_LANE];
+#pragma unroll
+        for (int k = 0; k < GN_FIN_G; k++)
+#pragma unroll
+            for (int j = 0; j < GN_PER_LANE; j++) {
+                const int i = lane + j * WARP;   // __ldcg: L2, where the other CTAs' partials are
+                pm[k][j] = i < P && g0 + k < G ? __ldcg(part + (int64_t)i * G + g0 + k) : make_float2(0.0f, 0.0f);
+            }
+#pragma unroll
+        for (int k = 0; k < GN_FIN_G; k++) {
+            float s = 0.0f;
+#pragma unroll
+            for (int j = 0; j < GN_PER_LANE; j++) s += cnt[j] * pm[k][j].x;
+            const float mean = warp_sum(s) / n;
+            float q = 0.0f;
+#pragma unroll
+            for (int j = 0; j < GN_PER_LANE; j++) {
+                const float d = pm[k][j].x - mean;
+                q += pm[k][j].y + cnt[j] * d * d;
+            }
+            q = warp_sum(q);
+            if (lane == 0 && g0 + k < G) {
+                gm[g0 + k] = mean;
+                gr[g0 + k] = rsqrtf(q / n + eps);
+            }
+        }
+    }
+    __syncthreads();
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        const float a = gr[c / cg] * w[c];
+        ab[c] = a;
+        ab[C + c] = b[c] - a * gm[c / cg];
+    }
+}
+
+static __global__ void gn_stats_kernel(const float *__restrict__ x, float2 *part, int C, int HW, int G, int ppc,
+                                       unsigned int *count, float *__restrict__ ab, const float *__restrict__ w,
+                                       const float *__restrict__ b, float eps) {
     __shared__ float acc[GN_MAX_C];
     __shared__ float gmean[GN_MAX_G];
     __shared__ float4 red[GN_THREADS];
@@ -141,7 +198,8 @@ static __global__ void gn_stats_kernel(const float *__restrict__ x, float2 *__re
     const bool active = pl < lanes;
     float4 s = make_float4(0, 0, 0, 0);
     if (active)
-        for (int p = p0 + pl; p < p1; p += lanes) {
+#pragma unroll 8
+        for (int p = p0 + pl; p < p1; p += lanes) {   // unrolled: 8 loads in flight per thread
             const float4 v = ((const float4 *)(x + (int64_t)p * C))[q];
             s.x += v.x; s.y += v.y; s.z += v.z; s.w += v.w;
         }
@@ -157,6 +215,7 @@ static __global__ void gn_stats_kernel(const float *__restrict__ x, float2 *__re
                 m3 = gmean[(4 * q + 3) / cg];
     s = make_float4(0, 0, 0, 0);
     if (active)
+#pragma unroll 8
         for (int p = p0 + pl; p < p1; p += lanes) {
             const float4 v = ((const float4 *)(x + (int64_t)p * C))[q];
             const float a = v.x - m0, b = v.y - m1, c = v.z - m2, d = v.w - m3;
@@ -168,47 +227,17 @@ static __global__ void gn_stats_kernel(const float *__restrict__ x, float2 *__re
         for (int c = g * cg; c < (g + 1) * cg; c++) t += acc[c];
         part[(int64_t)blockIdx.x * G + g] = make_float2(gmean[g], t);
     }
-}
-
-// one warp per group: mean = sum n_i m_i / n, M2 = sum (M2_i + n_i (m_i - mean)^2), lanes over the chunks.
-// Each lane loads its <= DIT_GN_CHUNKS / 32 partials at once (a loop of dependent L2 round trips took
-// ~10 us per GroupNorm, 0.3 ms of a 256 px decode).
-#define GN_PER_LANE (DIT_GN_CHUNKS / WARP)
-static_assert(DIT_GN_CHUNKS % WARP == 0, "chunks per lane");
-static __global__ void gn_finalize_kernel(const float2 *__restrict__ part, float *__restrict__ ab,
-                                          const float *__restrict__ w, const float *__restrict__ b, int C, int HW,
-                                          int G, int ppc, int P, float eps) {
-    __shared__ float gm[GN_MAX_G], gr[GN_MAX_G];
-    const int cg = C / G, lane = threadIdx.x % WARP, nw = blockDim.x / WARP;
-    for (int g = threadIdx.x / WARP; g < G; g += nw) {
-        float2 pm[GN_PER_LANE];
-        float cnt[GN_PER_LANE], s = 0.0f;
-#pragma unroll
-        for (int j = 0; j < GN_PER_LANE; j++) {
-            const int i = lane + j * WARP;
-            pm[j] = i < P ? part[(int64_t)i * G + g] : make_float2(0.0f, 0.0f);
-            cnt[j] = i < P ? (float)(min(HW, (i + 1) * ppc) - i * ppc) * cg : 0.0f;
-            s += cnt[j] * pm[j].x;
-        }
-        const float n = (float)HW * cg, mean = warp_sum(s) / n;
-        float q = 0.0f;
-#pragma unroll
-        for (int j = 0; j < GN_PER_LANE; j++) {
-            const float d = pm[j].x - mean;
-            q += pm[j].y + cnt[j] * d * d;
-        }
-        q = warp_sum(q);
-        if (lane == 0) {
-            gm[g] = mean;
-            gr[g] = rsqrtf(q / n + eps);
-        }
+    __shared__ bool last;
+    __threadfence();   // this CTA's partials visible device-wide before it is counted
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        last = atomicAdd(count, 1u) == gridDim.x - 1;
+        if (last) *count = 0;   // every other CTA has counted: ready for the next GroupNorm
     }
     __syncthreads();
-    for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        const float a = gr[c / cg] * w[c];
-        ab[c] = a;
-        ab[C + c] = b[c] - a * gm[c / cg];
-    }
+    if (!last) return;
+    __threadfence();
+    gn_finalize(part, ab, w, b, C, HW, G, ppc, gridDim.x, eps);
 }
 
 template <typename T>
@@ -226,21 +255,19 @@ static __global__ void gn_apply_kernel(const float *__restrict__ x, T *__restric
 }
 
 int dit_op_group_norm_ab(const float *x, const float *w, const float *b, int C, int HW, int groups, float eps,
-                         float2 *part, float *ab, cudaStream_t st) {
+                         float2 *part, unsigned int *count, float *ab, cudaStream_t st) {
     if (groups <= 0 || groups > GN_MAX_G || C % groups != 0 || C % 4 != 0 || C > GN_MAX_C)
         return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: group norm: %d channels, %d groups", C, groups);
     const int ppc = cdiv(HW, cdiv(HW, 16) < DIT_GN_CHUNKS ? cdiv(HW, 16) : DIT_GN_CHUNKS);   // >= 16 pixels a chunk
     const int P = cdiv(HW, ppc);
-    gn_stats_kernel<<<P, GN_THREADS, 0, st>>>(x, part, C, HW, groups, ppc);
-    LAUNCH_CHECK();
-    gn_finalize_kernel<<<1, 1024, 0, st>>>(part, ab, w, b, C, HW, groups, ppc, P, eps);
+    gn_stats_kernel<<<P, GN_THREADS, 0, st>>>(x, part, C, HW, groups, ppc, count, ab, w, b, eps);
     LAUNCH_CHECK();
     return DIT_OK;
 }
 
 int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int C, int HW,
-                      int groups, float eps, int silu, float2 *part, float *ab, cudaStream_t st) {
-    TRY(dit_op_group_norm_ab(x, w, b, C, HW, groups, eps, part, ab, st));
+                      int groups, float eps, int silu, float2 *part, unsigned int *count, float *ab, cudaStream_t st) {
+    TRY(dit_op_group_norm_ab(x, w, b, C, HW, groups, eps, part, count, ab, st));
     const int64_t n4 = (int64_t)HW * C / 4;
     if (out_type == DIT_TYPE_F32)
         gn_apply_kernel<<<cdiv(n4, 256), 256, 0, st>>>(x, (float *)out, ab, C, n4, silu);

@@ -7,19 +7,23 @@
 //   resnet: h = conv1(SiLU(GN1(x)));  h = conv2(SiLU(GN2(h)));  out = shortcut(x) + h     (§5.3)
 //   attention (single head, head dim C): x + to_out(softmax(q k^T / sqrt(C)) v), q,k,v = Linear(GN(x)) (§5.4)
 //   GroupNorm: 32 groups, eps 1e-6 everywhere.
-// 3x3 convs are im2col (16-byte copies of C contiguous channels per tap, the 2x upsample or the preceding
-// GroupNorm + SiLU fused into it) + one cuBLASLt GEMM y (HW, cout) = cols (HW, 9 cin) W^T + bias (epilogue),
-// W permuted to (cout, 3, 3, cin) at upload; in chunks of output rows of at most VAE_COLS_BYTES of columns
-// (the whole image when it fits). GroupNorm(+SiLU) is written out (ct) only where a 1x1 GEMM or the
-// attention reads it. Residual sums in fp32, in the epilogue of the GEMM that ends the branch (beta = 1).
-// Thin convs (cin*k*k < 64 or cout < 8) run a direct fp32 kernel; conv_out writes the NCHW image. The buffers borrow the DiT arena (idle while decoding), grown if needed.
+// 3x3 convs, on an sm_90a build and GPU where the grid fills the GPU (use_implicit): pad3 writes the input
+// once, zero-padded, with the 2x upsample or the preceding GroupNorm + SiLU applied on the way, and
+// conv3_igemm (wgmma) multiplies it in place, bias and residual sum in its epilogue. Elsewhere (the 32 px
+// convs at 256 px, other GPUs): im2col (the same input gathered per tap) + one cuBLASLt GEMM
+// y (HW, cout) = cols (HW, 9 cin) W^T + bias. W is permuted to (cout, 3, 3, cin) at upload for both; either
+// runs in chunks of output rows within VAE_COLS_BYTES of buffer (the whole image when it fits).
+// GroupNorm(+SiLU) is written out (ct) only where a 1x1 GEMM or the attention reads it. Residual sums in
+// fp32, in the epilogue of the GEMM that ends the branch (beta = 1 for cuBLASLt). Thin convs (cin*k*k < 64
+// or cout < 8) run a direct fp32 kernel, but conv_out (c -> 3) the implicit GEMM with NCHW output where it
+// exists. The buffers borrow the DiT arena (idle while decoding), grown if needed.
 #include "ggml-cuda/vae.cuh"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-// im2col chunk budget. 256 MB (whole image at 256 px) measured 0.14 ms faster at 256 px but adds 192 MB
+// im2col / pad3 chunk budget. 256 MB (whole image at 256 px) measured 0.14 ms faster at 256 px but adds 192 MB
 // to the decode's peak memory, over the 2.0 GB (f16) and 1.3 GB (q8_0) targets of bench/RESULTS.md;
 // 8-24 MB chunks (to keep the columns in L2) were slower (5.06 ms at 8, 4.02 at 16, 3.86 at 24 vs 3.80).
 #define VAE_COLS_BYTES ((size_t)64 << 20)
@@ -38,7 +42,9 @@ static int up_conv(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, dit
         cv->cout = (int)wt->ne[3];
         if (wt->ne[0] != wt->ne[1]) return dit_set_error(DIT_ERR_INPUT, "cuda: vae: %s is not a square conv", wt->name);
     }
-    const int direct = cv->cin * cv->k * cv->k < 64 || cv->cout < 8;
+    // thin convs run a direct fp32 kernel, but conv_out (c -> 3) the implicit GEMM where it exists
+    const int thin_igemm = cv->k == 3 && cv->cout <= 8 && cv->cin % 64 == 0 && w->c->igemm_ok;
+    const int direct = !thin_igemm && (cv->cin * cv->k * cv->k < 64 || cv->cout < 8);
     TRY(dit_wp_lin(w, wt, bt, direct ? WP_F32 : WP_CT_ONLY, &cv->w));
     if (w->dry || direct || cv->k != 3) return DIT_OK;
     // 3x3 GEMM conv: (cout, cin, 3, 3) -> (cout, 3, 3, cin), the column order of the channels-last im2col.
@@ -130,6 +136,7 @@ typedef struct {
     void *p;                   // ct (HW, HW)
     float *img;                // (3, 8L, 8L)
     float2 *part;              // GroupNorm partial statistics (DIT_GN_CHUNKS * groups)
+    unsigned int *gn_count;    // GroupNorm: chunks done (zeroed at the start of each decode)
     float *ab;                 // GroupNorm per-channel scale, shift (2 * max channels)
     size_t cols_elems;
 } vae_bufs;
@@ -156,7 +163,16 @@ static size_t al(size_t b) { return (b + 255) / 256 * 256; }
 
 static int gn(const vae_bufs *b, const float *x, void *out, int out_type, const float *w, const float *bias, int C,
               int HW, int G, int silu, cudaStream_t st) {
-    return dit_op_group_norm(x, out, out_type, w, bias, C, HW, G, VAE_EPS, silu, b->part, b->ab, st);
+    return dit_op_group_norm(x, out, out_type, w, bias, C, HW, G, VAE_EPS, silu, b->part, b->gn_count, b->ab, st);
+}
+
+// 3x3 GEMM conv as an implicit GEMM (conv3_igemm) rather than im2col + cuBLASLt: where its 128 x 128
+// tiles fill the GPU (DIT_VAE_CONV=im2col|implicit forces one path)
+static int use_implicit(const dit_cuda *c, const dit_cuda_conv *cv, int H, int W) {
+    if (!c->igemm_ok || cv->cin % 64) return 0;
+    if (cv->cout <= 8) return 1;   // conv_out: uploaded for the implicit GEMM only (up_conv)
+    if (cv->cout % 2 || c->vae_conv == 1) return 0;
+    return c->vae_conv == 2 || (int64_t)cdiv((int64_t)H * (W + 2), 128) * cdiv(cv->cout, 128) >= c->n_sm;
 }
 
 // k x k conv (k = 1 or 3) of src (H/2^up * W/2^up, cin) -> dst (H*W, cout) fp32 = conv + bias, or with acc
@@ -176,23 +192,28 @@ static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_t
         return dit_op_conv_direct((const float *)src, (const float *)cv->w.w, cv->w.b, dst, cv->cin, cv->cout, H, W,
                                   cv->k, !y_nchw, st);
     }
-    if (y_nchw) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %d-channel conv_out", cv->cout);
+    const int implicit = cv->k == 3 && use_implicit(c, cv, H, W);
+    if (y_nchw && !implicit) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %d-channel conv_out", cv->cout);
     if (cv->k == 1) {   // 1x1: the ct input (HW, cin) is the GEMM operand itself
         if (up || src_type != c->ct) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: 1x1 conv input");
         return acc ? dit_op_linear_acc(c, &cv->w, src, HW, dst, st)
                    : dit_op_linear(c, &cv->w, src, HW, dst, DIT_TYPE_F32, EPI_BIAS, st);
     }
     if (cv->k != 3) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %dx%d conv", cv->k, cv->k);
-    const int64_t K = (int64_t)cv->cin * 9;
-    int rows = (int)(b->cols_elems / ((size_t)W * K));
+    // buffer elements per output row: the padded input row (implicit GEMM) or the row's im2col columns;
+    // implicit chunks also hold their 2 halo rows and the 2 rows past the grid that dropped outputs read
+    const int64_t per_row = implicit ? (int64_t)(W + 2) * cv->cin : (int64_t)W * cv->cin * 9;
+    int rows = implicit ? (int)((int64_t)(b->cols_elems - 2 * cv->cin) / per_row) - 2 : (int)(b->cols_elems / per_row);
     if (rows < 1) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: image row too wide for the column buffer");
     if (rows > H) rows = H;
     for (int y0 = 0; y0 < H; y0 += rows) {
         const int r = H - y0 < rows ? H - y0 : rows;
-        float *d = dst + (int64_t)y0 * W * cv->cout;
-        TRY(dit_op_im2col3(src, src_type, ab, b->cols, c->ct, cv->cin, H, W, y0, r, up, st));
-        TRY(acc ? dit_op_linear_acc(c, &cv->w, b->cols, (int64_t)r * W, d, st)
-                : dit_op_linear(c, &cv->w, b->cols, (int64_t)r * W, d, DIT_TYPE_F32, EPI_BIAS, st));
+        float *d = dst + (int64_t)y0 * W * (y_nchw ? 1 : cv->cout);
+        TRY(dit_op_conv_cols(src, src_type, ab, b->cols, c->ct, cv->cin, H, W, y0, r, up, implicit, st));
+        if (implicit) TRY(dit_op_conv3_igemm(b->cols, c->ct, cv->w.w, cv->w.b, d, acc, cv->cin, cv->cout, r, W,
+                                             y_nchw ? HW : 0, st));
+        else TRY(acc ? dit_op_linear_acc(c, &cv->w, b->cols, (int64_t)r * W, d, st)
+                     : dit_op_linear(c, &cv->w, b->cols, (int64_t)r * W, d, DIT_TYPE_F32, EPI_BIAS, st));
     }
     return DIT_OK;
 }
@@ -200,11 +221,12 @@ static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_t
 // dst (+)= conv(SiLU(GroupNorm(x))): the normalization fused into the im2col of a 3x3 GEMM conv (never
 // written out); other convs get it written into b->g first
 static int gn_conv(dit_cuda *c, const dit_cuda_conv *cv, const float *x, const float *gw, const float *gb, int G,
-                   int H, int W, float *dst, int acc, const vae_bufs *b, cudaStream_t st) {
+                   int H, int W, float *dst, int acc, int y_nchw, const vae_bufs *b, cudaStream_t st) {
     if (cv->k == 3 && cv->w.type != DIT_TYPE_F32) {
-        TRY(dit_op_group_norm_ab(x, gw, gb, cv->cin, H * W, G, VAE_EPS, b->part, b->ab, st));
-        return conv(c, cv, x, DIT_TYPE_F32, b->ab, H, W, 0, dst, acc, 0, b, st);
+        TRY(dit_op_group_norm_ab(x, gw, gb, cv->cin, H * W, G, VAE_EPS, b->part, b->gn_count, b->ab, st));
+        return conv(c, cv, x, DIT_TYPE_F32, b->ab, H, W, 0, dst, acc, y_nchw, b, st);
     }
+    if (y_nchw) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: GroupNorm into an NCHW conv");
     TRY(gn(b, x, b->g, c->ct, gw, gb, cv->cin, H * W, G, 1, st));
     return conv(c, cv, b->g, c->ct, NULL, H, W, 0, dst, acc, 0, b, st);
 }
@@ -219,8 +241,8 @@ static int resnet(dit_cuda *c, const dit_cuda_resnet *r, int G, int H, int W, fl
         TRY(conv(c, &r->sc, b->g, c->ct, NULL, H, W, 0, *t, 0, 0, b, st));
         out = *t;
     }
-    TRY(gn_conv(c, &r->c1, *x, r->n1_w, r->n1_b, G, H, W, b->h, 0, b, st));
-    TRY(gn_conv(c, &r->c2, b->h, r->n2_w, r->n2_b, G, H, W, out, 1, b, st));
+    TRY(gn_conv(c, &r->c1, *x, r->n1_w, r->n1_b, G, H, W, b->h, 0, 0, b, st));
+    TRY(gn_conv(c, &r->c2, b->h, r->n2_w, r->n2_b, G, H, W, out, 1, 0, b, st));
     if (out != *x) {
         *t = *x;
         *x = out;
@@ -248,6 +270,7 @@ static int decode_one(dit_cuda *c, const dit_model *m, int L, float *z, vae_bufs
     const int G = k->vae_groups, nb = k->vae_n_blocks;
     float *x = b->x, *t = b->t;
     int H = L;
+    CUDA_CHECK(cudaMemsetAsync(b->gn_count, 0, sizeof(*b->gn_count), st));
     // post_quant_conv (1x1) into h, then conv_in
     TRY(conv(c, &c->pq, z, DIT_TYPE_F32, NULL, H, H, 0, b->h, 0, 0, b, st));
     TRY(conv(c, &c->conv_in, b->h, DIT_TYPE_F32, NULL, H, H, 0, x, 0, 0, b, st));
@@ -262,6 +285,8 @@ static int decode_one(dit_cuda *c, const dit_model *m, int L, float *z, vae_bufs
             float *s = x; x = t; t = s;
         }
     }
+    if (c->conv_out.w.type != DIT_TYPE_F32)   // the implicit GEMM, GroupNorm + SiLU in its padded input
+        return gn_conv(c, &c->conv_out, x, c->out_n_w, c->out_n_b, G, H, H, b->img, 0, 1, b, st);
     TRY(gn(b, x, b->h, DIT_TYPE_F32, c->out_n_w, c->out_n_b, c->conv_out.cin, H * H, G, 1, st));
     return conv(c, &c->conv_out, b->h, DIT_TYPE_F32, NULL, H, H, 0, b->img, 0, 1, b, st);
 }
@@ -331,6 +356,7 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
     off[i++] = o; o += al((size_t)k->vae_out_channels * S * S * 4);   // img
     off[i++] = o; o += al((size_t)C * HW0 * 4);    // z
     off[i++] = o; o += al((size_t)DIT_GN_CHUNKS * k->vae_groups * sizeof(float2));   // part
+    off[i++] = o; o += al(sizeof(unsigned int));   // gn_count
     off[i++] = o; o += al((size_t)2 * cmax * 4);   // ab
     TRY(dit_arena_reserve(c, o));
     c->arena_B = 0;   // the DiT layout in the arena is gone: re-planned by the next sample/forward
@@ -347,6 +373,7 @@ int dit_vae_decode_cuda(dit_cuda *c, dit_model *m, const float *latents, int n, 
     b.img = (float *)(a + off[i++]);
     float *z = (float *)(a + off[i++]);
     b.part = (float2 *)(a + off[i++]);
+    b.gn_count = (unsigned int *)(a + off[i++]);
     b.ab = (float *)(a + off[i++]);
 
     cudaStream_t st = c->stream;

@@ -1,7 +1,7 @@
 /* test_cuda.c - the CUDA backend (ggml-cuda/) against the CPU runtime and the float64 fixtures.
 
    bin/tests/test_cuda [--quick | --race | --parallel] [MODELDIR]
-     Per-op checks (Philox, dequantize, GEMM + epilogues, attention, sampler step) against CPU code in
+     Per-op checks (Philox, dequantize, GEMM + epilogues, attention, VAE convs, sampler step) against CPU code in
      this file, then end to end against the CPU path (dit_forward, dit_sample DDPM/DDIM, dit_decode)
      on the fixture models (converted with bin/dit-convert, as test_runtime does, or read from
      MODELDIR) and on random-weight models of DiT-B and DiT-XL width. --quick: fixtures only (for
@@ -34,7 +34,9 @@
                                          ~7e-4 per product, through 2-4 blocks plus LayerNorm
                                          amplification; bf16 operands (2^-8 = 3.9e-3): 1e-1
      10-step samplers   5e-2 x max|ref|  the forward error, carried through 10 steps
-     VAE decode         3e-2 x max|ref|  fp16 im2col operands through ~20 convolutions
+     VAE conv 3x3       1e-3 x max|ref|  same fp16 operands both sides (the GPU's SiLU may round an input
+                                         1 ulp the other way): fp32 accumulation order remains
+     VAE decode         3e-2 x max|ref|  fp16 conv operands through ~20 convolutions
      several GPUs       2e-2 x max|ref|  against one GPU: same fp16 roundings, but GEMMs of other row
                                          counts may take other cuBLASLt algorithms (see test_parallel)
    Each check prints the measured error, so the margin is visible. Timings are never asserted. */
@@ -202,6 +204,58 @@ static void test_attention(int B, int T, int H, int hd)
            B, T, H, hd, 16 * mt, c.max_abs, c.max_ref, c.nonfinite ? ", NON-FINITE or unwritten" : "");
     }
     free(qkv); free(o); free(ref); free(s);
+}
+
+/* VAE 3x3 conv (padding 1) of SiLU(x * a + b) (gn) over the nearest 2^up upsample of x, both GPU paths
+   (implicit GEMM, im2col + cuBLASLt) against a double reference on the same fp16-rounded operands */
+static int conv3_ours_only;   /* --race: cuBLASLt's own kernels report benign WAR hazards (same value written) */
+static void test_conv3(int cin, int cout, int H, int W, int up, int gn, int acc)
+{
+    const int h = H >> up, wd = W >> up;
+    const size_t nx = (size_t)h * wd * cin, nw = (size_t)cout * cin * 9, ny = (size_t)H * W * cout;
+    float *x = malloc(nx * 4), *w = malloc(nw * 4), *b = malloc(cout * 4), *ab = malloc(2 * cin * 4);
+    float *in = malloc((size_t)H * W * cin * 4), *y0 = malloc(ny * 4), *ref = malloc(ny * 4), *y = malloc(ny * 4);
+    const float ws = sqrtf(3.0f / (9 * cin));
+    for (size_t i = 0; i < nx; i++) x[i] = frand(2.0f);
+    for (size_t i = 0; i < nw; i++) w[i] = f16r(frand(ws));
+    for (int i = 0; i < cout; i++) b[i] = frand(0.1f);
+    for (int i = 0; i < cin; i++) { ab[i] = 1.0f + frand(0.3f); ab[cin + i] = frand(0.2f); }
+    for (size_t i = 0; i < ny; i++) y0[i] = acc ? frand(1.0f) : 0.0f;
+    for (int yy = 0; yy < H; yy++)   /* the conv input as the GPU rounds it */
+        for (int xx = 0; xx < W; xx++)
+            for (int c = 0; c < cin; c++) {
+                float v = x[((size_t)(yy >> up) * wd + (xx >> up)) * cin + c];
+                if (gn) { v = v * ab[c] + ab[cin + c]; v = v / (1.0f + expf(-v)); }
+                in[((size_t)yy * W + xx) * cin + c] = f16r(v);
+            }
+    for (int yy = 0; yy < H; yy++)
+        for (int xx = 0; xx < W; xx++)
+            for (int co = 0; co < cout; co++) {
+                double s = b[co];
+                for (int t = 0; t < 9; t++) {
+                    const int sy = yy + t / 3 - 1, sx = xx + t % 3 - 1;
+                    if (sy < 0 || sy >= H || sx < 0 || sx >= W) continue;
+                    const float *ip = in + ((size_t)sy * W + sx) * cin, *wp = w + (size_t)co * cin * 9 + t;
+                    for (int c = 0; c < cin; c++) s += (double)ip[c] * wp[(size_t)c * 9];
+                }
+                const size_t o = ((size_t)yy * W + xx) * cout + co;
+                ref[o] = (float)(s + y0[o]);
+            }
+    for (int implicit = 1; implicit >= conv3_ours_only; implicit--) {
+        memcpy(y, y0, ny * 4);
+        int rc = dit_cuda_test_conv3(x, w, b, gn ? ab : NULL, cin, cout, H, W, up, acc, implicit, y);
+        if (rc == DIT_ERR_UNSUPPORTED) {
+            skip("VAE conv3x3 implicit GEMM", dit_last_error());
+            continue;
+        }
+        cmp_t c = compare(y, ref, ny);
+        ok(rc == DIT_OK && c.nonfinite == 0 && c.max_abs <= 1e-3 * c.max_ref,
+           "VAE conv3x3 %s %d -> %d, %dx%d%s%s%s == double reference (max |err| %.3g, max |ref| %.3g)%s",
+           implicit ? "implicit GEMM" : "im2col + cuBLASLt", cin, cout, H, W, up ? ", 2x upsample" : "",
+           gn ? ", GroupNorm + SiLU" : "", acc ? ", += residual" : "", c.max_abs, c.max_ref,
+           rc ? dit_last_error() : c.nonfinite ? ", NON-FINITE or unwritten" : "");
+    }
+    free(x); free(w); free(b); free(ab); free(in); free(y0); free(ref); free(y);
 }
 
 /* CPU reference of one sampler iteration (§3.5-3.7, §1.11 guidance), fp32 as dit_runtime.c */
@@ -424,6 +478,15 @@ static void test_fixture_dit_s(void)
             }
             free(l3);
             free(g3);
+            /* the fixture's convs are too small for auto to pick the implicit GEMM: forced here */
+            dit_cuda_free(m);
+            setenv("DIT_VAE_CONV", "implicit", 1);
+            rc = dit_cuda_decode(m, vi, 1, g);
+            unsetenv("DIT_VAE_CONV");
+            dit_cuda_free(m);
+            if (!rc) rc = dit_cuda_init(m, 0);   /* as the checks below expect */
+            if (rc) ok(0, "VAE decode, implicit-GEMM convs: %s", dit_last_error());
+            else check_close("VAE decode, implicit-GEMM convs: GPU == float64 vae_out", g, vo, 3 * 64 * 64, 3e-2);
         }
         free(g);
         free(c);
@@ -1029,7 +1092,7 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--quick")) quick = 1;
         else if (!strcmp(argv[i], "--parallel")) par_only = 1;
-        else if (!strcmp(argv[i], "--race")) race = quick = 1;
+        else if (!strcmp(argv[i], "--race")) race = quick = conv3_ours_only = 1;
         else dir = argv[i];
     }
     if (!race) test_parallel_plans();
@@ -1052,6 +1115,11 @@ int main(int argc, char **argv)
         test_attention(1, 256, 3, 64);
         test_attention(2, 16, 1, 72);
         test_attention(1, 40, 2, 72);
+        test_conv3(128, 128, 24, 20, 0, 1, 0);
+        test_conv3(64, 200, 16, 30, 1, 0, 1);
+        test_conv3(64, 32, 9, 7, 0, 1, 1);
+        test_conv3(128, 3, 20, 18, 0, 1, 0);   /* conv_out */
+        if (!quick) test_conv3(512, 256, 16, 16, 0, 1, 1);
         if (!quick) test_attention(1, 1024, 2, 72);
     }
     if (dir) {
