@@ -1036,10 +1036,10 @@ int dit_cuda_test_dequant(int type, const void *blocks, int64_t rows, int64_t co
     return rc;
 }
 
-static int upload_f16(const float *x, size_t n, void **out) {
+static int upload_ct(const float *x, size_t n, int ct, void **out) {   // fp16 or bf16
     uint16_t *h = (uint16_t *)malloc(n * 2);
     if (!h) return dit_set_error(DIT_ERR_NOMEM, "cuda: oom");
-    for (size_t i = 0; i < n; i++) h[i] = dit_fp32_to_fp16(x[i]);
+    for (size_t i = 0; i < n; i++) h[i] = ct == DIT_TYPE_BF16 ? dit_fp32_to_bf16(x[i]) : dit_fp32_to_fp16(x[i]);
     cudaError_t e = cudaMalloc(out, n * 2);
     if (e == cudaSuccess) e = cudaMemcpy(*out, h, n * 2, cudaMemcpyHostToDevice);
     free(h);
@@ -1050,7 +1050,7 @@ static int upload_f16(const float *x, size_t n, void **out) {
 int dit_cuda_test_attention(const float *qkv, int B, int T, int H, int hd, float *o) {
     const size_t nq = (size_t)B * T * 3 * H * hd, no = (size_t)B * T * H * hd;
     void *dq = NULL, *dO = NULL;
-    TRY(upload_f16(qkv, nq, &dq));
+    TRY(upload_ct(qkv, nq, DIT_TYPE_F16, &dq));
     int rc = DIT_OK;
     if (cudaMalloc(&dO, no * 2) != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: oom");
     if (rc == DIT_OK) cudaMemset(dO, 0xff, no * 2);   // NaN poison: every element must be written
@@ -1072,8 +1072,8 @@ int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, 
     TRY(test_ctx(&c));
     void *dx = NULL, *dw = NULL;
     float *db = NULL, *dy = NULL;
-    int rc = upload_f16(x, (size_t)M * K, &dx);
-    if (rc == DIT_OK) rc = upload_f16(w, (size_t)N * K, &dw);
+    int rc = upload_ct(x, (size_t)M * K, DIT_TYPE_F16, &dx);
+    if (rc == DIT_OK) rc = upload_ct(w, (size_t)N * K, DIT_TYPE_F16, &dw);
     if (rc == DIT_OK && (cudaMalloc((void **)&db, N * 4) != cudaSuccess || cudaMalloc((void **)&dy, (size_t)M * N * 4) != cudaSuccess))
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: oom");
     if (rc == DIT_OK) {
@@ -1094,9 +1094,10 @@ int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, 
 }
 
 int dit_cuda_test_conv3(const float *x, const float *w, const float *b, const float *ab, int cin, int cout, int H,
-                        int W, int up, int acc, int implicit, float *y) {
+                        int W, int up, int acc, int implicit, int ct, float *y) {
     dit_cuda *c;
     TRY(test_ctx(&c));
+    c->ct = ct;
     if (implicit && !c->igemm_ok) {
         cuda_teardown(c);
         return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: no implicit-GEMM conv here (needs an sm_90a build and GPU)");
@@ -1106,7 +1107,7 @@ int dit_cuda_test_conv3(const float *x, const float *w, const float *b, const fl
     const size_t ncols = implicit ? ((size_t)(H + 2) * (W + 2) + 2) * cin : (size_t)H * W * 9 * cin;
     void *dw = NULL, *dwt = NULL, *dcols = NULL;
     float *dx = NULL, *db = NULL, *dab = NULL, *dy = NULL;
-    int rc = upload_f16(w, nw, &dw);
+    int rc = upload_ct(w, nw, ct, &dw);
     if (rc == DIT_OK && (cudaMalloc((void **)&dx, nx * 4) != cudaSuccess || cudaMalloc((void **)&db, cout * 4) != cudaSuccess ||
                          cudaMalloc((void **)&dab, 2 * cin * 4) != cudaSuccess || cudaMalloc((void **)&dy, ny * 4) != cudaSuccess ||
                          cudaMalloc(&dwt, nw * 2) != cudaSuccess || cudaMalloc(&dcols, ncols * 2) != cudaSuccess))
@@ -1118,10 +1119,10 @@ int dit_cuda_test_conv3(const float *x, const float *w, const float *b, const fl
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: conv test upload failed");
     if (rc == DIT_OK) rc = dit_op_conv_w_tap_major(dw, dwt, cout, cin, 0);
     if (rc == DIT_OK && cudaDeviceSynchronize() != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: conv test setup failed");
-    dit_cuda_lin L = { DIT_TYPE_F16, cout, (int64_t)cin * 9, dwt, db };
+    dit_cuda_lin L = { ct, cout, (int64_t)cin * 9, dwt, db };
     cudaStream_t st = c->stream;
-    if (rc == DIT_OK) rc = dit_op_conv_cols(dx, DIT_TYPE_F32, ab ? dab : NULL, dcols, DIT_TYPE_F16, cin, H, W, 0, H, up, implicit, st);
-    if (rc == DIT_OK && implicit) rc = dit_op_conv3_igemm(dcols, DIT_TYPE_F16, dwt, db, dy, acc, cin, cout, H, W,
+    if (rc == DIT_OK) rc = dit_op_conv_cols(dx, DIT_TYPE_F32, ab ? dab : NULL, dcols, ct, cin, H, W, 0, H, up, implicit, st);
+    if (rc == DIT_OK && implicit) rc = dit_op_conv3_igemm(dcols, ct, dwt, db, dy, acc, cin, cout, H, W,
                                                          nchw ? (int64_t)H * W : 0, st);
     else if (rc == DIT_OK) rc = acc ? dit_op_linear_acc(c, &L, dcols, (int64_t)H * W, dy, st)
                                     : dit_op_linear(c, &L, dcols, (int64_t)H * W, dy, DIT_TYPE_F32, EPI_BIAS, st);

@@ -133,12 +133,12 @@ int dit_cuda_test_sampler(dit_model *m, const dit_sample_params *p, const dit_sc
 /* GEMM y = x W^T + b (+ tanh-GELU when gelu) with fp16 operands: x (M, K), W (N, K), y (M, N) */
 int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, int N, int K, int gelu,
                          float *y);
-/* VAE 3x3 conv, padding 1, fp16 operands, channels-last: y (H*W, cout) (+)= conv(in) + b, where in is x
+/* VAE 3x3 conv, padding 1, ct (DIT_TYPE_F16 or BF16) operands, channels-last: y (H*W, cout) (+)= conv(in) + b, where in is x
    (H/2^up * W/2^up, cin) nearest-upsampled by 2^up and, with ab (2 cin), SiLU(x * ab[c] + ab[cin + c]);
    w (cout, cin, 3, 3); implicit: 1 the implicit GEMM (NCHW output when cout <= 8, as conv_out; y returned
    channels-last all the same), 0 im2col + cuBLASLt */
 int dit_cuda_test_conv3(const float *x, const float *w, const float *b, const float *ab, int cin, int cout, int H,
-                        int W, int up, int acc, int implicit, float *y);
+                        int W, int up, int acc, int implicit, int ct, float *y);
 
 #ifdef __cplusplus
 }

@@ -209,15 +209,17 @@ static void test_attention(int B, int T, int H, int hd)
 /* VAE 3x3 conv (padding 1) of SiLU(x * a + b) (gn) over the nearest 2^up upsample of x, both GPU paths
    (implicit GEMM, im2col + cuBLASLt) against a double reference on the same fp16-rounded operands */
 static int conv3_ours_only;   /* --race: cuBLASLt's own kernels report benign WAR hazards (same value written) */
-static void test_conv3(int cin, int cout, int H, int W, int up, int gn, int acc)
+static float bf16r(float x) { return dit_bf16_to_fp32(dit_fp32_to_bf16(x)); }
+static void test_conv3(int cin, int cout, int H, int W, int up, int gn, int acc, int ct)
 {
+    float (*rnd)(float) = ct == DIT_TYPE_BF16 ? bf16r : f16r;
     const int h = H >> up, wd = W >> up;
     const size_t nx = (size_t)h * wd * cin, nw = (size_t)cout * cin * 9, ny = (size_t)H * W * cout;
     float *x = malloc(nx * 4), *w = malloc(nw * 4), *b = malloc(cout * 4), *ab = malloc(2 * cin * 4);
     float *in = malloc((size_t)H * W * cin * 4), *y0 = malloc(ny * 4), *ref = malloc(ny * 4), *y = malloc(ny * 4);
     const float ws = sqrtf(3.0f / (9 * cin));
     for (size_t i = 0; i < nx; i++) x[i] = frand(2.0f);
-    for (size_t i = 0; i < nw; i++) w[i] = f16r(frand(ws));
+    for (size_t i = 0; i < nw; i++) w[i] = rnd(frand(ws));
     for (int i = 0; i < cout; i++) b[i] = frand(0.1f);
     for (int i = 0; i < cin; i++) { ab[i] = 1.0f + frand(0.3f); ab[cin + i] = frand(0.2f); }
     for (size_t i = 0; i < ny; i++) y0[i] = acc ? frand(1.0f) : 0.0f;
@@ -226,7 +228,7 @@ static void test_conv3(int cin, int cout, int H, int W, int up, int gn, int acc)
             for (int c = 0; c < cin; c++) {
                 float v = x[((size_t)(yy >> up) * wd + (xx >> up)) * cin + c];
                 if (gn) { v = v * ab[c] + ab[cin + c]; v = v / (1.0f + expf(-v)); }
-                in[((size_t)yy * W + xx) * cin + c] = f16r(v);
+                in[((size_t)yy * W + xx) * cin + c] = rnd(v);
             }
     for (int yy = 0; yy < H; yy++)
         for (int xx = 0; xx < W; xx++)
@@ -243,15 +245,15 @@ static void test_conv3(int cin, int cout, int H, int W, int up, int gn, int acc)
             }
     for (int implicit = 1; implicit >= conv3_ours_only; implicit--) {
         memcpy(y, y0, ny * 4);
-        int rc = dit_cuda_test_conv3(x, w, b, gn ? ab : NULL, cin, cout, H, W, up, acc, implicit, y);
+        int rc = dit_cuda_test_conv3(x, w, b, gn ? ab : NULL, cin, cout, H, W, up, acc, implicit, ct, y);
         if (rc == DIT_ERR_UNSUPPORTED) {
             skip("VAE conv3x3 implicit GEMM", dit_last_error());
             continue;
         }
         cmp_t c = compare(y, ref, ny);
         ok(rc == DIT_OK && c.nonfinite == 0 && c.max_abs <= 1e-3 * c.max_ref,
-           "VAE conv3x3 %s %d -> %d, %dx%d%s%s%s == double reference (max |err| %.3g, max |ref| %.3g)%s",
-           implicit ? "implicit GEMM" : "im2col + cuBLASLt", cin, cout, H, W, up ? ", 2x upsample" : "",
+           "VAE conv3x3 %s %s %d -> %d, %dx%d%s%s%s == double reference (max |err| %.3g, max |ref| %.3g)%s",
+           implicit ? "implicit GEMM" : "im2col + cuBLASLt", dit_type_name(ct), cin, cout, H, W, up ? ", 2x upsample" : "",
            gn ? ", GroupNorm + SiLU" : "", acc ? ", += residual" : "", c.max_abs, c.max_ref,
            rc ? dit_last_error() : c.nonfinite ? ", NON-FINITE or unwritten" : "");
     }
@@ -1115,11 +1117,13 @@ int main(int argc, char **argv)
         test_attention(1, 256, 3, 64);
         test_attention(2, 16, 1, 72);
         test_attention(1, 40, 2, 72);
-        test_conv3(128, 128, 24, 20, 0, 1, 0);
-        test_conv3(64, 200, 16, 30, 1, 0, 1);
-        test_conv3(64, 32, 9, 7, 0, 1, 1);
-        test_conv3(128, 3, 20, 18, 0, 1, 0);   /* conv_out */
-        if (!quick) test_conv3(512, 256, 16, 16, 0, 1, 1);
+        test_conv3(128, 128, 24, 20, 0, 1, 0, DIT_TYPE_F16);
+        test_conv3(64, 200, 16, 30, 1, 0, 1, DIT_TYPE_F16);
+        test_conv3(64, 32, 9, 7, 0, 1, 1, DIT_TYPE_F16);
+        test_conv3(128, 3, 20, 18, 0, 1, 0, DIT_TYPE_F16);   /* conv_out */
+        test_conv3(128, 136, 12, 10, 1, 1, 1, DIT_TYPE_BF16);
+        test_conv3(64, 3, 8, 8, 0, 1, 0, DIT_TYPE_BF16);
+        if (!quick) test_conv3(512, 256, 16, 16, 0, 1, 1, DIT_TYPE_F16);
         if (!quick) test_attention(1, 1024, 2, 72);
     }
     if (dir) {
