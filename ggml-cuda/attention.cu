@@ -15,7 +15,10 @@
 // hd = 72 is padded to 80 (5 k-steps of 16) for Q K^T with zeros; P V uses 9 n-tiles of 8. P is rounded
 // to the operand type before P V (as FlashAttention does).
 // Shared rows are 72 elements (144 B): the 8 rows an ldmatrix reads start 4 banks apart (no conflicts).
+// On an sm_90a build and GPU, grids of >= 1 CTA per SM (512 px, several images) run flash_attn_wgmma_kernel
+// instead: the same algorithm with both products on wgmma, 128 query rows per CTA (see attention_mt).
 #include "common.cuh"
+#include "wgmma.cuh"
 
 #define ATT_BQ 64       // query rows per CTA and m-tile per warp (4 warps x 16; x MT)
 #define ATT_BK 64       // keys per tile
@@ -295,24 +298,215 @@ flash_attn_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__rest
     }
 }
 
-// 32 query rows per warp where that still leaves a CTA per SM (measured: 512 px, T 1024 x 16 heads x 2);
-// 16 where the grid would be too small (256 px, 1 image: 64 CTAs of 128 rows). DIT_CUDA_ATT_MT=1|2 forces.
+// Hopper version (sm_90a): a CTA = 2 warpgroups x 64 query rows, keys in tiles of 64 (double-buffered
+// cp.async, 128-byte-swizzled shared memory). Per tile, each warpgroup:
+//   S (64 x 64) = Q K^T: wgmma RS m64n64k16, Q from registers (KD k-steps; hd 72: d 64..79 from a second
+//                swizzled tile whose d 72..79 are zeros), K K-major from shared memory
+//   online softmax on S in registers (the same per-row code as above, 16 rows per warp)
+//   O (64 x HD) += P V: wgmma RS m64nHDk16, P from registers (S's accumulator layout is the A-operand
+//                layout), V MN-major (transposed B): d 0..63 in one tile, 64..71 in the next, LBO apart
+// The wgmma run asynchronously; the two warpgroups (and the second CTA per SM) overlap each other's softmax.
+#define FW_BQ 128
+#define FW_BK 64
+#define FW_THREADS 256
+#define FW_TILE (FW_BK * 128)                     // one swizzled 64-row tile, bytes
+#define FW_STAGE (4 * FW_TILE)                    // K lo, K hi, V lo, V hi
+#define FW_SMEM (2 * FW_STAGE + 1024)
+
+template <typename T, int HD>
+static __global__ void __launch_bounds__(FW_THREADS, 2)
+flash_attn_wgmma_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__restrict__ o, dit_att_layout a,
+                        float scale_log2) {
+#ifdef DIT_WGMMA
+    constexpr int KD = (HD + 15) / 16, ND = HD / 8, CH = HD / 8;
+    extern __shared__ unsigned char fw_raw[];
+    const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(fw_raw) + 1023) & ~1023u;
+    const int b = blockIdx.z, h = blockIdx.y, tid = threadIdx.x, wg = tid / 128;
+    const int warp = (tid % 128) / WARP, lane = tid % WARP, g = lane >> 2, q = lane & 3;
+    const int T_tok = a.T, q_tok = a.q_tok, D = a.H * HD, seg = T_tok / a.segs;
+    const T *kvb = kvp + (int64_t)b * a.kv_b + h * HD;
+    const int row0 = blockIdx.x * FW_BQ + wg * 64 + warp * 16;   // this warp's first query row
+
+    uint32_t qa[KD][4];   // Q fragments, zero past hd and past the query rows
+    {
+        const T *qbase = qp + (int64_t)b * a.q_b + h * HD;
+        const int r0 = row0 + g, r1 = r0 + 8;
+#pragma unroll
+        for (int kc = 0; kc < KD; kc++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const int d = kc * 16 + half * 8 + 2 * q;
+                uint32_t v0 = 0, v1 = 0;
+                if (d < HD) {
+                    if (r0 < q_tok) v0 = *(const uint32_t *)(qbase + (int64_t)r0 * a.q_ld + d);
+                    if (r1 < q_tok) v1 = *(const uint32_t *)(qbase + (int64_t)r1 * a.q_ld + d);
+                }
+                qa[kc][half * 2] = v0;
+                qa[kc][half * 2 + 1] = v1;
+            }
+    }
+    // the K hi tiles' d 72..79 (chunk 1) stay zero: QK^T's fifth k-step reads them
+    if (HD > 64)
+        for (int i = tid; i < 2 * FW_BK; i += FW_THREADS) {
+            const int st = i / FW_BK, r = i % FW_BK;
+            const uint32_t adr = sbase + st * FW_STAGE + FW_TILE + r * 128 + ((1 ^ (r & 7)) << 4);
+            asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};" ::"r"(adr), "r"(0));
+        }
+
+    // key row r of the tile: 16-byte chunk c (d 8c .. 8c + 7) of K and V; chunk 8 (d 64..71) to the hi tiles
+    auto load_tile = [&](int st, int k0) {
+        const uint32_t s0 = sbase + st * FW_STAGE;
+        for (int i = tid; i < FW_BK * CH; i += FW_THREADS) {
+            const int r = i / CH, c = i % CH, key = k0 + r;
+            const bool ok = key < T_tok;
+            const int kk = ok ? key : 0;
+            const T *src = kvb + (int64_t)(kk / seg) * a.kv_seg + (int64_t)(kk % seg) * a.kv_ld + c * 8;
+            const uint32_t so = (c < 8 ? 0 : FW_TILE) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s0 + so), "l"(src), "r"(ok ? 16 : 0));
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s0 + 2 * FW_TILE + so), "l"(src + a.v_off), "r"(ok ? 16 : 0));
+        }
+        asm volatile("cp.async.commit_group;");
+    };
+
+    float oacc[ND * 4], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ND * 4; i++) oacc[i] = 0.0f;
+    const int ntiles = (T_tok + FW_BK - 1) / FW_BK;
+    load_tile(0, 0);
+    for (int j = 0; j < ntiles; j++) {
+        const uint32_t s0 = sbase + (j & 1) * FW_STAGE;
+        asm volatile("cp.async.wait_group 0;");
+        wg_proxy_fence();
+        __syncthreads();   // tile j is in; every warpgroup is done with tile j - 1, whose stage is refilled next
+        if (j + 1 < ntiles) load_tile((j + 1) & 1, (j + 1) * FW_BK);
+
+        float s[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) s[i] = 0.0f;
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < KD; kc++)
+            wgmma_rs<T, 64, 0>::run(s, qa[kc], wg_desc(kc < 4 ? s0 + kc * 32 : s0 + FW_TILE, 16));
+        wg_commit();
+        wg_wait<0>();
+
+        // online softmax of rows g and g + 8 (see flash_attn_kernel); keys past T masked in the last tile
+        const int kbase = j * FW_BK;
+        if (kbase + FW_BK > T_tok) {
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+                for (int e = 0; e < 2; e++)
+                    if (kbase + nt * 8 + 2 * q + e >= T_tok) s[4 * nt + e] = s[4 * nt + 2 + e] = -INFINITY;
+        }
+        float mx0 = m0, mx1 = m1;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            mx0 = fmaxf(mx0, fmaxf(s[4 * nt], s[4 * nt + 1]));
+            mx1 = fmaxf(mx1, fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float c0 = exp2f((m0 - mx0) * scale_log2), c1 = exp2f((m1 - mx1) * scale_log2);
+        m0 = mx0;
+        m1 = mx1;
+        const float o0 = -mx0 * scale_log2, o1 = -mx1 * scale_log2;
+        float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            s[4 * nt] = exp2f(fmaf(s[4 * nt], scale_log2, o0));
+            s[4 * nt + 1] = exp2f(fmaf(s[4 * nt + 1], scale_log2, o0));
+            s[4 * nt + 2] = exp2f(fmaf(s[4 * nt + 2], scale_log2, o1));
+            s[4 * nt + 3] = exp2f(fmaf(s[4 * nt + 3], scale_log2, o1));
+            rs0 += s[4 * nt] + s[4 * nt + 1];
+            rs1 += s[4 * nt + 2] + s[4 * nt + 3];
+        }
+        l0 = l0 * c0 + rs0;
+        l1 = l1 * c1 + rs1;
+#pragma unroll
+        for (int i = 0; i < ND; i++) {
+            oacc[4 * i] *= c0;
+            oacc[4 * i + 1] *= c0;
+            oacc[4 * i + 2] *= c1;
+            oacc[4 * i + 3] *= c1;
+        }
+        uint32_t pa[4][4];   // P as the A operand, 16 keys per k-step
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++) {
+            pa[kc][0] = mma_t<T>::pack(s[8 * kc], s[8 * kc + 1]);
+            pa[kc][1] = mma_t<T>::pack(s[8 * kc + 2], s[8 * kc + 3]);
+            pa[kc][2] = mma_t<T>::pack(s[8 * kc + 4], s[8 * kc + 5]);
+            pa[kc][3] = mma_t<T>::pack(s[8 * kc + 6], s[8 * kc + 7]);
+        }
+        wg_fence();
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++)   // k16 step = 16 key rows = 2048 bytes; the hi tile FW_TILE after lo
+            wgmma_rs<T, HD, 1>::run(oacc, pa[kc], wg_desc(s0 + 2 * FW_TILE + kc * 2048, FW_TILE));
+        wg_commit();
+        wg_wait<0>();
+    }
+
+    T *ob = o + (int64_t)b * q_tok * D + h * HD;
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+    const int r0 = row0 + g, r1 = r0 + 8;
+#pragma unroll
+    for (int nd = 0; nd < ND; nd++) {
+        const int d = nd * 8 + 2 * q;
+        if (r0 < q_tok) *(uint32_t *)(ob + (int64_t)r0 * D + d) = mma_t<T>::pack(oacc[4 * nd] * i0, oacc[4 * nd + 1] * i0);
+        if (r1 < q_tok) *(uint32_t *)(ob + (int64_t)r1 * D + d) = mma_t<T>::pack(oacc[4 * nd + 2] * i1, oacc[4 * nd + 3] * i1);
+    }
+#endif
+}
+
+// whether this build has the wgmma kernel (sm_90a) and the device runs it (compute capability 9.0)
+static int attention_wgmma_ok(void) {
+    cudaFuncAttributes fa;
+    int dev = 0, major = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
+        cudaFuncGetAttributes(&fa, flash_attn_wgmma_kernel<__half, 72>) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return fa.binaryVersion == 90 && major == 9;
+}
+
+// 1, 2: the mma.sync kernel with 16 or 32 query rows per warp; 3: the wgmma kernel (128 rows per CTA).
+// 32 rows (or wgmma where it runs) where that still leaves a CTA per SM (measured: 512 px, T 1024 x 16
+// heads x 2); 16 where the grid would be too small (256 px, 1 image: 64 CTAs of 128 rows).
+// DIT_CUDA_ATT_MT=1|2|3 forces one (3 falls back to 2 where wgmma does not run).
 static int attention_mt(int64_t q_tok, int H, int B) {
     const char *ev = getenv("DIT_CUDA_ATT_MT");
-    if (ev && (ev[0] == '1' || ev[0] == '2')) return ev[0] - '0';
-    int dev = 0, sms = 132;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
-        sms = 132;
-    return (int64_t)cdiv(q_tok, ATT_BQ * 2) * H * B >= sms ? 2 : 1;
+    int mt = 0;
+    if (ev && ev[0] >= '1' && ev[0] <= '3') mt = ev[0] - '0';
+    if (!mt) {
+        int dev = 0, sms = 132;
+        if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess)
+            sms = 132;
+        mt = (int64_t)cdiv(q_tok, ATT_BQ * 2) * H * B >= sms ? 3 : 1;
+    }
+    return mt == 3 && !attention_wgmma_ok() ? 2 : mt;
 }
 
 template <typename T, int HD>
-static void attention_launch(int mt, const T *q, const T *kv, T *o, const dit_att_layout *a, float scale_log2,
-                             cudaStream_t st) {
+static int attention_launch(int mt, const T *q, const T *kv, T *o, const dit_att_layout *a, float scale_log2,
+                            cudaStream_t st) {
+    if (mt == 3) {
+        CUDA_CHECK(cudaFuncSetAttribute(flash_attn_wgmma_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, FW_SMEM));
+        const dim3 grid(cdiv(a->q_tok, FW_BQ), a->H, a->B);
+        flash_attn_wgmma_kernel<T, HD><<<grid, FW_THREADS, FW_SMEM, st>>>(q, kv, o, *a, scale_log2);
+        return DIT_OK;
+    }
     const int bq = ATT_BQ * mt;
     const dim3 grid(cdiv(a->q_tok, bq), a->H, a->B);
     if (mt == 2) flash_attn_kernel<T, HD, 2><<<grid, ATT_WARPS * WARP, 0, st>>>(q, kv, o, *a, scale_log2);
     else flash_attn_kernel<T, HD, 1><<<grid, ATT_WARPS * WARP, 0, st>>>(q, kv, o, *a, scale_log2);
+    return DIT_OK;
 }
 
 template <typename T>
@@ -320,8 +514,8 @@ static int attention_cuda(const T *q, const T *kv, T *o, const dit_att_layout *a
     if (a->segs < 1 || a->T % a->segs) return dit_set_error(DIT_ERR_INPUT, "cuda: attention: %d keys in %d pieces", a->T, a->segs);
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)hd);
     const int mt = attention_mt(a->q_tok, a->H, a->B);
-    if (hd == 72) attention_launch<T, 72>(mt, q, kv, o, a, scale_log2, st);
-    else if (hd == 64) attention_launch<T, 64>(mt, q, kv, o, a, scale_log2, st);
+    if (hd == 72) TRY((attention_launch<T, 72>(mt, q, kv, o, a, scale_log2, st)));
+    else if (hd == 64) TRY((attention_launch<T, 64>(mt, q, kv, o, a, scale_log2, st)));
     else return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: attention: head dim %d (supported: 64, 72)", hd);
     LAUNCH_CHECK();
     return DIT_OK;

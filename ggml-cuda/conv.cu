@@ -18,6 +18,7 @@
 //              (conv_thin).
 //   softmax_rows: ct(softmax(scale * x)) per row, fp32 math.
 #include "common.cuh"
+#include "wgmma.cuh"
 
 template <typename T> __device__ __forceinline__ uint4 pack8(const float *v) {
     uint4 u;
@@ -137,42 +138,6 @@ int dit_op_conv_cols(const void *src, int src_type, const float *ab, void *out, 
 #define IG_STAGE_BYTES(BN) ((IG_BM + (BN)) * IG_BK * 2)
 #define IG_SMEM(BN) (IG_STAGES * IG_STAGE_BYTES(BN) + 1024)   // + alignment of the swizzle atoms
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// K-major operand, 128-byte swizzle: 8-row groups 1024 B apart (SBO), start address in 16-byte units
-static __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr) {
-    return (uint64_t)((saddr & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(1024 >> 4) << 32 | (uint64_t)1 << 62;
-}
-// d (64 x BN of this warpgroup) += A (64 x 16) B^T (BN x 16), both from shared memory
-template <typename T, int BN> struct wgmma_t;
-#define WG_N128(ty)                                                                                           \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"                                                \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." ty "." ty " {%0, %1, %2, %3, %4, %5, %6, %7, " \
-                 "%8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, " \
-                 "%27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, " \
-                 "%46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "    \
-                 "%64, %65, p, 1, 1, 0, 0;\n}" : WG_DREGS : "l"(a), "l"(b), "r"(1))
-#define WG_DREGS \
-    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
-    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
-    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
-    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), \
-    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
-    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
-    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
-    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-#define WG_N8(ty) \
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n"                                                 \
-                 "wgmma.mma_async.sync.aligned.m64n8k16.f32." ty "." ty " {%0, %1, %2, %3}, %4, %5, p, 1, 1, 0, 0;\n}" \
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]) : "l"(a), "l"(b), "r"(1))
-template <> struct wgmma_t<__half, 128> { static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_N128("f16"); } };
-template <> struct wgmma_t<__nv_bfloat16, 128> { static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_N128("bf16"); } };
-template <> struct wgmma_t<__half, 8> { static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_N8("f16"); } };
-template <> struct wgmma_t<__nv_bfloat16, 8> { static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_N8("bf16"); } };
-#undef WG_N128
-#undef WG_N8
-#undef WG_DREGS
-#endif
-
 // accumulators -> y for the tile at (m0, n0); see conv3_igemm_kernel
 template <int BN>
 static __device__ __forceinline__ void igemm_epilogue(const float *d, float *__restrict__ y, const float *__restrict__ bias,
@@ -216,7 +181,7 @@ template <typename T, int BN>
 static __global__ void __launch_bounds__(IG_THREADS, 1)
 conv3_igemm_kernel(const T *__restrict__ xp, const T *__restrict__ w, const float *__restrict__ bias,
                    float *__restrict__ y, int C, int N, int rows, int W, int acc, int64_t ycs) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#ifdef DIT_WGMMA
     extern __shared__ unsigned char ig_raw[];
     const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(ig_raw) + 1023) & ~1023u;
     const int WP = W + 2, Mv = rows * WP;
@@ -254,19 +219,19 @@ conv3_igemm_kernel(const T *__restrict__ xp, const T *__restrict__ w, const floa
     }
     for (int kt = 0; kt < KT; kt++) {
         asm volatile("cp.async.wait_group %0;" ::"n"(IG_STAGES - 3));   // tile kt has landed (this thread's part)
-        asm volatile("fence.proxy.async.shared::cta;");                  // ... visible to the wgmma (async proxy)
+        wg_proxy_fence();                                                // ... visible to the wgmma (async proxy)
         __syncthreads();                                                 // ... all of it; wgmma(kt - 2) done
         if (kt + IG_STAGES - 2 < KT) load((kt + IG_STAGES - 2) % IG_STAGES, kt + IG_STAGES - 2);
         asm volatile("cp.async.commit_group;");
         const uint32_t sa = sbase + (kt % IG_STAGES) * IG_STAGE_BYTES(BN), sb = sa + IG_BM * 128;
-        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+        wg_fence();
 #pragma unroll
         for (int kk = 0; kk < IG_BK / 16; kk++)   // k16 step: + 32 bytes inside the swizzled rows
-            wgmma_t<T, BN>::run(d, wg_desc(sa + wg * 64 * 128 + kk * 32), wg_desc(sb + kk * 32));
-        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+            wgmma_ss<T, BN>::run(d, wg_desc(sa + wg * 64 * 128 + kk * 32, 16), wg_desc(sb + kk * 32, 16));
+        wg_commit();
+        wg_wait<1>();
     }
-    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    wg_wait<0>();
     asm volatile("cp.async.wait_group 0;");
     igemm_epilogue<BN>(d, y, bias, m0, n0, Mv, WP, W, N, acc, ycs);
 #endif

@@ -193,15 +193,17 @@ static void test_attention(int B, int T, int H, int hd)
                     ref[((size_t)b * T + i) * D + h * hd + e] = (float)(acc / sum);
                 }
             }
-    /* both kernel variants, 16 and 32 query rows per warp (the launcher picks one by grid size) */
-    for (int mt = 1; mt <= 2; mt++) {
-        setenv("DIT_CUDA_ATT_MT", mt == 1 ? "1" : "2", 1);
+    /* every kernel variant: mma.sync with 16 and 32 query rows per warp, wgmma (the launcher picks one by
+       grid size; 3 runs the 32-row kernel where wgmma does not run) */
+    for (int mt = 1; mt <= 3; mt++) {
+        const char *name[3] = { "16 rows per warp", "32 rows per warp", "wgmma" };
+        setenv("DIT_CUDA_ATT_MT", mt == 1 ? "1" : mt == 2 ? "2" : "3", 1);
         int rc = dit_cuda_test_attention(qkv, B, T, H, hd, o);
         unsetenv("DIT_CUDA_ATT_MT");
         cmp_t c = compare(o, ref, no);
         ok(rc == DIT_OK && c.nonfinite == 0 && c.max_abs <= 4e-3 * c.max_ref,
-           "flash attention B %d T %d H %d hd %d, %d rows per warp == double reference (max |err| %.3g, max |ref| %.3g)%s",
-           B, T, H, hd, 16 * mt, c.max_abs, c.max_ref, c.nonfinite ? ", NON-FINITE or unwritten" : "");
+           "flash attention B %d T %d H %d hd %d, %s == double reference (max |err| %.3g, max |ref| %.3g)%s",
+           B, T, H, hd, name[mt - 1], c.max_abs, c.max_ref, c.nonfinite ? ", NON-FINITE or unwritten" : "");
     }
     free(qkv); free(o); free(ref); free(s);
 }
