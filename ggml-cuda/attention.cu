@@ -80,6 +80,110 @@ static __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t *r, const void
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(s));
 }
 
+// Q fragments of query rows r0 and r0 + 8 (the A operand, row-major 16 x 16 per k-step, this lane's
+// part), zero past hd and past the query rows
+template <typename T, int HD, int KD>
+static __device__ __forceinline__ void load_q_frags(uint32_t (*qa)[4], const T *qbase, int64_t q_ld, int q_tok,
+                                                    int r0) {
+    const int q = threadIdx.x % 4, r1 = r0 + 8;
+#pragma unroll
+    for (int kc = 0; kc < KD; kc++)
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int d = kc * 16 + half * 8 + 2 * q;
+            uint32_t v0 = 0, v1 = 0;
+            if (d < HD) {
+                if (r0 < q_tok) v0 = *(const uint32_t *)(qbase + (int64_t)r0 * q_ld + d);
+                if (r1 < q_tok) v1 = *(const uint32_t *)(qbase + (int64_t)r1 * q_ld + d);
+            }
+            qa[kc][half * 2] = v0;
+            qa[kc][half * 2 + 1] = v1;
+        }
+}
+
+// One online-softmax update of this lane's rows g and g + 8 over NS n-tiles of raw scores s, keys from kbase
+// (those >= T masked to -inf): the max commutes with the positive scale, which goes into one FMA per score,
+// P = 2^(s*sl2 - m*sl2) left in s; l and O (ND n-tiles) rescaled to the new maxima. Key 0 is in the first
+// update, so m is finite from there on (c = 0 at the first); once the row maxima settle, c = 1 and the warp
+// skips the rescale (exact: x * 1 = x). pa: P packed as the A operand of P V (16 keys per k-step; the
+// accumulator layout of S is the A-operand layout).
+template <typename T, int NS, int ND>
+static __device__ __forceinline__ void softmax_update(float (*s)[4], float *m, float *l, float (*oacc)[4],
+                                                      uint32_t (*pa)[4], int kbase, int T_tok, float scale_log2) {
+    const int q = threadIdx.x % 4;
+    if (kbase + NS * 8 > T_tok) {
+#pragma unroll
+        for (int nt = 0; nt < NS; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++)
+                if (kbase + nt * 8 + 2 * q + e >= T_tok) s[nt][e] = s[nt][2 + e] = -INFINITY;
+    }
+    float mx0 = m[0], mx1 = m[1];
+#pragma unroll
+    for (int nt = 0; nt < NS; nt++) {
+        mx0 = fmaxf(mx0, fmaxf(s[nt][0], s[nt][1]));
+        mx1 = fmaxf(mx1, fmaxf(s[nt][2], s[nt][3]));
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float c0 = exp2f((m[0] - mx0) * scale_log2), c1 = exp2f((m[1] - mx1) * scale_log2);
+    const bool grew = __any_sync(0xffffffffu, mx0 != m[0] || mx1 != m[1]);
+    m[0] = mx0;
+    m[1] = mx1;
+    const float o0 = -mx0 * scale_log2, o1 = -mx1 * scale_log2;
+    float rs0 = 0.0f, rs1 = 0.0f;
+#pragma unroll
+    for (int nt = 0; nt < NS; nt++) {
+        s[nt][0] = exp2f(fmaf(s[nt][0], scale_log2, o0));
+        s[nt][1] = exp2f(fmaf(s[nt][1], scale_log2, o0));
+        s[nt][2] = exp2f(fmaf(s[nt][2], scale_log2, o1));
+        s[nt][3] = exp2f(fmaf(s[nt][3], scale_log2, o1));
+        rs0 += s[nt][0] + s[nt][1];
+        rs1 += s[nt][2] + s[nt][3];
+    }
+    if (grew) {
+        l[0] *= c0;
+        l[1] *= c1;
+#pragma unroll
+        for (int i = 0; i < ND; i++) {
+            oacc[i][0] *= c0;
+            oacc[i][1] *= c0;
+            oacc[i][2] *= c1;
+            oacc[i][3] *= c1;
+        }
+    }
+    l[0] += rs0;
+    l[1] += rs1;
+#pragma unroll
+    for (int kc = 0; kc < NS / 2; kc++) {
+        pa[kc][0] = mma_t<T>::pack(s[2 * kc][0], s[2 * kc][1]);
+        pa[kc][1] = mma_t<T>::pack(s[2 * kc][2], s[2 * kc][3]);
+        pa[kc][2] = mma_t<T>::pack(s[2 * kc + 1][0], s[2 * kc + 1][1]);
+        pa[kc][3] = mma_t<T>::pack(s[2 * kc + 1][2], s[2 * kc + 1][3]);
+    }
+}
+
+// o rows r0 and r0 + 8 (this lane's part) = O / l, the row sums first summed over the row's 4 lanes
+template <typename T, int ND>
+static __device__ __forceinline__ void store_o(T *ob, int D, int q_tok, int r0, const float (*oacc)[4],
+                                               const float *l) {
+    const int q = threadIdx.x % 4, r1 = r0 + 8;
+    float l0 = l[0], l1 = l[1];
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
+#pragma unroll
+    for (int nd = 0; nd < ND; nd++) {
+        const int d = nd * 8 + 2 * q;
+        if (r0 < q_tok) *(uint32_t *)(ob + (int64_t)r0 * D + d) = mma_t<T>::pack(oacc[nd][0] * i0, oacc[nd][1] * i0);
+        if (r1 < q_tok) *(uint32_t *)(ob + (int64_t)r1 * D + d) = mma_t<T>::pack(oacc[nd][2] * i1, oacc[nd][3] * i1);
+    }
+}
+
 // MT m-tiles (16 query rows each) per warp: every K and V fragment read from shared memory feeds MT mmas.
 // With MT = 1 the kernel was bound by shared-memory reads (~19.5 KB per warp per 64-key tile against 76
 // mmas); MT = 2 halves the bytes per mma, for grids with enough CTAs to fill the GPU (attention_cuda).
@@ -100,33 +204,16 @@ flash_attn_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__rest
 
     const int b = blockIdx.z, h = blockIdx.y, q0 = blockIdx.x * ATT_WARPS * 16 * MT;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
-    const int g = lane >> 2, q = lane & 3;
+    const int g = lane >> 2;
     const int T_tok = a.T, H = a.H, q_tok = a.q_tok, D = H * HD, seg = T_tok / a.segs;
     const T *kvb = kvp + (int64_t)b * a.kv_b + h * HD;   // k of this head; v at + a.v_off
     const int row0 = q0 + warp * 16 * MT;                // this warp's first query row
 
-    // Q fragments (A operand, row-major 16 x 16 per k-step), zero past hd and past the query rows
     uint32_t qa[MT][KD][4];
     {
         const T *qbase = qp + (int64_t)b * a.q_b + h * HD;
 #pragma unroll
-        for (int mt = 0; mt < MT; mt++) {
-            const int r0 = row0 + mt * 16 + g, r1 = r0 + 8;
-#pragma unroll
-            for (int kc = 0; kc < KD; kc++) {
-#pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const int d = kc * 16 + half * 8 + 2 * q;
-                    uint32_t v0 = 0, v1 = 0;
-                    if (d < HD) {
-                        if (r0 < q_tok) v0 = *(const uint32_t *)(qbase + (int64_t)r0 * a.q_ld + d);
-                        if (r1 < q_tok) v1 = *(const uint32_t *)(qbase + (int64_t)r1 * a.q_ld + d);
-                    }
-                    qa[mt][kc][half * 2 + 0] = v0;
-                    qa[mt][kc][half * 2 + 1] = v1;
-                }
-            }
-        }
+        for (int mt = 0; mt < MT; mt++) load_q_frags<T, HD, KD>(qa[mt], qbase, a.q_ld, q_tok, row0 + mt * 16 + g);
     }
 
     auto load_tile = [&](int buf, int k0) {
@@ -191,69 +278,11 @@ flash_attn_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__rest
                     for (int mt = 0; mt < MT; mt++) mma_t<T>::run(s[mt][nt], qa[mt][KD - 1], kb);
                 }
             }
-            // online softmax on the raw scores (rows g and g+8 of each m-tile): the max commutes with the
-            // positive scale, which goes into one FMA per score, P = 2^(s*sl2 - m*sl2); keys past T (last
-            // tile only) are masked to -inf
-            const int kbase = j * ATT_BK + kh * KH;
             uint32_t pa[MT][KH / 16][4];
 #pragma unroll
-            for (int mt = 0; mt < MT; mt++) {
-                if (kbase + KH > T_tok) {
-#pragma unroll
-                    for (int nt = 0; nt < NS; nt++)
-#pragma unroll
-                        for (int e = 0; e < 2; e++)
-                            if (kbase + nt * 8 + 2 * q + e >= T_tok) s[mt][nt][e] = s[mt][nt][2 + e] = -INFINITY;
-                }
-                float mx0 = m[mt][0], mx1 = m[mt][1];
-#pragma unroll
-                for (int nt = 0; nt < NS; nt++) {
-                    mx0 = fmaxf(mx0, fmaxf(s[mt][nt][0], s[mt][nt][1]));
-                    mx1 = fmaxf(mx1, fmaxf(s[mt][nt][2], s[mt][nt][3]));
-                }
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-                mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-                mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-                // key 0 is in the first update, so mx is finite from there on (c = 0 at the first); once
-                // the row maxima settle, c = 1 and the warp skips the rescale (exact: x * 1 = x)
-                const float c0 = exp2f((m[mt][0] - mx0) * scale_log2), c1 = exp2f((m[mt][1] - mx1) * scale_log2);
-                const bool grew = __any_sync(0xffffffffu, mx0 != m[mt][0] || mx1 != m[mt][1]);
-                m[mt][0] = mx0;
-                m[mt][1] = mx1;
-                const float o0 = -mx0 * scale_log2, o1 = -mx1 * scale_log2;
-                float rs0 = 0.0f, rs1 = 0.0f;
-#pragma unroll
-                for (int nt = 0; nt < NS; nt++) {
-                    s[mt][nt][0] = exp2f(fmaf(s[mt][nt][0], scale_log2, o0));
-                    s[mt][nt][1] = exp2f(fmaf(s[mt][nt][1], scale_log2, o0));
-                    s[mt][nt][2] = exp2f(fmaf(s[mt][nt][2], scale_log2, o1));
-                    s[mt][nt][3] = exp2f(fmaf(s[mt][nt][3], scale_log2, o1));
-                    rs0 += s[mt][nt][0] + s[mt][nt][1];
-                    rs1 += s[mt][nt][2] + s[mt][nt][3];
-                }
-                if (grew) {
-                    l[mt][0] *= c0;
-                    l[mt][1] *= c1;
-#pragma unroll
-                    for (int i = 0; i < ND; i++) {
-                        oacc[mt][i][0] *= c0;
-                        oacc[mt][i][1] *= c0;
-                        oacc[mt][i][2] *= c1;
-                        oacc[mt][i][3] *= c1;
-                    }
-                }
-                l[mt][0] += rs0;
-                l[mt][1] += rs1;
-                // P's accumulator layout is the A-operand layout of the P V mma
-#pragma unroll
-                for (int kc = 0; kc < KH / 16; kc++) {
-                    pa[mt][kc][0] = mma_t<T>::pack(s[mt][2 * kc][0], s[mt][2 * kc][1]);
-                    pa[mt][kc][1] = mma_t<T>::pack(s[mt][2 * kc][2], s[mt][2 * kc][3]);
-                    pa[mt][kc][2] = mma_t<T>::pack(s[mt][2 * kc + 1][0], s[mt][2 * kc + 1][1]);
-                    pa[mt][kc][3] = mma_t<T>::pack(s[mt][2 * kc + 1][2], s[mt][2 * kc + 1][3]);
-                }
-            }
+            for (int mt = 0; mt < MT; mt++)
+                softmax_update<T, NS, ND>(s[mt], m[mt], l[mt], oacc[mt], pa[mt], j * ATT_BK + kh * KH, T_tok,
+                                          scale_log2);
             // O += P V; ldmatrix x4 trans gives the B fragments of two n-tiles (lanes 16..31: the second)
 #pragma unroll
             for (int kc = 0; kc < KH / 16; kc++) {
@@ -281,28 +310,14 @@ flash_attn_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *__rest
 
     T *ob = o + (int64_t)b * q_tok * D + h * HD;
 #pragma unroll
-    for (int mt = 0; mt < MT; mt++) {
-        float l0 = l[mt][0], l1 = l[mt][1];
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-        l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-        l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-        const float i0 = 1.0f / l0, i1 = 1.0f / l1;
-        const int r0 = row0 + mt * 16 + g, r1 = r0 + 8;
-#pragma unroll
-        for (int nd = 0; nd < ND; nd++) {
-            const int d = nd * 8 + 2 * q;
-            if (r0 < q_tok) *(uint32_t *)(ob + (int64_t)r0 * D + d) = mma_t<T>::pack(oacc[mt][nd][0] * i0, oacc[mt][nd][1] * i0);
-            if (r1 < q_tok) *(uint32_t *)(ob + (int64_t)r1 * D + d) = mma_t<T>::pack(oacc[mt][nd][2] * i1, oacc[mt][nd][3] * i1);
-        }
-    }
+    for (int mt = 0; mt < MT; mt++) store_o<T, ND>(ob, D, q_tok, row0 + mt * 16 + g, oacc[mt], l[mt]);
 }
 
 // Hopper version (sm_90a): a CTA = 2 warpgroups x 64 query rows, keys in tiles of 64 (double-buffered
 // cp.async, 128-byte-swizzled shared memory). Per tile, each warpgroup:
 //   S (64 x 64) = Q K^T: wgmma RS m64n64k16, Q from registers (KD k-steps; hd 72: d 64..79 from a second
 //                swizzled tile whose d 72..79 are zeros), K K-major from shared memory
-//   online softmax on S in registers (the same per-row code as above, 16 rows per warp)
+//   online softmax on S in registers (softmax_update, as above; 16 rows per warp)
 //   O (64 x HD) += P V: wgmma RS m64nHDk16, P from registers (S's accumulator layout is the A-operand
 //                layout), V MN-major (transposed B): d 0..63 in one tile, 64..71 in the next, LBO apart
 // The wgmma run asynchronously; the two warpgroups (and the second CTA per SM) overlap each other's softmax.
@@ -322,29 +337,13 @@ flash_attn_wgmma_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *
     extern __shared__ unsigned char fw_raw[];
     const uint32_t sbase = ((uint32_t)__cvta_generic_to_shared(fw_raw) + 1023) & ~1023u;
     const int b = blockIdx.z, h = blockIdx.y, tid = threadIdx.x, wg = tid / 128;
-    const int warp = (tid % 128) / WARP, lane = tid % WARP, g = lane >> 2, q = lane & 3;
+    const int warp = (tid % 128) / WARP, g = tid % WARP >> 2;
     const int T_tok = a.T, q_tok = a.q_tok, D = a.H * HD, seg = T_tok / a.segs;
     const T *kvb = kvp + (int64_t)b * a.kv_b + h * HD;
     const int row0 = blockIdx.x * FW_BQ + wg * 64 + warp * 16;   // this warp's first query row
 
-    uint32_t qa[KD][4];   // Q fragments, zero past hd and past the query rows
-    {
-        const T *qbase = qp + (int64_t)b * a.q_b + h * HD;
-        const int r0 = row0 + g, r1 = r0 + 8;
-#pragma unroll
-        for (int kc = 0; kc < KD; kc++)
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const int d = kc * 16 + half * 8 + 2 * q;
-                uint32_t v0 = 0, v1 = 0;
-                if (d < HD) {
-                    if (r0 < q_tok) v0 = *(const uint32_t *)(qbase + (int64_t)r0 * a.q_ld + d);
-                    if (r1 < q_tok) v1 = *(const uint32_t *)(qbase + (int64_t)r1 * a.q_ld + d);
-                }
-                qa[kc][half * 2] = v0;
-                qa[kc][half * 2 + 1] = v1;
-            }
-    }
+    uint32_t qa[KD][4];
+    load_q_frags<T, HD, KD>(qa, qp + (int64_t)b * a.q_b + h * HD, a.q_ld, q_tok, row0 + g);
     // the K hi tiles' d 72..79 (chunk 1) stay zero: QK^T's fifth k-step reads them
     if (HD > 64)
         for (int i = tid; i < 2 * FW_BK; i += FW_THREADS) {
@@ -362,15 +361,15 @@ flash_attn_wgmma_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *
             const int kk = ok ? key : 0;
             const T *src = kvb + (int64_t)(kk / seg) * a.kv_seg + (int64_t)(kk % seg) * a.kv_ld + c * 8;
             const uint32_t so = (c < 8 ? 0 : FW_TILE) + r * 128 + (((c & 7) ^ (r & 7)) << 4);
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s0 + so), "l"(src), "r"(ok ? 16 : 0));
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s0 + 2 * FW_TILE + so), "l"(src + a.v_off), "r"(ok ? 16 : 0));
+            cp_async16_s(s0 + so, src, ok);
+            cp_async16_s(s0 + 2 * FW_TILE + so, src + a.v_off, ok);
         }
         asm volatile("cp.async.commit_group;");
     };
 
-    float oacc[ND * 4], m0 = -INFINITY, m1 = -INFINITY, l0 = 0.0f, l1 = 0.0f;
+    float oacc[ND][4], m[2] = { -INFINITY, -INFINITY }, l[2] = { 0.0f, 0.0f };
 #pragma unroll
-    for (int i = 0; i < ND * 4; i++) oacc[i] = 0.0f;
+    for (int i = 0; i < ND; i++) oacc[i][0] = oacc[i][1] = oacc[i][2] = oacc[i][3] = 0.0f;
     const int ntiles = (T_tok + FW_BK - 1) / FW_BK;
     load_tile(0, 0);
     for (int j = 0; j < ntiles; j++) {
@@ -380,100 +379,30 @@ flash_attn_wgmma_kernel(const T *__restrict__ qp, const T *__restrict__ kvp, T *
         __syncthreads();   // tile j is in; every warpgroup is done with tile j - 1, whose stage is refilled next
         if (j + 1 < ntiles) load_tile((j + 1) & 1, (j + 1) * FW_BK);
 
-        float s[32];
+        float s[8][4];
 #pragma unroll
-        for (int i = 0; i < 32; i++) s[i] = 0.0f;
+        for (int i = 0; i < 8; i++) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.0f;
         wg_fence();
 #pragma unroll
         for (int kc = 0; kc < KD; kc++)
-            wgmma_rs<T, 64, 0>::run(s, qa[kc], wg_desc(kc < 4 ? s0 + kc * 32 : s0 + FW_TILE, 16));
+            wgmma_rs<T, 64, 0>::run(&s[0][0], qa[kc], wg_desc(kc < 4 ? s0 + kc * 32 : s0 + FW_TILE, 16));
         wg_commit();
         wg_wait<0>();
 
-        // online softmax of rows g and g + 8 (see flash_attn_kernel); keys past T masked in the last tile
-        const int kbase = j * FW_BK;
-        if (kbase + FW_BK > T_tok) {
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-                for (int e = 0; e < 2; e++)
-                    if (kbase + nt * 8 + 2 * q + e >= T_tok) s[4 * nt + e] = s[4 * nt + 2 + e] = -INFINITY;
-        }
-        float mx0 = m0, mx1 = m1;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            mx0 = fmaxf(mx0, fmaxf(s[4 * nt], s[4 * nt + 1]));
-            mx1 = fmaxf(mx1, fmaxf(s[4 * nt + 2], s[4 * nt + 3]));
-        }
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
-        const float c0 = exp2f((m0 - mx0) * scale_log2), c1 = exp2f((m1 - mx1) * scale_log2);
-        m0 = mx0;
-        m1 = mx1;
-        const float o0 = -mx0 * scale_log2, o1 = -mx1 * scale_log2;
-        float rs0 = 0.0f, rs1 = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            s[4 * nt] = exp2f(fmaf(s[4 * nt], scale_log2, o0));
-            s[4 * nt + 1] = exp2f(fmaf(s[4 * nt + 1], scale_log2, o0));
-            s[4 * nt + 2] = exp2f(fmaf(s[4 * nt + 2], scale_log2, o1));
-            s[4 * nt + 3] = exp2f(fmaf(s[4 * nt + 3], scale_log2, o1));
-            rs0 += s[4 * nt] + s[4 * nt + 1];
-            rs1 += s[4 * nt + 2] + s[4 * nt + 3];
-        }
-        l0 = l0 * c0 + rs0;
-        l1 = l1 * c1 + rs1;
-#pragma unroll
-        for (int i = 0; i < ND; i++) {
-            oacc[4 * i] *= c0;
-            oacc[4 * i + 1] *= c0;
-            oacc[4 * i + 2] *= c1;
-            oacc[4 * i + 3] *= c1;
-        }
-        uint32_t pa[4][4];   // P as the A operand, 16 keys per k-step
-#pragma unroll
-        for (int kc = 0; kc < 4; kc++) {
-            pa[kc][0] = mma_t<T>::pack(s[8 * kc], s[8 * kc + 1]);
-            pa[kc][1] = mma_t<T>::pack(s[8 * kc + 2], s[8 * kc + 3]);
-            pa[kc][2] = mma_t<T>::pack(s[8 * kc + 4], s[8 * kc + 5]);
-            pa[kc][3] = mma_t<T>::pack(s[8 * kc + 6], s[8 * kc + 7]);
-        }
+        uint32_t pa[4][4];
+        softmax_update<T, 8, ND>(s, m, l, oacc, pa, j * FW_BK, T_tok, scale_log2);
         wg_fence();
 #pragma unroll
         for (int kc = 0; kc < 4; kc++)   // k16 step = 16 key rows = 2048 bytes; the hi tile FW_TILE after lo
-            wgmma_rs<T, HD, 1>::run(oacc, pa[kc], wg_desc(s0 + 2 * FW_TILE + kc * 2048, FW_TILE));
+            wgmma_rs<T, HD, 1>::run(&oacc[0][0], pa[kc], wg_desc(s0 + 2 * FW_TILE + kc * 2048, FW_TILE));
         wg_commit();
         wg_wait<0>();
     }
 
-    T *ob = o + (int64_t)b * q_tok * D + h * HD;
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
-    const float i0 = 1.0f / l0, i1 = 1.0f / l1;
-    const int r0 = row0 + g, r1 = r0 + 8;
-#pragma unroll
-    for (int nd = 0; nd < ND; nd++) {
-        const int d = nd * 8 + 2 * q;
-        if (r0 < q_tok) *(uint32_t *)(ob + (int64_t)r0 * D + d) = mma_t<T>::pack(oacc[4 * nd] * i0, oacc[4 * nd + 1] * i0);
-        if (r1 < q_tok) *(uint32_t *)(ob + (int64_t)r1 * D + d) = mma_t<T>::pack(oacc[4 * nd + 2] * i1, oacc[4 * nd + 3] * i1);
-    }
+    store_o<T, ND>(o + (int64_t)b * q_tok * D + h * HD, D, q_tok, row0 + g, oacc, l);
+#else
+    __trap();   // not an sm_90a build: dit_wgmma_ok() keeps the host from launching this
 #endif
-}
-
-// whether this build has the wgmma kernel (sm_90a) and the device runs it (compute capability 9.0)
-static int attention_wgmma_ok(void) {
-    cudaFuncAttributes fa;
-    int dev = 0, major = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess ||
-        cudaFuncGetAttributes(&fa, flash_attn_wgmma_kernel<__half, 72>) != cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    return fa.binaryVersion == 90 && major == 9;
 }
 
 // 1, 2: the mma.sync kernel with 16 or 32 query rows per warp; 3: the wgmma kernel (128 rows per CTA).
@@ -490,14 +419,15 @@ static int attention_mt(int64_t q_tok, int H, int B) {
             sms = 132;
         mt = (int64_t)cdiv(q_tok, ATT_BQ * 2) * H * B >= sms ? 3 : 1;
     }
-    return mt == 3 && !attention_wgmma_ok() ? 2 : mt;
+    return mt == 3 && !dit_wgmma_ok() ? 2 : mt;
 }
 
 template <typename T, int HD>
 static int attention_launch(int mt, const T *q, const T *kv, T *o, const dit_att_layout *a, float scale_log2,
                             cudaStream_t st) {
     if (mt == 3) {
-        CUDA_CHECK(cudaFuncSetAttribute(flash_attn_wgmma_kernel<T, HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, FW_SMEM));
+        static unsigned long long smem_set;
+        TRY(dit_smem_opt_in((const void *)flash_attn_wgmma_kernel<T, HD>, FW_SMEM, &smem_set));
         const dim3 grid(cdiv(a->q_tok, FW_BQ), a->H, a->B);
         flash_attn_wgmma_kernel<T, HD><<<grid, FW_THREADS, FW_SMEM, st>>>(q, kv, o, *a, scale_log2);
         return DIT_OK;

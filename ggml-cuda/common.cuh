@@ -46,6 +46,25 @@ const char *dit_cublas_status_name(cublasStatus_t s);
 #define WARP 32
 static inline int cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
 
+// Hopper wgmma kernels (conv3_igemm, flash_attn_wgmma): their bodies exist only in an sm_90a build, and a
+// build for another target still loads on a 9.0 GPU (its PTX is JIT-compiled), so whether they run is
+// asked of the device: dit_wgmma_probe launches a probe kernel compiled the same way (once per device, at
+// context setup: never during a graph capture); dit_wgmma_ok answers for the current device from then on.
+int dit_wgmma_probe(int device);
+int dit_wgmma_ok(void);
+
+// > 48 KB of dynamic shared memory is opt-in, per device and kernel: set once per device (`done`: that
+// kernel's bit per device, a static of the caller)
+static inline int dit_smem_opt_in(const void *kernel, int bytes, unsigned long long *done) {
+    int dev = 0;
+    CUDA_CHECK(cudaGetDevice(&dev));
+    const unsigned long long bit = 1ull << (dev & 63);
+    if (__atomic_load_n(done, __ATOMIC_RELAXED) & bit) return DIT_OK;
+    CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    __atomic_fetch_or(done, bit, __ATOMIC_RELAXED);
+    return DIT_OK;
+}
+
 // ---------------------------------------------------------------- element types
 // GEMM operands ("compute type", ct) are __half or __nv_bfloat16; everything else is float.
 template <typename T> __device__ __forceinline__ float to_f32(T v);
@@ -213,7 +232,7 @@ struct dit_cuda {
     int vae_no_graph;            // capturing the decode failed once: eager from then on
     int vae_conv;                // 3x3 convs: 0 auto, 1 im2col + cuBLASLt, 2 implicit GEMM (DIT_VAE_CONV)
     int n_sm;                    // multiprocessors of the device
-    int igemm_ok;                // conv3_igemm runs here (an sm_90a build on a compute capability 9.0 GPU)
+    int wgmma_ok;                // the wgmma kernels run here (dit_wgmma_probe)
 
     // profiling
     int profiling;
@@ -287,7 +306,7 @@ int dit_op_resid_ln_mod(const void *y, float *h, void *out, int ct, int64_t M, i
                         int64_t mod_stride, const dit_cuda_state *state, cudaStream_t st);
 // VAE GroupNorm (+SiLU): x (HW, C) fp32 channels-last -> out (HW, C), DIT_TYPE_F32 or ct.
 // Scratch: part (DIT_GN_CHUNKS * groups) partial statistics, count (zero before the first call; every
-// call leaves it zero), ab (2C) per-channel scale and shift.
+// call leaves it zero, so calls sharing it must be stream-ordered), ab (2C) per-channel scale and shift.
 #define DIT_GN_CHUNKS 256
 int dit_op_group_norm(const float *x, void *out, int out_type, const float *w, const float *b, int C, int HW,
                       int groups, float eps, int silu, float2 *part, unsigned int *count, float *ab, cudaStream_t st);
@@ -339,9 +358,16 @@ int dit_op_randn(uint64_t seed, int img0, int n_img, uint32_t step, float *out, 
 // ab != NULL (fp32 src only): each gathered value is SiLU(x * ab[c] + ab[C + c]) (GroupNorm + SiLU fused)
 int dit_op_conv_cols(const void *src, int src_type, const float *ab, void *out, int ct, int C, int H, int W, int y0,
                      int rows, int up, int pad, cudaStream_t st);
-int dit_conv3_igemm_supported(int device);
+// the padded operand of `rows` output rows: rows + 2 halo rows of W + 2, and 2 more rows (never written,
+// read only for dropped outputs) past the grid
+static inline int64_t dit_conv3_xp_elems(int rows, int W, int C) { return ((int64_t)(rows + 2) * (W + 2) + 2) * C; }
+// xp: dit_conv3_xp_elems(rows, W, C) of ct, pad3's rows; w (N, 9, C) ct; y (rows W, N) fp32, or NCHW planes
+// ycs apart when ycs > 0 (N <= 8, no acc)
 int dit_op_conv3_igemm(const void *xp, int ct, const void *w, const float *bias, float *y, int acc, int C, int N,
                        int rows, int W, int64_t ycs, cudaStream_t st);
+int dit_op_conv3x3(struct dit_cuda *c, const dit_cuda_lin *w, const void *src, int src_type, const float *ab,
+                   void *buf, size_t buf_elems, int cin, int H, int W, int up, float *y, int acc, int y_nchw,
+                   int implicit, cudaStream_t st);
 int dit_op_conv_w_tap_major(const void *src, void *dst, int cout, int cin, cudaStream_t st);
 int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y, int cin, int cout, int H, int W,
                        int k, int y_nhwc, cudaStream_t st);

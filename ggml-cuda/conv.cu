@@ -140,15 +140,18 @@ int dit_op_conv_cols(const void *src, int src_type, const float *ab, void *out, 
 
 // accumulators -> y for the tile at (m0, n0); see conv3_igemm_kernel
 template <int BN>
-static __device__ __forceinline__ void igemm_epilogue(const float *d, float *__restrict__ y, const float *__restrict__ bias,
-                                                      int m0, int n0, int Mv, int WP, int W, int N, int acc, int64_t ycs) {
-    // accumulator j of this thread: row 16 warp + lane / 4 (+ 8 for j % 4 >= 2), column 8 (j / 4) + 2 (lane % 4) + j % 2.
+static __device__ __forceinline__ void igemm_epilogue(const float *d, float *__restrict__ y,
+                                                      const float *__restrict__ bias, int m0, int n0, int Mv, int WP,
+                                                      int W, int N, int acc, int64_t ycs) {
+    // accumulator j of this thread: row 16 warp + lane / 4 (+ 8 for j % 4 >= 2), column 8 (j / 4) +
+    // 2 (lane % 4) + j % 2 (wgmma.cuh), in the tile of warpgroup threadIdx.x / 128.
     // With acc, a row's residual pairs are all loaded before the first store (loads and stores to y in one
     // loop ran one DRAM latency after another: +37 us on a 256 px 128-channel conv)
     const int lane = threadIdx.x % WARP, q = lane & 3;
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-        const int r = m0 + threadIdx.x / 128 * 64 + (threadIdx.x % 128) / WARP * 16 + (lane >> 2) + 8 * h, py = r / WP, px = r % WP;
+        const int r = m0 + threadIdx.x / 128 * 64 + (threadIdx.x % 128) / WARP * 16 + (lane >> 2) + 8 * h;
+        const int py = r / WP, px = r % WP;
         if (r >= Mv || px >= W) continue;
         const int nn = N - n0 - 2 * q;   // columns left in this row from this thread's first: pair j when 8 j < nn
         if (BN == 8) {                   // NCHW planes
@@ -167,7 +170,8 @@ static __device__ __forceinline__ void igemm_epilogue(const float *d, float *__r
         if (acc) {
             float2 o[BN / 8];
 #pragma unroll
-            for (int j = 0; j < BN / 8; j++) o[j] = 8 * j < nn ? *(const float2 *)(yr + 8 * j) : make_float2(0.0f, 0.0f);
+            for (int j = 0; j < BN / 8; j++)
+                o[j] = 8 * j < nn ? *(const float2 *)(yr + 8 * j) : make_float2(0.0f, 0.0f);
 #pragma unroll
             for (int j = 0; j < BN / 8; j++) v[j].x += o[j].x, v[j].y += o[j].y;
         }
@@ -198,7 +202,7 @@ conv3_igemm_kernel(const T *__restrict__ xp, const T *__restrict__ w, const floa
             const int i = tid + j * IG_THREADS, r = i / 8, c = i % 8;
             const bool ok = m0 + r < Mv;
             const T *g = xp + (int64_t)(ok ? m0 + r + off : 0) * C + c0 + c * 8;
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sa + r * 128 + ((c ^ (r & 7)) << 4)), "l"(g), "r"(ok ? 16 : 0));
+            cp_async16_s(sa + r * 128 + ((c ^ (r & 7)) << 4), g, ok);
         }
 #pragma unroll
         for (int j = 0; j < (BN * 8 + IG_THREADS - 1) / IG_THREADS; j++) {   // B
@@ -206,7 +210,7 @@ conv3_igemm_kernel(const T *__restrict__ xp, const T *__restrict__ w, const floa
             const bool ok = n0 + r < N;
             const T *g = w + (int64_t)(ok ? n0 + r : 0) * 9 * C + t * C + c0 + c * 8;
             if (BN * 8 % IG_THREADS == 0 || i < BN * 8)
-                asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(sb + r * 128 + ((c ^ (r & 7)) << 4)), "l"(g), "r"(ok ? 16 : 0));
+                cp_async16_s(sb + r * 128 + ((c ^ (r & 7)) << 4), g, ok);
         }
     };
     float d[BN / 2];
@@ -234,35 +238,25 @@ conv3_igemm_kernel(const T *__restrict__ xp, const T *__restrict__ w, const floa
     wg_wait<0>();
     asm volatile("cp.async.wait_group 0;");
     igemm_epilogue<BN>(d, y, bias, m0, n0, Mv, WP, W, N, acc, ycs);
+#else
+    __trap();   // not an sm_90a build: dit_wgmma_ok() keeps the host from launching this
 #endif
-}
-
-// whether this build has the wgmma kernel (sm_90a) and the device runs it (compute capability 9.0)
-int dit_conv3_igemm_supported(int device) {
-    cudaFuncAttributes fa;
-    int major = 0;
-    if (cudaFuncGetAttributes(&fa, conv3_igemm_kernel<__half, 128>) != cudaSuccess ||
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess) {
-        cudaGetLastError();
-        return 0;
-    }
-    return fa.binaryVersion == 90 && major == 9;
 }
 
 template <typename T, int BN>
 static int igemm_launch(const void *xp, const void *w, const float *bias, float *y, int acc, int C, int N, int rows,
                         int W, int64_t ycs, cudaStream_t st) {
-    // > 48 KB of dynamic shared memory is opt-in, per device
-    CUDA_CHECK(cudaFuncSetAttribute(conv3_igemm_kernel<T, BN>, cudaFuncAttributeMaxDynamicSharedMemorySize, IG_SMEM(BN)));
+    static unsigned long long smem_set;
+    TRY(dit_smem_opt_in((const void *)conv3_igemm_kernel<T, BN>, IG_SMEM(BN), &smem_set));
     const dim3 grid(cdiv((int64_t)rows * (W + 2), IG_BM), cdiv(N, BN));
-    conv3_igemm_kernel<T, BN><<<grid, IG_THREADS, IG_SMEM(BN), st>>>((const T *)xp, (const T *)w, bias, y, C, N, rows, W,
-                                                                     acc, ycs);
+    conv3_igemm_kernel<T, BN><<<grid, IG_THREADS, IG_SMEM(BN), st>>>((const T *)xp, (const T *)w, bias, y, C, N,
+                                                                     rows, W, acc, ycs);
     LAUNCH_CHECK();
     return DIT_OK;
 }
 
-// xp: pad3's rows + 2 (rows + 2, W + 2, C) of ct; w (N, 9, C) ct; y (rows W, N) fp32 channels-last, or with
-// ycs > 0 (N <= 8, no acc) NCHW planes ycs elements apart
+// xp: pad3's rows (dit_conv3_xp_elems); w (N, 9, C) ct; y (rows W, N) fp32 channels-last, or with ycs > 0
+// (N <= 8, no acc) NCHW planes ycs elements apart
 int dit_op_conv3_igemm(const void *xp, int ct, const void *w, const float *bias, float *y, int acc, int C, int N,
                        int rows, int W, int64_t ycs, cudaStream_t st) {
     if (C % IG_BK || (ycs ? N > 8 || acc : N % 2))
@@ -272,6 +266,31 @@ int dit_op_conv3_igemm(const void *xp, int ct, const void *w, const float *bias,
                        : igemm_launch<__half, 8>(xp, w, bias, y, 0, C, N, rows, W, ycs, st);
     return bf ? igemm_launch<__nv_bfloat16, 128>(xp, w, bias, y, acc, C, N, rows, W, 0, st)
               : igemm_launch<__half, 128>(xp, w, bias, y, acc, C, N, rows, W, 0, st);
+}
+
+// y (+)= conv3x3(in) + b for one image, w (cout, 9, cin) ct, in chunks of output rows whose operand fits in
+// buf (buf_elems of ct): pad3 + conv3_igemm (implicit; NCHW output planes when y_nchw) or im2col + cuBLASLt
+int dit_op_conv3x3(struct dit_cuda *c, const dit_cuda_lin *w, const void *src, int src_type, const float *ab,
+                   void *buf, size_t buf_elems, int cin, int H, int W, int up, float *y, int acc, int y_nchw,
+                   int implicit, cudaStream_t st) {
+    const int cout = (int)w->n_out;
+    if (y_nchw && !implicit)
+        return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: NCHW output of a %d-channel conv", cout);
+    // the most output rows whose operand fits (dit_conv3_xp_elems for the implicit GEMM)
+    const int64_t fit = implicit ? ((int64_t)buf_elems / cin - 2) / (W + 2) - 2
+                                 : (int64_t)buf_elems / ((int64_t)W * 9 * cin);
+    const int rows = fit < H ? (int)fit : H;
+    if (rows < 1) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: image row too wide for the column buffer");
+    for (int y0 = 0; y0 < H; y0 += rows) {
+        const int r = H - y0 < rows ? H - y0 : rows;
+        float *d = y + (int64_t)y0 * W * (y_nchw ? 1 : cout);
+        TRY(dit_op_conv_cols(src, src_type, ab, buf, c->ct, cin, H, W, y0, r, up, implicit, st));
+        if (implicit)
+            TRY(dit_op_conv3_igemm(buf, c->ct, w->w, w->b, d, acc, cin, cout, r, W, y_nchw ? (int64_t)H * W : 0, st));
+        else TRY(acc ? dit_op_linear_acc(c, w, buf, (int64_t)r * W, d, st)
+                     : dit_op_linear(c, w, buf, (int64_t)r * W, d, DIT_TYPE_F32, EPI_BIAS, st));
+    }
+    return DIT_OK;
 }
 
 // w (cout, cin, 9) -> (cout, 9, cin), 16-bit elements

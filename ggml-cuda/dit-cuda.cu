@@ -19,6 +19,7 @@
 // device step state, so one captured graph is replayed for every step.
 #include "common.cuh"
 #include "ggml-cuda/vae.cuh"
+#include "wgmma.cuh"   // DIT_WGMMA: the probe kernel is compiled as the wgmma kernels are
 
 #include <limits.h>
 #include <math.h>
@@ -234,6 +235,40 @@ static int check_shapes(const dit_model *m) {
     return DIT_OK;
 }
 
+// ---------------------------------------------------------------- wgmma availability (common.cuh)
+static __global__ void wgmma_probe_kernel(int *out) {
+#ifdef DIT_WGMMA
+    *out = 1;
+#else
+    *out = 0;
+#endif
+}
+
+#define WGMMA_MAX_DEV 64
+static signed char wgmma_by_device[WGMMA_MAX_DEV];   // 0 not probed, 1 runs, -1 does not
+
+int dit_wgmma_probe(int device) {
+    if (device < 0 || device >= WGMMA_MAX_DEV) return 0;
+    if (wgmma_by_device[device]) return wgmma_by_device[device] > 0;
+    int major = 0, yes = 0, *d = NULL;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) == cudaSuccess && major == 9 &&
+        cudaMalloc((void **)&d, sizeof(int)) == cudaSuccess) {
+        wgmma_probe_kernel<<<1, 1>>>(d);
+        if (cudaMemcpy(&yes, d, sizeof(int), cudaMemcpyDeviceToHost) != cudaSuccess) yes = 0;
+        cudaFree(d);
+    }
+    cudaGetLastError();   // a failed probe means "no", not a pending error
+    wgmma_by_device[device] = yes == 1 ? 1 : -1;
+    return yes == 1;
+}
+
+int dit_wgmma_ok(void) {
+    int dev = 0;
+    return cudaGetDevice(&dev) == cudaSuccess && dev >= 0 && dev < WGMMA_MAX_DEV && wgmma_by_device[dev] > 0;
+}
+
+int dit_cuda_has_wgmma(void) { return dit_cuda_available() > 0 && cudaSetDevice(0) == cudaSuccess && dit_wgmma_probe(0); }
+
 static int cuda_setup(dit_cuda *c, int device) {
     c->device = device;
     CUDA_CHECK(cudaSetDevice(device));
@@ -241,7 +276,7 @@ static int cuda_setup(dit_cuda *c, int device) {
     CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
     snprintf(c->device_name, sizeof(c->device_name), "%.63s", prop.name);
     c->n_sm = prop.multiProcessorCount;
-    c->igemm_ok = dit_conv3_igemm_supported(device);
+    c->wgmma_ok = dit_wgmma_probe(device);
     const char *ev = getenv("DIT_VAE_CONV");   // im2col | implicit: force one 3x3 conv path (tests, comparisons)
     c->vae_conv = !ev ? 0 : !strcmp(ev, "im2col") ? 1 : !strcmp(ev, "implicit") ? 2 : 0;
     // the step's stream first when both have blocks waiting: the side stream's work (the next weight's
@@ -1047,17 +1082,19 @@ static int upload_ct(const float *x, size_t n, int ct, void **out) {   // fp16 o
     return DIT_OK;
 }
 
-int dit_cuda_test_attention(const float *qkv, int B, int T, int H, int hd, float *o) {
+int dit_cuda_test_attention(const float *qkv, int B, int T, int H, int hd, int ct, float *o) {
     const size_t nq = (size_t)B * T * 3 * H * hd, no = (size_t)B * T * H * hd;
     void *dq = NULL, *dO = NULL;
-    TRY(upload_ct(qkv, nq, DIT_TYPE_F16, &dq));
+    int dev = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess) dit_wgmma_probe(dev);   // as a context's setup would
+    TRY(upload_ct(qkv, nq, ct, &dq));
     int rc = DIT_OK;
     if (cudaMalloc(&dO, no * 2) != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: oom");
     if (rc == DIT_OK) cudaMemset(dO, 0xff, no * 2);   // NaN poison: every element must be written
-    if (rc == DIT_OK) rc = dit_op_attention(dq, dO, DIT_TYPE_F16, B, T, H, hd, 0);
+    if (rc == DIT_OK) rc = dit_op_attention(dq, dO, ct, B, T, H, hd, 0);
     uint16_t *h = (uint16_t *)malloc(no * 2);
     if (rc == DIT_OK && h && cudaMemcpy(h, dO, no * 2, cudaMemcpyDeviceToHost) == cudaSuccess) {
-        for (size_t i = 0; i < no; i++) o[i] = dit_fp16_to_fp32(h[i]);
+        for (size_t i = 0; i < no; i++) o[i] = ct == DIT_TYPE_BF16 ? dit_bf16_to_fp32(h[i]) : dit_fp16_to_fp32(h[i]);
     } else if (rc == DIT_OK) {
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: attention test copy failed");
     }
@@ -1094,23 +1131,26 @@ int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, 
 }
 
 int dit_cuda_test_conv3(const float *x, const float *w, const float *b, const float *ab, int cin, int cout, int H,
-                        int W, int up, int acc, int implicit, int ct, float *y) {
+                        int W, int up, int acc, int implicit, int ct, int chunk_rows, float *y) {
     dit_cuda *c;
     TRY(test_ctx(&c));
     c->ct = ct;
-    if (implicit && !c->igemm_ok) {
+    if (implicit && !c->wgmma_ok) {
         cuda_teardown(c);
         return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: no implicit-GEMM conv here (needs an sm_90a build and GPU)");
     }
-    const size_t nx = (size_t)(H >> up) * (W >> up) * cin, nw = (size_t)cout * cin * 9, ny = (size_t)H * W * cout;
     const int nchw = implicit && cout <= 8;   // conv_out's form: NCHW planes
-    const size_t ncols = implicit ? ((size_t)(H + 2) * (W + 2) + 2) * cin : (size_t)H * W * 9 * cin;
-    void *dw = NULL, *dwt = NULL, *dcols = NULL;
+    const size_t nx = (size_t)(H >> up) * (W >> up) * cin, nw = (size_t)cout * cin * 9, ny = (size_t)H * W * cout;
+    const int cr = chunk_rows > 0 && chunk_rows < H ? chunk_rows : H;   // the buffer holds cr rows' operand
+    const size_t nbuf = implicit ? (size_t)dit_conv3_xp_elems(cr, W, cin) : (size_t)cr * W * 9 * cin;
+    void *dw = NULL, *dwt = NULL, *dbuf = NULL;
     float *dx = NULL, *db = NULL, *dab = NULL, *dy = NULL;
     int rc = upload_ct(w, nw, ct, &dw);
-    if (rc == DIT_OK && (cudaMalloc((void **)&dx, nx * 4) != cudaSuccess || cudaMalloc((void **)&db, cout * 4) != cudaSuccess ||
-                         cudaMalloc((void **)&dab, 2 * cin * 4) != cudaSuccess || cudaMalloc((void **)&dy, ny * 4) != cudaSuccess ||
-                         cudaMalloc(&dwt, nw * 2) != cudaSuccess || cudaMalloc(&dcols, ncols * 2) != cudaSuccess))
+    if (rc == DIT_OK && (cudaMalloc((void **)&dx, nx * 4) != cudaSuccess ||
+                         cudaMalloc((void **)&db, cout * 4) != cudaSuccess ||
+                         cudaMalloc((void **)&dab, 2 * cin * 4) != cudaSuccess ||
+                         cudaMalloc((void **)&dy, ny * 4) != cudaSuccess || cudaMalloc(&dwt, nw * 2) != cudaSuccess ||
+                         cudaMalloc(&dbuf, nbuf * 2) != cudaSuccess))
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: oom");
     if (rc == DIT_OK && (cudaMemcpy(dx, x, nx * 4, cudaMemcpyHostToDevice) != cudaSuccess ||
                          cudaMemcpy(db, b, cout * 4, cudaMemcpyHostToDevice) != cudaSuccess ||
@@ -1118,15 +1158,14 @@ int dit_cuda_test_conv3(const float *x, const float *w, const float *b, const fl
                          cudaMemcpy(dy, y, ny * 4, cudaMemcpyHostToDevice) != cudaSuccess))
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: conv test upload failed");
     if (rc == DIT_OK) rc = dit_op_conv_w_tap_major(dw, dwt, cout, cin, 0);
-    if (rc == DIT_OK && cudaDeviceSynchronize() != cudaSuccess) rc = dit_set_error(DIT_ERR_DEVICE, "cuda: conv test setup failed");
+    if (rc == DIT_OK && cudaDeviceSynchronize() != cudaSuccess)
+        rc = dit_set_error(DIT_ERR_DEVICE, "cuda: conv test setup failed");
     dit_cuda_lin L = { ct, cout, (int64_t)cin * 9, dwt, db };
-    cudaStream_t st = c->stream;
-    if (rc == DIT_OK) rc = dit_op_conv_cols(dx, DIT_TYPE_F32, ab ? dab : NULL, dcols, ct, cin, H, W, 0, H, up, implicit, st);
-    if (rc == DIT_OK && implicit) rc = dit_op_conv3_igemm(dcols, ct, dwt, db, dy, acc, cin, cout, H, W,
-                                                         nchw ? (int64_t)H * W : 0, st);
-    else if (rc == DIT_OK) rc = acc ? dit_op_linear_acc(c, &L, dcols, (int64_t)H * W, dy, st)
-                                    : dit_op_linear(c, &L, dcols, (int64_t)H * W, dy, DIT_TYPE_F32, EPI_BIAS, st);
-    if (rc == DIT_OK && (cudaStreamSynchronize(st) != cudaSuccess || cudaMemcpy(y, dy, ny * 4, cudaMemcpyDeviceToHost) != cudaSuccess))
+    if (rc == DIT_OK)
+        rc = dit_op_conv3x3(c, &L, dx, DIT_TYPE_F32, ab ? dab : NULL, dbuf, nbuf, cin, H, W, up, dy, acc, nchw,
+                            implicit, c->stream);
+    if (rc == DIT_OK && (cudaStreamSynchronize(c->stream) != cudaSuccess ||
+                         cudaMemcpy(y, dy, ny * 4, cudaMemcpyDeviceToHost) != cudaSuccess))
         rc = dit_set_error(DIT_ERR_DEVICE, "cuda: conv test failed: %s", cudaGetErrorString(cudaGetLastError()));
     if (rc == DIT_OK && nchw) {   // (cout, H*W) as conv_out writes it -> (H*W, cout)
         float *t = (float *)malloc(ny * 4);
@@ -1135,7 +1174,7 @@ int dit_cuda_test_conv3(const float *x, const float *w, const float *b, const fl
         if (t) memcpy(y, t, ny * 4);
         free(t);
     }
-    cudaFree(dw); cudaFree(dwt); cudaFree(dcols); cudaFree(dx); cudaFree(db); cudaFree(dab); cudaFree(dy);
+    cudaFree(dw); cudaFree(dwt); cudaFree(dbuf); cudaFree(dx); cudaFree(db); cudaFree(dab); cudaFree(dy);
     cuda_teardown(c);
     return rc;
 }

@@ -122,10 +122,11 @@ typedef struct {
 int dit_cuda_get_info(const dit_model *m, dit_cuda_info *info);
 
 /* Per-op entry points used by tests/test_cuda.c (device pointers, synchronous). */
+int dit_cuda_has_wgmma(void);   /* GPU 0 runs the Hopper wgmma kernels (an sm_90a build on a 9.0 GPU) */
 int dit_cuda_test_randn(uint64_t seed, uint32_t image, uint32_t step, float *out, size_t n);
 int dit_cuda_test_dequant(int type, const void *blocks, int64_t rows, int64_t cols, float *out);
-/* attention on host arrays: qkv (B*T, 3*H*hd) float -> o (B*T, H*hd), operands rounded to fp16 */
-int dit_cuda_test_attention(const float *qkv, int B, int T, int H, int hd, float *o);
+/* attention on host arrays: qkv (B*T, 3*H*hd) float -> o (B*T, H*hd), operands rounded to ct (F16, BF16) */
+int dit_cuda_test_attention(const float *qkv, int B, int T, int H, int hd, int ct, float *o);
 /* one sampler step (iteration i of s) on host arrays: model_out (2n, out_ch, L, L) unguided network rows,
    x (n, C, L, L) in/out; p->step_noise (K, n, C, L, L) or Philox from p->seed */
 int dit_cuda_test_sampler(dit_model *m, const dit_sample_params *p, const dit_schedule *s, int i,
@@ -133,12 +134,14 @@ int dit_cuda_test_sampler(dit_model *m, const dit_sample_params *p, const dit_sc
 /* GEMM y = x W^T + b (+ tanh-GELU when gelu) with fp16 operands: x (M, K), W (N, K), y (M, N) */
 int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, int N, int K, int gelu,
                          float *y);
-/* VAE 3x3 conv, padding 1, ct (DIT_TYPE_F16 or BF16) operands, channels-last: y (H*W, cout) (+)= conv(in) + b, where in is x
-   (H/2^up * W/2^up, cin) nearest-upsampled by 2^up and, with ab (2 cin), SiLU(x * ab[c] + ab[cin + c]);
+/* VAE 3x3 conv, padding 1, ct (DIT_TYPE_F16 or BF16) operands, channels-last: y (H*W, cout) (+)= conv(in) + b,
+   where in is x (H/2^up * W/2^up, cin) nearest-upsampled by 2^up and, with ab (2 cin), SiLU(x * ab[c] +
+   ab[cin + c]);
    w (cout, cin, 3, 3); implicit: 1 the implicit GEMM (NCHW output when cout <= 8, as conv_out; y returned
-   channels-last all the same), 0 im2col + cuBLASLt */
+   channels-last all the same), 0 im2col + cuBLASLt; chunk_rows > 0: a buffer for that many output rows
+   (the decode's chunked path) */
 int dit_cuda_test_conv3(const float *x, const float *w, const float *b, const float *ab, int cin, int cout, int H,
-                        int W, int up, int acc, int implicit, int ct, float *y);
+                        int W, int up, int acc, int implicit, int ct, int chunk_rows, float *y);
 
 #ifdef __cplusplus
 }

@@ -43,7 +43,7 @@ static int up_conv(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, dit
         if (wt->ne[0] != wt->ne[1]) return dit_set_error(DIT_ERR_INPUT, "cuda: vae: %s is not a square conv", wt->name);
     }
     // thin convs run a direct fp32 kernel, but conv_out (c -> 3) the implicit GEMM where it exists
-    const int thin_igemm = cv->k == 3 && cv->cout <= 8 && cv->cin % 64 == 0 && w->c->igemm_ok;
+    const int thin_igemm = cv->k == 3 && cv->cout <= 8 && cv->cin % 64 == 0 && w->c->wgmma_ok;
     const int direct = !thin_igemm && (cv->cin * cv->k * cv->k < 64 || cv->cout < 8);
     TRY(dit_wp_lin(w, wt, bt, direct ? WP_F32 : WP_CT_ONLY, &cv->w));
     if (w->dry || direct || cv->k != 3) return DIT_OK;
@@ -166,19 +166,20 @@ static int gn(const vae_bufs *b, const float *x, void *out, int out_type, const 
     return dit_op_group_norm(x, out, out_type, w, bias, C, HW, G, VAE_EPS, silu, b->part, b->gn_count, b->ab, st);
 }
 
-// 3x3 GEMM conv as an implicit GEMM (conv3_igemm) rather than im2col + cuBLASLt: where its 128 x 128
-// tiles fill the GPU (DIT_VAE_CONV=im2col|implicit forces one path)
-static int use_implicit(const dit_cuda *c, const dit_cuda_conv *cv, int H, int W) {
-    if (!c->igemm_ok || cv->cin % 64) return 0;
-    if (cv->cout <= 8) return 1;   // conv_out: uploaded for the implicit GEMM only (up_conv)
+// 3x3 GEMM conv as an implicit GEMM (conv3_igemm) rather than im2col + cuBLASLt: where its 128 x 128 tiles
+// fill the GPU (DIT_VAE_CONV=im2col|implicit forces one path), and always for conv_out (NCHW, c -> 3: its
+// weights are uploaded for the implicit GEMM alone where wgmma runs, see up_conv)
+static int use_implicit(const dit_cuda *c, const dit_cuda_conv *cv, int H, int W, int y_nchw) {
+    if (!c->wgmma_ok || cv->cin % 64) return 0;
+    if (cv->cout <= 8) return y_nchw;
     if (cv->cout % 2 || c->vae_conv == 1) return 0;
     return c->vae_conv == 2 || (int64_t)cdiv((int64_t)H * (W + 2), 128) * cdiv(cv->cout, 128) >= c->n_sm;
 }
 
 // k x k conv (k = 1 or 3) of src (H/2^up * W/2^up, cin) -> dst (H*W, cout) fp32 = conv + bias, or with acc
 // dst += conv + bias (the residual sum in the GEMM's epilogue). ab (3x3 GEMM convs, fp32 src): the conv
-// reads SiLU(GroupNorm(src)), applied in the im2col. Direct (fp32) convs read src fp32 and write dst
-// channels-last, or NCHW (cout, H*W) when y_nchw.
+// reads SiLU(GroupNorm(src)), applied as pad3 or im2col gather it. Direct (fp32) convs read src fp32 and
+// write dst channels-last, or NCHW (cout, H*W) when y_nchw, as the implicit GEMM does for conv_out.
 static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_type, const float *ab, int H, int W,
                 int up, float *dst, int acc, int y_nchw, const vae_bufs *b, cudaStream_t st) {
     const int64_t HW = (int64_t)H * W;
@@ -192,34 +193,18 @@ static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_t
         return dit_op_conv_direct((const float *)src, (const float *)cv->w.w, cv->w.b, dst, cv->cin, cv->cout, H, W,
                                   cv->k, !y_nchw, st);
     }
-    const int implicit = cv->k == 3 && use_implicit(c, cv, H, W);
-    if (y_nchw && !implicit) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %d-channel conv_out", cv->cout);
     if (cv->k == 1) {   // 1x1: the ct input (HW, cin) is the GEMM operand itself
-        if (up || src_type != c->ct) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: 1x1 conv input");
+        if (up || y_nchw || src_type != c->ct) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: 1x1 conv input");
         return acc ? dit_op_linear_acc(c, &cv->w, src, HW, dst, st)
                    : dit_op_linear(c, &cv->w, src, HW, dst, DIT_TYPE_F32, EPI_BIAS, st);
     }
     if (cv->k != 3) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: %dx%d conv", cv->k, cv->k);
-    // buffer elements per output row: the padded input row (implicit GEMM) or the row's im2col columns;
-    // implicit chunks also hold their 2 halo rows and the 2 rows past the grid that dropped outputs read
-    const int64_t per_row = implicit ? (int64_t)(W + 2) * cv->cin : (int64_t)W * cv->cin * 9;
-    int rows = implicit ? (int)((int64_t)(b->cols_elems - 2 * cv->cin) / per_row) - 2 : (int)(b->cols_elems / per_row);
-    if (rows < 1) return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: vae: image row too wide for the column buffer");
-    if (rows > H) rows = H;
-    for (int y0 = 0; y0 < H; y0 += rows) {
-        const int r = H - y0 < rows ? H - y0 : rows;
-        float *d = dst + (int64_t)y0 * W * (y_nchw ? 1 : cv->cout);
-        TRY(dit_op_conv_cols(src, src_type, ab, b->cols, c->ct, cv->cin, H, W, y0, r, up, implicit, st));
-        if (implicit) TRY(dit_op_conv3_igemm(b->cols, c->ct, cv->w.w, cv->w.b, d, acc, cv->cin, cv->cout, r, W,
-                                             y_nchw ? HW : 0, st));
-        else TRY(acc ? dit_op_linear_acc(c, &cv->w, b->cols, (int64_t)r * W, d, st)
-                     : dit_op_linear(c, &cv->w, b->cols, (int64_t)r * W, d, DIT_TYPE_F32, EPI_BIAS, st));
-    }
-    return DIT_OK;
+    return dit_op_conv3x3(c, &cv->w, src, src_type, ab, b->cols, b->cols_elems, cv->cin, H, W, up, dst, acc, y_nchw,
+                          use_implicit(c, cv, H, W, y_nchw), st);
 }
 
-// dst (+)= conv(SiLU(GroupNorm(x))): the normalization fused into the im2col of a 3x3 GEMM conv (never
-// written out); other convs get it written into b->g first
+// dst (+)= conv(SiLU(GroupNorm(x))): the normalization fused into the pad3 / im2col pass of a 3x3 GEMM conv
+// (never written out); other convs get it written into b->g first
 static int gn_conv(dit_cuda *c, const dit_cuda_conv *cv, const float *x, const float *gw, const float *gb, int G,
                    int H, int W, float *dst, int acc, int y_nchw, const vae_bufs *b, cudaStream_t st) {
     if (cv->k == 3 && cv->w.type != DIT_TYPE_F32) {

@@ -9,10 +9,17 @@
 // e >= 2), column 8 j + 2 (lane % 4) + e % 2.
 // cp.async and st.shared writes are generic-proxy: fence.proxy.async (wg_proxy_fence) after they land and
 // before the barrier that precedes the wgmma reading them. Everything here compiles to nothing without
-// __CUDA_ARCH_FEAT_SM90_ALL (callers guard their kernels the same way).
+// __CUDA_ARCH_FEAT_SM90_ALL; kernels using it guard their bodies with DIT_WGMMA (and trap otherwise), and
+// the host launches them only where dit_wgmma_ok() (common.cuh): a build for another target still runs
+// on a 9.0 GPU through its PTX, with those bodies empty.
 #pragma once
 
 #include "common.cuh"
+
+// 16 bytes global -> shared (a shared-window address, as the swizzled layouts compute them); zeros when !ok
+static __device__ __forceinline__ void cp_async16_s(uint32_t saddr, const void *g, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(saddr), "l"(g), "r"(ok ? 16 : 0));
+}
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define DIT_WGMMA 1
@@ -55,7 +62,12 @@ template <typename T, int N, int TB> struct wgmma_rs;
     "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 #define WG_SS128(ty) \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n" \
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." ty "." ty " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}" \
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32." ty "." ty " {" \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+                 "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+                 "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63" \
+                 "}, %64, %65, p, 1, 1, 0, 0;\n}" \
                  : WG_D64 : "l"(a), "l"(b), "r"(1))
 #define WG_SS8(ty) \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %6, 0;\n" \
@@ -63,42 +75,38 @@ template <typename T, int N, int TB> struct wgmma_rs;
                  : WG_D4 : "l"(a), "l"(b), "r"(1))
 #define WG_RS64(ty, tb) \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n" \
-                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." ty "." ty " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, " #tb ";\n}" \
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32." ty "." ty " {" \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" \
+                 "}, {%32, %33, %34, %35}, %36, p, 1, 1, " #tb ";\n}" \
                  : WG_D32 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1))
 #define WG_RS72(ty, tb) \
     asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %41, 0;\n" \
-                 "wgmma.mma_async.sync.aligned.m64n72k16.f32." ty "." ty " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35}, {%36, %37, %38, %39}, %40, p, 1, 1, " #tb ";\n}" \
+                 "wgmma.mma_async.sync.aligned.m64n72k16.f32." ty "." ty " {" \
+                 "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, " \
+                 "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+                 "%32, %33, %34, %35" \
+                 "}, {%36, %37, %38, %39}, %40, p, 1, 1, " #tb ";\n}" \
                  : WG_D36 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1))
-template <> struct wgmma_ss<__half, 128> {
-    static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_SS128("f16"); }
-};
-template <> struct wgmma_ss<__half, 8> {
-    static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_SS8("f16"); }
-};
-template <> struct wgmma_rs<__half, 64, 0> {
-    static __device__ __forceinline__ void run(float *d, const uint32_t *a, uint64_t b) { WG_RS64("f16", 0); }
-};
-template <> struct wgmma_rs<__half, 64, 1> {
-    static __device__ __forceinline__ void run(float *d, const uint32_t *a, uint64_t b) { WG_RS64("f16", 1); }
-};
-template <> struct wgmma_rs<__half, 72, 1> {
-    static __device__ __forceinline__ void run(float *d, const uint32_t *a, uint64_t b) { WG_RS72("f16", 1); }
-};
-template <> struct wgmma_ss<__nv_bfloat16, 128> {
-    static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_SS128("bf16"); }
-};
-template <> struct wgmma_ss<__nv_bfloat16, 8> {
-    static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_SS8("bf16"); }
-};
-template <> struct wgmma_rs<__nv_bfloat16, 64, 0> {
-    static __device__ __forceinline__ void run(float *d, const uint32_t *a, uint64_t b) { WG_RS64("bf16", 0); }
-};
-template <> struct wgmma_rs<__nv_bfloat16, 64, 1> {
-    static __device__ __forceinline__ void run(float *d, const uint32_t *a, uint64_t b) { WG_RS64("bf16", 1); }
-};
-template <> struct wgmma_rs<__nv_bfloat16, 72, 1> {
-    static __device__ __forceinline__ void run(float *d, const uint32_t *a, uint64_t b) { WG_RS72("bf16", 1); }
-};
+#define WG_SPECS(T, ty)                                                                                      \
+    template <> struct wgmma_ss<T, 128> {                                                                    \
+        static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_SS128(ty); }      \
+    };                                                                                                       \
+    template <> struct wgmma_ss<T, 8> {                                                                      \
+        static __device__ __forceinline__ void run(float *d, uint64_t a, uint64_t b) { WG_SS8(ty); }        \
+    };                                                                                                       \
+    template <> struct wgmma_rs<T, 64, 0> {                                                                  \
+        static __device__ __forceinline__ void run(float *d, const uint32_t *a, uint64_t b) { WG_RS64(ty, 0); } \
+    };                                                                                                       \
+    template <> struct wgmma_rs<T, 64, 1> {                                                                  \
+        static __device__ __forceinline__ void run(float *d, const uint32_t *a, uint64_t b) { WG_RS64(ty, 1); } \
+    };                                                                                                       \
+    template <> struct wgmma_rs<T, 72, 1> {                                                                  \
+        static __device__ __forceinline__ void run(float *d, const uint32_t *a, uint64_t b) { WG_RS72(ty, 1); } \
+    };
+WG_SPECS(__half, "f16")
+WG_SPECS(__nv_bfloat16, "bf16")
+#undef WG_SPECS
 #undef WG_SS128
 #undef WG_SS8
 #undef WG_RS64
