@@ -178,7 +178,7 @@ static int use_implicit(const dit_cuda *c, const dit_cuda_conv *cv, int H, int W
 
 // k x k conv (k = 1 or 3) of src (H/2^up * W/2^up, cin) -> dst (H*W, cout) fp32 = conv + bias, or with acc
 // dst += conv + bias (the residual sum in the GEMM's epilogue). ab (3x3 GEMM convs, fp32 src): the conv
-// reads SiLU(GroupNorm(src)), applied as pad3 or im2col gather it. Direct (fp32) convs read src fp32 and
+// reads SiLU(GroupNorm(src)), applied as pad3 or im2col gathers it. Direct (fp32) convs read src fp32 and
 // write dst channels-last, or NCHW (cout, H*W) when y_nchw, as the implicit GEMM does for conv_out.
 static int conv(dit_cuda *c, const dit_cuda_conv *cv, const void *src, int src_type, const float *ab, int H, int W,
                 int up, float *dst, int acc, int y_nchw, const vae_bufs *b, cudaStream_t st) {
