@@ -29,6 +29,12 @@
 #define VAE_COLS_BYTES ((size_t)64 << 20)
 #define VAE_EPS 1e-6f
 
+// conv_out (c -> 3, a multiple of 64 channels in) runs on the implicit GEMM where wgmma does: its weights
+// are then uploaded for it alone (ct, tap-major), not for the direct fp32 kernel
+static int thin_implicit(const dit_cuda *c, const dit_cuda_conv *cv) {
+    return cv->k == 3 && cv->cout <= 8 && cv->cin % 64 == 0 && c->wgmma_ok;
+}
+
 static int up_conv(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, dit_cuda_conv *cv) {
     memset(cv, 0, sizeof(*cv));
     if (!wt->data) return DIT_OK;
@@ -42,9 +48,8 @@ static int up_conv(dit_wpass *w, const dit_tensor *wt, const dit_tensor *bt, dit
         cv->cout = (int)wt->ne[3];
         if (wt->ne[0] != wt->ne[1]) return dit_set_error(DIT_ERR_INPUT, "cuda: vae: %s is not a square conv", wt->name);
     }
-    // thin convs run a direct fp32 kernel, but conv_out (c -> 3) the implicit GEMM where it exists
-    const int thin_igemm = cv->k == 3 && cv->cout <= 8 && cv->cin % 64 == 0 && w->c->wgmma_ok;
-    const int direct = !thin_igemm && (cv->cin * cv->k * cv->k < 64 || cv->cout < 8);
+    // thin convs run a direct fp32 kernel, but conv_out the implicit GEMM where it can
+    const int direct = !thin_implicit(w->c, cv) && (cv->cin * cv->k * cv->k < 64 || cv->cout < 8);
     TRY(dit_wp_lin(w, wt, bt, direct ? WP_F32 : WP_CT_ONLY, &cv->w));
     if (w->dry || direct || cv->k != 3) return DIT_OK;
     // 3x3 GEMM conv: (cout, cin, 3, 3) -> (cout, 3, 3, cin), the column order of the channels-last im2col.
@@ -130,7 +135,8 @@ static int vae_upload(dit_cuda *c, const dit_model *m) {
 
 typedef struct {
     float *x, *h, *t;          // (HW, C) fp32: residual stream, conv output, shortcut / upsample output (max_elems)
-    void *g, *cols;            // ct: GN output / 1x1 conv input / attention tokens (max_elems), im2col chunk
+    void *g, *cols;            // ct: GN output / 1x1 conv input / attention tokens (max_elems); a 3x3 conv's
+                               // operand, pad3 rows or im2col columns (cols_elems)
     void *q, *k, *v, *o;       // attention, ct (HW, C)
     float *s;                  // (HW, HW) scores
     void *p;                   // ct (HW, HW)
@@ -167,11 +173,10 @@ static int gn(const vae_bufs *b, const float *x, void *out, int out_type, const 
 }
 
 // 3x3 GEMM conv as an implicit GEMM (conv3_igemm) rather than im2col + cuBLASLt: where its 128 x 128 tiles
-// fill the GPU (DIT_VAE_CONV=im2col|implicit forces one path), and always for conv_out (NCHW, c -> 3: its
-// weights are uploaded for the implicit GEMM alone where wgmma runs, see up_conv)
+// fill the GPU (DIT_VAE_CONV=im2col|implicit forces one path), and always for conv_out (thin_implicit)
 static int use_implicit(const dit_cuda *c, const dit_cuda_conv *cv, int H, int W, int y_nchw) {
+    if (cv->cout <= 8) return y_nchw && thin_implicit(c, cv);
     if (!c->wgmma_ok || cv->cin % 64) return 0;
-    if (cv->cout <= 8) return y_nchw;
     if (cv->cout % 2 || c->vae_conv == 1) return 0;
     return c->vae_conv == 2 || (int64_t)cdiv((int64_t)H * (W + 2), 128) * cdiv(cv->cout, 128) >= c->n_sm;
 }
