@@ -3,50 +3,8 @@
 // per-row x per-column (OUTER_VEC_32F) scales, the fastest of the heuristic's top 8, each timed as 20 runs
 // replayed in one CUDA graph (as a step runs them). Timing only: the operands are random bytes.
 // Build: nvcc -O2 -arch=sm_90a tests/kernels/fp8_gemm.cu -lcublasLt -o bin/tests/fp8_gemm
-#include <cublasLt.h>
+#include "lt_time.cuh"
 #include <cuda_fp16.h>
-#include <stdio.h>
-#include <stdlib.h>
-
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); exit(1); } } while (0)
-#define LK(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "%s:%d cublas %d\n", __FILE__, __LINE__, (int)s_); exit(1); } } while (0)
-
-static cublasLtHandle_t lt;
-static void *ws;
-static size_t ws_bytes = 32u << 20;
-static cudaStream_t st;
-
-// us per run of algo al (20 runs in one graph, best of 3 replays), -1 if it fails
-static float time_algo(cublasLtMatmulDesc_t d, cublasLtMatrixLayout_t la, cublasLtMatrixLayout_t lb,
-                       cublasLtMatrixLayout_t lc, const cublasLtMatmulAlgo_t *al, const void *A, const void *B, void *C) {
-    const float alpha = 1, beta = 0;
-    const int reps = 20;
-    if (cublasLtMatmul(lt, d, &alpha, A, la, B, lb, &beta, C, lc, C, lc, al, ws, ws_bytes, st) != CUBLAS_STATUS_SUCCESS)
-        return -1;
-    if (cudaStreamSynchronize(st) != cudaSuccess) { cudaGetLastError(); return -1; }
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int r = 0; r < reps; r++) cublasLtMatmul(lt, d, &alpha, A, la, B, lb, &beta, C, lc, C, lc, al, ws, ws_bytes, st);
-    CK(cudaStreamEndCapture(st, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0);
-    cudaEventCreate(&e1);
-    float best = 1e30f;
-    for (int k = 0; k < 3; k++) {
-        CK(cudaGraphLaunch(ge, st));
-        cudaEventRecord(e0, st);
-        CK(cudaGraphLaunch(ge, st));
-        cudaEventRecord(e1, st);
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        cudaEventElapsedTime(&ms, e0, e1);
-        if (ms < best) best = ms;
-    }
-    cudaEventDestroy(e0); cudaEventDestroy(e1); cudaGraphExecDestroy(ge); cudaGraphDestroy(g);
-    return 1000.0f * best / reps;
-}
 
 // y (M, N) fp16 = x (M, K) W (N, K)^T + b: column-major y^T = W^T-op (K x N, "T") * x^T (K x M); mode 0 fp16
 // operands, 1 FP8 with scalar scales, 2 FP8 with a scale per output feature (A) and per token (B)
@@ -87,7 +45,7 @@ static float run(int mode, int M, int N, int K, const void *W, const void *X, vo
     float best = -3;
     if (cublasLtMatmulAlgoGetHeuristic(lt, d, la, lb, lc, lc, pref, 8, res, &n) == CUBLAS_STATUS_SUCCESS)
         for (int i = 0; i < n; i++) {
-            const float us = time_algo(d, la, lb, lc, &res[i].algo, W, X, Y);
+            const float us = lt_time(d, la, lb, lc, &res[i].algo, W, X, Y, 20);
             if (us > 0 && (best < 0 || us < best)) best = us;
         }
     cublasLtMatmulPreferenceDestroy(pref);
@@ -97,9 +55,7 @@ static float run(int mode, int M, int N, int K, const void *W, const void *X, vo
 }
 
 int main(void) {
-    LK(cublasLtCreate(&lt));
-    CK(cudaStreamCreate(&st));
-    CK(cudaMalloc(&ws, ws_bytes));
+    lt_setup();
     const size_t big = (size_t)4608 * 4608 * 2;
     void *W, *X, *Y, *bias;
     float *sa, *sb;
@@ -111,6 +67,7 @@ int main(void) {
     for (int i = 0; i < 4608; i++) ones[i] = 1.0f;
     CK(cudaMemcpy(sa, ones, sizeof ones, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(sb, ones, 4096 * 4, cudaMemcpyHostToDevice));
+    CK(cudaDeviceSynchronize());   // the memsets ran on the legacy stream
     const struct { const char *name; int N, K; } g[4] = { { "qkv ", 3456, 1152 }, { "proj", 1152, 1152 },
                                                           { "fc1 ", 4608, 1152 }, { "fc2 ", 1152, 4608 } };
     const int Ms[3] = { 512, 2048, 4096 };

@@ -2,44 +2,17 @@
 // beat the best of the heuristic's top 8 at the per-block GEMM shapes of a DiT-XL/2 step?
 // Each candidate is timed as 20 runs replayed in one CUDA graph (as a step runs it).
 // Build: nvcc -O2 -arch=sm_90a tests/kernels/lt_search.cu -lcublasLt -o bin/tests/lt_search
-#include <cublasLt.h>
+#include "lt_time.cuh"
 #include <cuda_fp16.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
 
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); exit(1); } } while (0)
-#define LK(x) do { cublasStatus_t s_ = (x); if (s_ != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "%s:%d cublas %d\n", __FILE__, __LINE__, (int)s_); exit(1); } } while (0)
-
-static cublasLtHandle_t lt;
-static void *ws;
-static size_t ws_bytes = 32u << 20;
-static cudaStream_t st;
-
 typedef struct { cublasLtMatmulDesc_t d; cublasLtMatrixLayout_t a, b, c; } prob;
 
 static float time_algo(prob *p, const cublasLtMatmulAlgo_t *al, const void *A, const void *B, void *C, int reps) {
-    float alpha = 1, beta = 0;
-    if (cublasLtMatmul(lt, p->d, &alpha, A, p->a, B, p->b, &beta, C, p->c, C, p->c, al, ws, ws_bytes, st) != CUBLAS_STATUS_SUCCESS) return -1;
-    if (cudaStreamSynchronize(st) != cudaSuccess) { cudaGetLastError(); return -1; }
-    cudaGraph_t g; cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int r = 0; r < reps; r++) cublasLtMatmul(lt, p->d, &alpha, A, p->a, B, p->b, &beta, C, p->c, C, p->c, al, ws, ws_bytes, st);
-    CK(cudaStreamEndCapture(st, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    cudaEvent_t e0, e1; cudaEventCreate(&e0); cudaEventCreate(&e1);
-    float best = 1e30f;
-    for (int k = 0; k < 3; k++) {
-        CK(cudaGraphLaunch(ge, st));   // warm + 2 timed
-        cudaEventRecord(e0, st); CK(cudaGraphLaunch(ge, st)); cudaEventRecord(e1, st); CK(cudaEventSynchronize(e1));
-        float ms; cudaEventElapsedTime(&ms, e0, e1);
-        if (ms < best) best = ms;
-    }
-    cudaEventDestroy(e0); cudaEventDestroy(e1); cudaGraphExecDestroy(ge); cudaGraphDestroy(g);
-    return 1000.0f * best / reps;
+    return lt_time(p->d, p->a, p->b, p->c, al, A, B, C, reps);
 }
 
 static void cfg(const cublasLtMatmulAlgo_t *a, int *id, int *tile, int *stages, int *cl, int *sw, int *sk) {
@@ -151,9 +124,7 @@ static void search(const char *name, int M, int N, int K, int out16, int gelu) {
 
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IONBF, 0);
-    LK(cublasLtCreate(&lt));
-    CK(cudaMalloc(&ws, ws_bytes));
-    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    lt_setup();
     int Ms[3] = { 512, 256, 2048 }, nm = argc > 1 ? atoi(argv[1]) : 3;
     for (int i = 0; i < nm; i++) {
         const int M = Ms[i];
