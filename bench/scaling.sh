@@ -5,9 +5,9 @@
 #
 # For each case: ms/step on 1 GPU and on 2 and 4 GPUs per plan (data, cfg, seq with either attention
 # exchange, cfg+seq, and auto), as medians of 3 whole dit_sample calls of STEPS DDPM steps (CFG 4.0,
-# random DiT-XL/2 weights, f16; bin/tests/test_cuda --bench --gpus), the speedup over 1 GPU, and the NCCL
-# time per step from an op-by-op profile on GPU 0. Appends the table, dated with the GPU name, to
-# bench/RESULTS.md (to $OUT/SCALING-append.md instead when $OUT is set: the device machine).
+# random DiT-XL/2 weights, f16; bin/tests/test_cuda --bench --gpus), the speedup over 1 GPU, and the
+# exchange time per step (NCCL kernels, or the peer-to-peer push and wait) from an op-by-op profile on
+# GPU 0. Appends the table, dated with the GPU name, to bench/RESULTS.md (to $OUT/SCALING-append.md instead when $OUT is set: the device machine).
 cd "$(dirname "$0")/.." || exit 2
 export NCCL_NVLS_ENABLE=0   # NVLink multicast stays off
 T=bin/tests/test_cuda
@@ -34,7 +34,8 @@ for c in $cases; do
         run $r $n 2 1 0 data; run $r $n 4 1 0 data; run $r $n 4 3 0 data+cfg
     else
         run $r $n 2 2 0 cfg; run $r $n 2 4 1 "seq (all-to-all)"; run $r $n 2 4 2 "seq (all-gather)"
-        run $r $n 4 6 1 "cfg+seq (all-to-all)"; run $r $n 4 4 1 "seq (all-to-all)"; run $r $n 4 4 2 "seq (all-gather)"
+        run $r $n 4 6 1 "cfg+seq (all-to-all)"; run $r $n 4 6 2 "cfg+seq (all-gather)"
+        run $r $n 4 4 1 "seq (all-to-all)"; run $r $n 4 4 2 "seq (all-gather)"
     fi
     run $r $n 2 0 0 auto; run $r $n 4 0 0 auto
 done
@@ -44,13 +45,13 @@ md=$W/SCALING-append.md
     echo
     echo "### $(date -u +%Y-%m-%d) multi-GPU scaling, $G x $gpu (STEPS=${STEPS:-50} DDPM steps, CFG 4.0, random DiT-XL/2 f16)"
     echo
-    echo "| case | GPUs | plan | ms/step | speedup vs 1 GPU | NCCL ms/step (GPU 0 profile) | plan chosen |"
+    echo "| case | GPUs | plan | ms/step | speedup vs 1 GPU | exchange ms/step (GPU 0 profile) | plan chosen |"
     echo "|---|---|---|---|---|---|---|"
     awk -F'|' '{
         split($1, a, " "); key = a[1] "x" a[2]; lab = $1; sub(/^[^ ]+ [^ ]+ [^ ]+ /, "", lab); sub(/ +$/, "", lab)
         ms = "failed"; nccl = ""; plan = ""
-        if (match($2, /: [0-9.]+ ms\/step/)) { ms = substr($2, RSTART + 2, RLENGTH - 10) + 0 }
-        if (match($2, /NCCL [0-9.]+/)) nccl = substr($2, RSTART + 5, RLENGTH - 5)
+        if (match($2, /: [0-9.]+ ms\/step/)) { ms = sprintf("%.3f", substr($2, RSTART + 2, RLENGTH - 10)) }
+        if (match($2, /exchanges [0-9.]+/)) nccl = substr($2, RSTART + 10, RLENGTH - 10)
         if (match($2, /\[[^]]*\]/)) plan = substr($2, RSTART + 1, RLENGTH - 2)
         if (a[3] == 1) one[key] = ms
         sp = (ms != "failed" && one[key] > 0) ? sprintf("%.2fx", one[key] / ms) : ""

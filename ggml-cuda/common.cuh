@@ -147,12 +147,20 @@ typedef struct {
 // Multi-GPU role of one context (parallel.cu; NULL on one GPU). world = dd x cf x S ranks:
 // rank = (d * cf + cfi) * S + s. The image group (cf x S ranks, one data slice) shares its images' rows:
 // cfi picks the cond or uncond half with CFG parallel (cf = 2), s a slice of the tokens (S > 1).
+#define DIT_P2P_MAX 8   // GPUs of one sequence group that exchange by peer-to-peer stores
 typedef struct dit_par_rank {
     int rank, world, local;        // local: index among the GPUs of this process (group->ctx)
     int dd, d, cf, cfi, S, s;
     int seq_mode;                  // DIT_SEQ_ULYSSES or DIT_SEQ_ALLGATHER
     ncclComm_t world_comm, img_comm, seq_comm;
     struct dit_par *group;         // shared by the ranks of this process (abort flag, timeout)
+    // all-gather mode with every GPU of the sequence group in this process: k, v go straight into the peers'
+    // memory (NVLink stores) instead of through NCCL (parallel.cu, "peer-to-peer")
+    int p2p_ok;                    // peer access to every GPU of the sequence group
+    int p2p;                       // in use this sample
+    unsigned *p2p_sync;            // device: [q] = exchanges peer q has signalled; [DIT_P2P_MAX ...] counters
+    void *p2p_dst[2][DIT_P2P_MAX]; // per block parity: peer q's gathered-pieces buffer
+    unsigned *p2p_flag[DIT_P2P_MAX];  // peer q's p2p_sync
 } dit_par_rank;
 
 struct dit_cuda {
@@ -258,9 +266,11 @@ void dit_prof_end(struct dit_cuda *c);
     } while (0)
 
 // parallel.cu: the multi-GPU pieces the single-GPU code calls
-int dit_par_attention(struct dit_cuda *c, const dit_cuda_lin *qkv, int B, cudaStream_t st); // xin -> att, tokens split
+int dit_par_attention(struct dit_cuda *c, const dit_cuda_lin *qkv, int B, int layer, cudaStream_t st); // xin -> att
 int dit_par_gather_output(struct dit_cuda *c, int B, cudaStream_t st);   // fout_loc of the image group -> fout
 int dit_par_gather_latents(struct dit_cuda *c, int N, int n, float *out); // every rank's latents -> out (n images)
+int dit_par_prepare(struct dit_cuda *c);   // after the arena is planned: the peers' buffers for this sample
+int dit_par_test_stall(struct dit_cuda *c, int step);   // tests: DIT_PAR_TEST_STALL_STEP
 int dit_par_wait(struct dit_cuda *c, cudaEvent_t e);                     // polls, times out, aborts
 void dit_par_set_eager(struct dit_cuda *c, int on);                     // every GPU of c->group
 void dit_par_beat(struct dit_cuda *c);                                   // long host work: still alive

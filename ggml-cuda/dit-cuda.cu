@@ -563,7 +563,7 @@ static int run_network_ops(dit_cuda *c, int B, int n_img) {
         OP(c, "resid_ln_mod", dit_op_resid_ln_mod(l > 0 ? c->y : NULL, c->h, c->xin, c->ct, M, D, T,
                                                   prev ? prev + 5 * D : NULL, S6, mod + 0 * D, mod + 1 * D, S6,
                                                   c->state, st));
-        if (c->pr && c->pr->S > 1) TRY(dit_par_attention(c, &bl->qkv, B, st));   // tokens spread over GPUs
+        if (c->pr && c->pr->S > 1) TRY(dit_par_attention(c, &bl->qkv, B, l, st));   // tokens spread over GPUs
         else {
             OP(c, "qkv", dit_op_linear_next(c, &bl->qkv, &bl->proj, c->xin, M, c->qkv, c->ct, EPI_BIAS, st));
             OP(c, "attention", dit_op_attention(c->qkv, c->att, c->ct, B, T, c->H, c->hd, st));
@@ -741,6 +741,7 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
 
     CUDA_CHECK(cudaSetDevice(c->device));
     TRY(arena_plan(c, j->B, j->N, j->S * j->B, j->K, p->step_noise ? j->K : 0));
+    if (pr) TRY(dit_par_prepare(c));   // the peers' buffers (their arenas may have moved too)
     if (p->step_noise && !c->noise) return dit_set_error(DIT_ERR_DEVICE, "cuda: no room for the step noise");
     cudaStream_t st = c->stream;
     const size_t lat = (size_t)c->C * c->L * c->L;
@@ -802,6 +803,7 @@ static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params
             rc = prepare_chunk(c, j, i, n);
             if (rc != DIT_OK) break;
         }
+        if (c->pr && (rc = dit_par_test_stall(c, i)) != DIT_OK) break;
         if (graph && captured) {
             cudaError_t e = cudaGraphLaunch(c->graph, c->stream);
             if (e != cudaSuccess) rc = dit_cuda_error_(__FILE__, __LINE__, __func__, "cudaGraphLaunch", cudaGetErrorString(e));

@@ -7,7 +7,8 @@
 //     Ulysses:   (B*Tl, 3, S, Hl*hd) -> peer-major -> all-to-all -> (S, B, Tl, 3 Hl hd) -> (B, T, 3 Hl hd)
 //                attention over all T tokens for this rank's Hl = H/S heads -> (B, T, Hl hd)
 //                -> peer-major (S, B, Tl, Hl hd) -> all-to-all -> (S, B*Tl, Hl hd) -> (B*Tl, D)
-//     all-gather: (S, B, Tl, 3D) -> (B, T, 3D); attention of the Tl local queries to all T keys
+//     all-gather: (S, B, Tl, 2D) k, v -> every rank; attention of the Tl local queries to all T keys
+//                (one process: peer-to-peer stores into the peers' buffers, else NCCL)
 //   final linear (B*Tl, p*p*oc) -> all-gather over the image group (cf x S ranks) -> (2N, T, p*p*oc)
 //   sampler update for the N images of the data slice, the same on every rank of the image group
 // The exchanges are captured in the step's CUDA graph (NCCL supports capture). Waits poll with a
@@ -27,11 +28,12 @@
 #include <unistd.h>
 
 #define PAR_MAX 64
-// auto: split tokens further only while each GPU keeps this many token rows (DIT_PAR_MIN_ROWS overrides).
-// Measured on 4 x H200 (bench/RESULTS.md, DiT-XL/2, 512 px, 1 image): 2048 -> 1024 rows per GPU by a
-// token split still gained (5.56 -> 5.05 ms/step), 1024 -> 512 lost (CFG on 2 GPUs 3.29, CFG x seq on 4
-// GPUs 3.80): the GEMMs of a block barely get faster below M = 1024 while the exchanges cost the same.
-#define PAR_MIN_ROWS 1024
+// auto, one process: split tokens further only while each GPU keeps this many token rows
+// (DIT_PAR_MIN_ROWS overrides; several processes split over all of them). Measured (bench/RESULTS.md,
+// DiT-XL/2, 4 x H200): with NCCL exchanges 1024 -> 512 rows per GPU lost (512 px, 1 image: CFG on 2 GPUs
+// 3.29 ms/step, CFG x seq on 4 3.80), with the peer-to-peer all-gather it gains (3.10 -> 2.46); 256 -> 128
+// rows loses (256 px: 1.37 -> 1.57).
+#define PAR_MIN_ROWS 512
 
 struct dit_par {
     int n_local;                    // GPUs this process drives (ctx[0] = m->cuda)
@@ -47,6 +49,9 @@ struct dit_par {
     pthread_mutex_t mu;
     int err_code, err_secondary;    // first error (a primary one beats a "stopped because" one)
     char err[600];
+    volatile int *abort_word;       // mapped host memory: the abort flag as the GPUs' spin waits see it
+    int p2p;                        // the all-gather goes by peer-to-peer stores (every rank here, peer access)
+    volatile int bar_n, bar_gen;    // local_barrier
 };
 
 static double now_s(void) {
@@ -78,6 +83,7 @@ static void par_fail(dit_par *g, int code, const char *msg, int secondary) {
         snprintf(g->err, sizeof(g->err), "%s", msg);
     }
     g->abort_flag = 1;
+    if (g->abort_word) *g->abort_word = 1;   // spinning kernels (p2p_wait_kernel) leave
     pthread_mutex_unlock(&g->mu);
 }
 
@@ -209,21 +215,152 @@ static dit_cuda_lin lin_rows(const dit_cuda_lin *L, int64_t r0, int64_t n) {
     return v;
 }
 
+// ---------------------------------------------------------------- peer-to-peer all-gather
+// NCCL's all-gather of k, v cost ~40 us a block (1.2 ms/step at 512 px over 2 GPUs; bench/RESULTS.md)
+// for ~10 us of NVLink traffic. With every GPU of the sequence group in this process, each rank stores its
+// k, v piece straight into every peer's buffer instead, then raises its flag there; a rank's wait kernel
+// spins on its flags before attention. Buffers alternate by block parity (sp[1], sp[2]): a peer can be one
+// exchange ahead, never two (its next one needs this rank's, which follows this rank's attention), and the
+// output all-gather (NCCL) orders the steps. Flags count exchanges and are never reset (counters on the
+// device, also across graph replays and samples); after a failure the group is not used again.
+enum { P2P_PUSH = DIT_P2P_MAX, P2P_DONE, P2P_WAIT };   // counters in p2p_sync after the flags
+
+typedef struct {
+    uint4 *dst[DIT_P2P_MAX];        // rank q's buffer, at this rank's piece
+    unsigned *flag[DIT_P2P_MAX];    // rank q's p2p_sync
+} p2p_peers;
+
+static __device__ void st_release_sys(unsigned *p, unsigned v) {
+    asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+static __device__ unsigned ld_acquire_sys(const unsigned *p) {
+    unsigned v;
+    asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+// grid (x, S - 1): CTA row y copies src (n uint4) to the y-th peer; the last CTA to finish signals them
+static __global__ void p2p_push_kernel(const uint4 *__restrict__ src, size_t n, p2p_peers pe, int S, int s,
+                                       unsigned *sync) {
+    uint4 *dst = pe.dst[blockIdx.y + (blockIdx.y >= s)];   // every rank but this one
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = src[i];
+    __threadfence_system();   // this thread's stores reach the peer before the CTA's count below
+    __syncthreads();
+    if (threadIdx.x) return;
+    if (atomicAdd(&sync[P2P_DONE], 1) != gridDim.x * gridDim.y - 1) return;
+    sync[P2P_DONE] = 0;   // the last CTA: every store of every CTA is out
+    __threadfence_system();
+    const unsigned e = ++sync[P2P_PUSH];
+    for (int q = 0; q < S; q++)
+        if (q != s) st_release_sys(pe.flag[q] + s, e);
+}
+
+// one warp: lane q waits until rank q has signalled this exchange (or the group aborts, or timeout_ns)
+static __global__ void p2p_wait_kernel(unsigned *sync, int S, int s, const volatile int *abort_word,
+                                       unsigned long long timeout_ns) {
+    const unsigned e = sync[P2P_WAIT] + 1;
+    __syncwarp();
+    const int q = threadIdx.x;
+    if (q < S && q != s) {
+        unsigned long long t0, t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+        while ((int)(ld_acquire_sys(sync + q) - e) < 0 && !*abort_word) {
+            __nanosleep(256);
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+            if (t - t0 > timeout_ns) break;   // the host's watchdog has given up long before: never hang
+        }
+    }
+    __syncwarp();
+    if (q == 0) sync[P2P_WAIT] = e;
+}
+
+// this rank's piece (R, 2D), already in place in its buffer `parity`, into the same place of every peer's
+static int p2p_all_gather_kv(dit_cuda *c, const void *kv, int64_t R, int parity, cudaStream_t st) {
+    const dit_par_rank *pr = c->pr;
+    const size_t bytes = (size_t)R * 2 * c->D * 2;   // ct
+    p2p_peers pe;
+    for (int q = 0; q < pr->S; q++) {
+        pe.dst[q] = (uint4 *)((char *)pr->p2p_dst[parity][q] + pr->s * bytes);
+        pe.flag[q] = pr->p2p_flag[q];
+    }
+    dit_prof_begin(c, "p2p_push_kv");
+    const unsigned gx = (unsigned)((bytes / 16 + 255) / 256 < 64 ? (bytes / 16 + 255) / 256 : 64);
+    p2p_push_kernel<<<dim3(gx, pr->S - 1), 256, 0, st>>>((const uint4 *)kv, bytes / 16, pe, pr->S, pr->s,
+                                                          pr->p2p_sync);
+    dit_prof_end(c);
+    CUDA_CHECK(cudaGetLastError());
+    return DIT_OK;
+}
+
+static int p2p_wait(dit_cuda *c, cudaStream_t st) {
+    const dit_par_rank *pr = c->pr;
+    const unsigned long long timeout_ns = (unsigned long long)((2 * pr->group->timeout + 5) * 1e9);
+    dit_prof_begin(c, "p2p_wait_kv");
+    p2p_wait_kernel<<<1, 32, 0, st>>>(pr->p2p_sync, pr->S, pr->s, pr->group->abort_word, timeout_ns);
+    dit_prof_end(c);
+    CUDA_CHECK(cudaGetLastError());
+    return DIT_OK;
+}
+
+// every local rank arrives before any leaves (or the group aborts: the watchdog times out a missing one)
+static int local_barrier(dit_cuda *c) {
+    dit_par *g = c->pr->group;
+    pthread_mutex_lock(&g->mu);
+    const int gen = g->bar_gen;
+    if (++g->bar_n == g->n_local) {
+        g->bar_n = 0;
+        g->bar_gen = gen + 1;
+    }
+    pthread_mutex_unlock(&g->mu);
+    while (g->bar_gen == gen) {
+        if (g->abort_flag) return stopped_error(c);
+        usleep(50);
+    }
+    return DIT_OK;
+}
+
+// After this rank planned its arena for a sample: wait until every rank has (arenas may have moved), then
+// take the peers' buffers. Peer-to-peer needs the all-gather mode and all of its GPUs in this process.
+int dit_par_prepare(dit_cuda *c) {
+    dit_par_rank *pr = c->pr;
+    dit_par *g = pr->group;
+    pr->p2p = g->p2p && pr->S > 1 && pr->seq_mode == DIT_SEQ_ALLGATHER;
+    if (!pr->p2p) return DIT_OK;   // the same on every rank: g->p2p and the plan are the group's
+    TRY(local_barrier(c));
+    for (int q = 0; q < pr->S; q++) {
+        const dit_cuda *peer = g->ctx[pr->local - pr->s + q];   // one process: local index = rank
+        pr->p2p_dst[0][q] = peer->sp[1];
+        pr->p2p_dst[1][q] = peer->sp[2];
+        pr->p2p_flag[q] = peer->pr->p2p_sync;
+    }
+    return DIT_OK;
+}
+
 // All-gather mode (FastSeq-style): this rank's k|v rows first, their all-gather on the main stream while
 // the q GEMM runs on the side stream (only inside the captured graph; eager runs stay in order), then this
 // rank's queries attend to every key, read in place from the gathered pieces. Sends 2/3 of qkv.
-static int gather_kv_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, cudaStream_t st) {
+static int gather_kv_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, int layer, cudaStream_t st) {
     const dit_par_rank *pr = c->pr;
     const int S = pr->S, Tl = c->Tl, D = c->D;
     const int64_t R = (int64_t)B * Tl;
     const dit_cuda_lin wq = lin_rows(qkv, 0, D), wkv = lin_rows(qkv, D, 2 * D);
-    void *kv = c->sp[0], *kvg = c->sp[1];   // (R, 2D), (S, B, Tl, 2D)
+    const int parity = layer & 1;   // peer-to-peer: the block's buffer (see above)
+    void *kvg = pr->p2p ? c->sp[1 + parity] : c->sp[1];   // (S, B, Tl, 2D)
+    // (R, 2D); peer-to-peer: written in place as this rank's piece of the gathered buffer
+    void *kv = pr->p2p ? (char *)kvg + (size_t)pr->s * R * 2 * D * 2 : c->sp[0];
     OP(c, "kv", dit_op_linear(c, &wkv, c->xin, R, kv, c->ct, EPI_BIAS, st));
     cudaStream_t qs;
     TRY(dit_side_fork(c, st, &qs));
-    dit_prof_begin(c, "nccl_all_gather_kv");
-    int rc = nccl_ok(ncclAllGather(kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st), "all-gather of k, v");
-    dit_prof_end(c);
+    int rc = DIT_OK;
+    if (pr->p2p) {
+        rc = p2p_all_gather_kv(c, kv, R, parity, st);
+        if (rc == DIT_OK) rc = p2p_wait(c, st);
+    } else {
+        dit_prof_begin(c, "nccl_all_gather_kv");
+        rc = nccl_ok(ncclAllGather(kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st), "all-gather of k, v");
+        dit_prof_end(c);
+    }
     if (rc == DIT_OK) {
         dit_prof_begin(c, "q");
         rc = dit_op_linear(c, &wq, c->xin, R, c->qkv, c->ct, EPI_BIAS, qs);   // (R, D)
@@ -240,9 +377,9 @@ static int gather_kv_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, cuda
     return DIT_OK;
 }
 
-int dit_par_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, cudaStream_t st) {
+int dit_par_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, int layer, cudaStream_t st) {
     const dit_par_rank *pr = c->pr;
-    if (pr->seq_mode != DIT_SEQ_ULYSSES) return gather_kv_attention(c, qkv, B, st);
+    if (pr->seq_mode != DIT_SEQ_ULYSSES) return gather_kv_attention(c, qkv, B, layer, st);
     const int S = pr->S, Tl = c->Tl, T = c->T, es = 2;
     const int64_t R = (int64_t)B * Tl;
     void *a = c->sp[0], *b = c->sp[1], *x = c->sp[2];
@@ -347,8 +484,10 @@ static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int mu
     }
     int mode = pp->seq_mode;
     // measured (bench/RESULTS.md): over 2 GPUs one all-gather per block beats two all-to-alls (plus their
-    // permutes); over 4 the all-gather moves 3/4 of all k and v to every GPU, and Ulysses wins
-    if (S > 1 && mode == DIT_SEQ_AUTO) mode = S > 2 && H % S == 0 ? DIT_SEQ_ULYSSES : DIT_SEQ_ALLGATHER;
+    // permutes); over 4 through NCCL the all-gather moves 3/4 of all k and v to every GPU and Ulysses wins,
+    // but by peer-to-peer stores (one process; the all-gather only) it wins again (512 px: 3.01 vs 3.77)
+    if (S > 1 && mode == DIT_SEQ_AUTO)
+        mode = (!multi && S <= DIT_P2P_MAX) || S <= 2 || H % S ? DIT_SEQ_ALLGATHER : DIT_SEQ_ULYSSES;
     if (S > 1 && T % S)
         return dit_set_error(DIT_ERR_INPUT, "parallel: %d tokens do not split over %d GPUs (use a GPU count that "
                              "divides them, or --parallel data/cfg)", T, S);
@@ -531,6 +670,27 @@ static int warm_up(dit_cuda *c) {
     return rc;
 }
 
+// peer access to the other GPUs of this rank's sequence group (one process: device = rank), and the flags
+// they signal into; p2p_ok stays 0 where a pair has no peer access (NCCL then)
+static int p2p_setup(dit_cuda *c) {
+    dit_par_rank *pr = c->pr;
+    for (int q = 0; q < pr->S; q++) {
+        const int dev = pr->rank - pr->s + q;
+        int can = 0;
+        if (q == pr->s) continue;
+        CUDA_CHECK(cudaDeviceCanAccessPeer(&can, c->device, dev));
+        if (!can) return DIT_OK;
+        const cudaError_t e = cudaDeviceEnablePeerAccess(dev, 0);
+        if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();   // clears it
+        else CUDA_CHECK(e);
+    }
+    CUDA_CHECK(cudaMalloc((void **)&pr->p2p_sync, (DIT_P2P_MAX + 4) * sizeof(unsigned)));
+    CUDA_CHECK(cudaMemset(pr->p2p_sync, 0, (DIT_P2P_MAX + 4) * sizeof(unsigned)));
+    CUDA_CHECK(cudaDeviceSynchronize());   // zeroed before any peer can signal
+    pr->p2p_ok = 1;
+    return DIT_OK;
+}
+
 static int rank_setup(rank_job *j) {
     dit_par *g = j->g;
     const par_plan *pl = j->pl;
@@ -559,6 +719,7 @@ static int rank_setup(rank_job *j) {
     if (G > 1) TRY(split(c, pr->d, pr->cfi * pl->S + pr->s, &pr->img_comm));
     if (pl->S > 1) TRY(split(c, pr->d * pl->cf + pr->cfi, pr->s, &pr->seq_comm));
     TRY(warm_up(c));
+    if (!multi && pl->S > 1 && pl->S <= DIT_P2P_MAX) TRY(p2p_setup(c));
     g->active[j->i] = 0;
     return DIT_OK;
 }
@@ -567,6 +728,16 @@ static void *setup_main(void *arg) {
     rank_job *j = (rank_job *)arg;
     rank_finish(j, rank_setup(j));
     return NULL;
+}
+
+// tests: DIT_PAR_TEST_STALL_STEP=r:k makes rank r stop before step k (its peers are then inside a step:
+// their peer-to-peer waits spin on the GPU until the watchdog's abort)
+int dit_par_test_stall(dit_cuda *c, int step) {
+    const char *ev = getenv("DIT_PAR_TEST_STALL_STEP");
+    int r = -1, k = -1;
+    if (!ev || sscanf(ev, "%d:%d", &r, &k) != 2 || r != c->pr->rank || k != step) return DIT_OK;
+    while (!c->pr->group->abort_flag) usleep(1000);
+    return stopped_error(c);
 }
 
 static void *sample_main(void *arg) {
@@ -620,6 +791,7 @@ static void group_free(dit_par *g) {
     abort_all(g);
     for (int i = 0; i < g->n_aborters; i++) pthread_join(g->aborter[i], NULL);
     for (int i = 1; i < g->n_local; i++) dit_cuda_ctx_destroy(g->ctx[i]);
+    if (g->abort_word) cudaFreeHost((void *)g->abort_word);
     pthread_mutex_destroy(&g->mu);
     free(g);
 }
@@ -636,6 +808,7 @@ void dit_par_rank_free(dit_cuda *c) {
     if (c->pr->world_comm) ncclCommAbort(c->pr->world_comm);   // a lone context (setup failed before the group)
     if (c->pr->img_comm) ncclCommAbort(c->pr->img_comm);
     if (c->pr->seq_comm) ncclCommAbort(c->pr->seq_comm);
+    if (c->pr->p2p_sync) cudaFree(c->pr->p2p_sync);   // after every stream drained (group_free)
     free(c->pr);
     c->pr = NULL;
 }
@@ -674,6 +847,11 @@ int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, s
     if (!multi || pp->rank == 0) rc = nccl_ok(ncclGetUniqueId(&id), "ncclGetUniqueId");
     if (rc == DIT_OK && multi)
         rc = pp->id_file ? id_from_file(pp, &id, t_end, g->timeout) : id_over_tcp(pp, &id, t_end, g->timeout);
+    void *aw = NULL;   // the abort flag where every GPU's kernels can read it
+    if (rc == DIT_OK && cudaHostAlloc(&aw, sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess)
+        rc = dit_set_error(DIT_ERR_DEVICE, "parallel: cannot allocate mapped host memory");
+    if (aw) *(volatile int *)aw = 0;
+    g->abort_word = (volatile int *)aw;
     if (rc == DIT_OK) {
         g->watchdog_on = pthread_create(&g->watchdog, NULL, watchdog_main, g) == 0;
         if (!g->watchdog_on) rc = dit_set_error(DIT_ERR_NOMEM, "parallel: cannot start the watchdog thread");
@@ -690,6 +868,14 @@ int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, s
         group_free(g);
         dit_cuda_ctx_destroy(c0);
         return rc;
+    }
+    // peer-to-peer all-gather where every rank has peer access (DIT_PAR_P2P=0: NCCL, for comparisons)
+    const char *ev = getenv("DIT_PAR_P2P");
+    g->p2p = !multi && !(ev && ev[0] == '0');
+    for (int i = 0; i < g->n_local; i++) g->p2p = g->p2p && g->ctx[i]->pr->p2p_ok;
+    if (plan && pl.S > 1 && pl.seq_mode == DIT_SEQ_ALLGATHER) {
+        const size_t n = strlen(plan);
+        snprintf(plan + n, plan_len - n, "; k, v %s", g->p2p ? "by peer-to-peer stores" : "through NCCL");
     }
     m->cuda = g->ctx[0];
     m->cuda->group = g;

@@ -785,6 +785,14 @@ static void par_vs_one(dit_model *m, const char *model, const par_case *pc, cons
     snprintf(what, sizeof what, "%s, %d images, %s on %d GPUs == 1 GPU [%s]", model, p->n, pc->name, pc->gpus, plan);
     if (rc) ok(0, "%s: %s", what, dit_last_error());
     else check_close(what, g, ref, n, 2e-2);
+    if (!rc && strstr(plan, "all-gather")) {   /* peer-to-peer: its flags count on across samples */
+        memset(g, 0, n * 4);
+        rc = dit_sample(m, p, g);
+        snprintf(what, sizeof what, "%s, %d images, %s on %d GPUs, a second sample == 1 GPU", model, p->n, pc->name,
+                 pc->gpus);
+        if (rc) ok(0, "%s: %s", what, dit_last_error());
+        else check_close(what, g, ref, n, 2e-2);
+    }
     dit_cuda_free(m);
     free(g);
 }
@@ -839,6 +847,9 @@ static void test_parallel(void)
         { "cfg+seq (one row per GPU)", 4, DIT_PAR_CFG | DIT_PAR_SEQ, DIT_SEQ_ULYSSES },
         { "cfg+seq (all-gather)", 4, DIT_PAR_CFG | DIT_PAR_SEQ, DIT_SEQ_ALLGATHER } };
     par_cases(&r->m, "random DiT-XL/2 256 px DDIM", p, b1, (int)(sizeof b1 / sizeof b1[0]));   /* one reference */
+    setenv("DIT_PAR_P2P", "0", 1);   /* the all-gather through NCCL, as where the GPUs have no peer access */
+    par_cases(&r->m, "random DiT-XL/2 256 px DDIM, DIT_PAR_P2P=0", p, b1 + 2, 1);
+    unsetenv("DIT_PAR_P2P");
     p.sampler = DIT_SAMPLER_DDPM;
     rmodel_free(r);
 
@@ -878,20 +889,22 @@ static void test_parallel_plans(void)
     } c[] = {
         { 32, 16, 1, 2, 0, DIT_PAR_AUTO, 0, { 1, 2, 1, 0 } },          /* 256 px, 1 image: CFG halves */
         { 32, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 1, 0 } },          /* 256 tokens: a 2nd split leaves 256 rows: 2 GPUs */
-        { 64, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 1, 0 } },          /* 512 px: a token split would leave 512 rows */
+        { 64, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 2, DIT_SEQ_ALLGATHER } }, /* 512 px: cfg x seq, 512 rows (peer-to-peer) */
         { 128, 16, 1, 4, 0, DIT_PAR_AUTO, 0, { 1, 2, 2, DIT_SEQ_ALLGATHER } }, /* 4096 tokens: cfg x seq, 2048 rows */
         { 64, 16, 1, 2, 0, DIT_PAR_SEQ, 0, { 1, 1, 2, DIT_SEQ_ALLGATHER } }, /* over 2 GPUs: all-gather (measured) */
         { 32, 16, 8, 4, 0, DIT_PAR_AUTO, 0, { 4, 1, 1, 0 } },          /* 8 images: data */
         { 32, 16, 3, 4, 0, DIT_PAR_AUTO, 0, { 2, 2, 1, 0 } },          /* 3 images: 2 slices (padded) x CFG */
         { 32, 16, 1, 4, 4, DIT_PAR_AUTO, 0, { 1, 2, 2, DIT_SEQ_ALLGATHER } }, /* 4 processes: all of them work */
-        { 64, 16, 1, 4, 0, DIT_PAR_SEQ, 0, { 1, 1, 4, DIT_SEQ_ULYSSES } },
+        { 64, 16, 1, 4, 0, DIT_PAR_SEQ, 0, { 1, 1, 4, DIT_SEQ_ALLGATHER } }, /* one process: peer-to-peer all-gather */
+        { 64, 16, 1, 4, 4, DIT_PAR_SEQ, 0, { 1, 1, 4, DIT_SEQ_ULYSSES } },   /* processes: NCCL, Ulysses over 4 */
         { 64, 16, 1, 4, 0, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER, { 1, 1, 4, DIT_SEQ_ALLGATHER } },
         { 28, 3, 1, 2, 0, DIT_PAR_SEQ, 0, { -1 } },                    /* 49 tokens do not split in 2 */
         { 32, 3, 1, 2, 0, DIT_PAR_SEQ, DIT_SEQ_ULYSSES, { -1 } },      /* 3 heads: no Ulysses over 2 */
         { 32, 3, 1, 2, 0, DIT_PAR_SEQ, 0, { 1, 1, 2, DIT_SEQ_ALLGATHER } }, /* auto mode falls back */
         { 32, 16, 1, 3, 0, DIT_PAR_CFG, 0, { -1 } },                   /* cfg needs an even count */
         { 28, 3, 2, 4, 0, DIT_PAR_AUTO, 0, { 2, 2, 1, 0 } },           /* fashion: never a token split */
-        { 32, 16, 2, 8, 0, DIT_PAR_DATA | DIT_PAR_SEQ, 0, { 2, 1, 4, DIT_SEQ_ULYSSES } },
+        { 32, 16, 2, 8, 0, DIT_PAR_DATA | DIT_PAR_SEQ, 0, { 2, 1, 4, DIT_SEQ_ALLGATHER } },
+        { 32, 16, 2, 8, 8, DIT_PAR_DATA | DIT_PAR_SEQ, 0, { 2, 1, 4, DIT_SEQ_ULYSSES } },
     };
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
         dit_model m;
@@ -912,6 +925,31 @@ static void test_parallel_plans(void)
                i, got[0], got[1], got[2], got[3], c[i].want[0], c[i].want[1], c[i].want[2], c[i].want[3],
                rc ? dit_last_error() : why);
     }
+}
+
+/* a first sample on plan cs, then a second with the fault `var`=`who`: an error within the 3 s timeout
+   (not a hang), and a teardown that returns */
+static void stall_case(dit_model *m, dit_sample_params *p, par_case cs, const char *var, const char *who)
+{
+    char plan[512];
+    int rc = par_init(m, &cs, 1, 3.0, plan, sizeof plan);
+    float *lat = malloc(dit_latent_floats(m) * 4);
+    p->n = 1;
+    if (!rc) rc = dit_sample(m, p, lat);
+    ok(rc == DIT_OK, "%s on %d GPUs: a first sample: %s", cs.name, cs.gpus, rc ? dit_last_error() : "ok");
+    if (!rc) {
+        setenv(var, who, 1);
+        double t0 = now_s();
+        rc = dit_sample(m, p, lat);
+        const double dt = now_s() - t0;
+        unsetenv(var);
+        ok(rc != DIT_OK && dt < 20, "%s, %s=%s in the second sample: error after %.1f s: '%s'", cs.name, var, who, dt,
+           rc ? dit_last_error() : "none");
+        t0 = now_s();
+        dit_cuda_free(m);
+        ok(now_s() - t0 < 20, "teardown after the abort returns (%.1f s)", now_s() - t0);
+    }
+    free(lat);
 }
 
 /* faults, last (an aborted collective may leave a GPU context unusable for this process): more GPUs than
@@ -949,29 +987,15 @@ static void test_parallel_faults(void)
         free(lat);
     }
     /* a peer that stops after the step graphs (with their captured NCCL calls) exist: the error comes
-       within the timeout and the teardown, which must free graphs before communicators, returns */
-    par_case cs = G >= 4 ? (par_case){ "cfg+seq", 4, DIT_PAR_CFG | DIT_PAR_SEQ, DIT_SEQ_ULYSSES }
-                         : (par_case){ "seq", 2, DIT_PAR_SEQ, DIT_SEQ_ULYSSES };
-    rc = par_init(&r->m, &cs, 1, 3.0, plan, sizeof plan);
-    float *lat = malloc(dit_latent_floats(&r->m) * 4);
-    p.n = 1;
-    if (!rc) rc = dit_sample(&r->m, &p, lat);
-    ok(rc == DIT_OK, "%s on %d GPUs: a first sample: %s", cs.name, cs.gpus, rc ? dit_last_error() : "ok");
-    if (!rc) {
-        char who[8];
-        snprintf(who, sizeof who, "%d", cs.gpus - 1);
-        setenv("DIT_PAR_TEST_STALL", who, 1);
-        double t0 = now_s();
-        rc = dit_sample(&r->m, &p, lat);
-        const double dt = now_s() - t0;
-        unsetenv("DIT_PAR_TEST_STALL");
-        ok(rc != DIT_OK && dt < 20, "rank %s stalls in the second sample: error after %.1f s: '%s'", who, dt,
-           rc ? dit_last_error() : "none");
-        t0 = now_s();
-        dit_cuda_free(&r->m);
-        ok(now_s() - t0 < 20, "teardown after the abort returns (%.1f s)", now_s() - t0);
-    }
-    free(lat);
+       within the timeout and the teardown, which must free graphs before communicators, returns. Ulysses:
+       the rank never starts the second sample; peer-to-peer all-gather: it stops before step 5 while its
+       peer spins in the wait kernel (which must leave on the abort) */
+    char last[8];
+    snprintf(last, sizeof last, "%d", G >= 4 ? 3 : 1);
+    stall_case(&r->m, &p, G >= 4 ? (par_case){ "cfg+seq", 4, DIT_PAR_CFG | DIT_PAR_SEQ, DIT_SEQ_ULYSSES }
+                                 : (par_case){ "seq", 2, DIT_PAR_SEQ, DIT_SEQ_ULYSSES }, "DIT_PAR_TEST_STALL", last);
+    stall_case(&r->m, &p, (par_case){ "seq (all-gather)", 2, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER },
+               "DIT_PAR_TEST_STALL_STEP", "1:5");
     rmodel_free(r);
 }
 
@@ -1019,7 +1043,7 @@ static int bench_parallel(int res, int n, int steps, int reps, int depth, int wt
             double total;
             if (sscanf(line, " %127s %lf", name, &total) == 2 && strcmp(name, "total")) {
                 prof_ms += total;
-                if (!strncmp(name, "nccl", 4)) nccl_ms += total;
+                if (!strncmp(name, "nccl", 4) || !strncmp(name, "p2p", 3)) nccl_ms += total;
             }
         }
         if (f) fclose(f);
@@ -1029,7 +1053,7 @@ static int bench_parallel(int res, int n, int steps, int reps, int depth, int wt
         fprintf(stderr, "test_cuda: error: %s\n", dit_last_error());
     } else {
         qsort(t, reps, sizeof(double), cmp_d);
-        printf("bench-par: %dpx n %d gpus %d [%s]: %.3f ms/step (min %.3f), NCCL %.3f ms/step of %.3f profiled\n", res, n,
+        printf("bench-par: %dpx n %d gpus %d [%s]: %.3f ms/step (min %.3f), exchanges %.3f ms/step of %.3f profiled\n", res, n,
                gpus, plan, t[reps / 2], t[0], nccl_ms / 2, prof_ms / 2);
     }
     free(lat);
