@@ -30,10 +30,11 @@
 #define PAR_MAX 64
 // auto, one process: split tokens further only while each GPU keeps this many token rows
 // (DIT_PAR_MIN_ROWS overrides; several processes split over all of them). Measured (bench/RESULTS.md,
-// DiT-XL/2, 4 x H200): with NCCL exchanges 1024 -> 512 rows per GPU lost (512 px, 1 image: CFG on 2 GPUs
-// 3.29 ms/step, CFG x seq on 4 3.80), with the peer-to-peer all-gather it gains (3.10 -> 2.46); 256 -> 128
-// rows loses (256 px: 1.37 -> 1.57).
-#define PAR_MIN_ROWS 512
+// DiT-XL/2, 4 x H200): with NCCL exchanges 2048 -> 1024 rows per GPU gained, 1024 -> 512 lost (512 px,
+// 1 image: CFG on 2 GPUs 3.29 ms/step, CFG x seq on 4 3.80); with the peer-to-peer all-gather 1024 -> 512
+// gains (3.10 -> 2.46), 256 -> 128 loses (256 px: 1.37 -> 1.57).
+#define PAR_MIN_ROWS 1024
+#define PAR_MIN_ROWS_P2P 512
 
 struct dit_par {
     int n_local;                    // GPUs this process drives (ctx[0] = m->cuda)
@@ -49,9 +50,10 @@ struct dit_par {
     pthread_mutex_t mu;
     int err_code, err_secondary;    // first error (a primary one beats a "stopped because" one)
     char err[600];
-    volatile int *abort_word;       // mapped host memory: the abort flag as the GPUs' spin waits see it
+    volatile int *abort_word;       // mapped host memory: [0] the abort flag as the GPUs' spin waits see
+                                    // it, [1] set by a wait kernel that timed out
     int p2p;                        // the all-gather goes by peer-to-peer stores (every rank here, peer access)
-    volatile int bar_n, bar_gen;    // local_barrier
+    int bar_n, bar_gen;             // local_barrier (bar_gen read and written atomically)
 };
 
 static double now_s(void) {
@@ -171,6 +173,13 @@ int dit_par_wait(dit_cuda *c, cudaEvent_t e) {
     g->active[i] = 1;
     for (;;) {
         const cudaError_t r = cudaEventQuery(e);
+        if (g->abort_word && g->abort_word[1]) {   // a peer-to-peer wait gave up: its data never came
+            char msg[200];
+            snprintf(msg, sizeof(msg), "parallel: rank %d: k, v of a peer GPU did not arrive within %.0f s",
+                     c->pr->rank, 2 * g->timeout + 5);
+            par_fail(g, DIT_ERR_DEVICE, msg, 0);
+            return dit_set_error(DIT_ERR_DEVICE, "%s", msg);
+        }
         if (r == cudaSuccess) { g->beat[i] = now_s(); return DIT_OK; }
         if (g->abort_flag) return stopped_error(c);
         if (r != cudaErrorNotReady) CUDA_CHECK(r);
@@ -257,7 +266,7 @@ static __global__ void p2p_push_kernel(const uint4 *__restrict__ src, size_t n, 
 }
 
 // one warp: lane q waits until rank q has signalled this exchange (or the group aborts, or timeout_ns)
-static __global__ void p2p_wait_kernel(unsigned *sync, int S, int s, const volatile int *abort_word,
+static __global__ void p2p_wait_kernel(unsigned *sync, int S, int s, volatile int *abort_word,
                                        unsigned long long timeout_ns) {
     const unsigned e = sync[P2P_WAIT] + 1;
     __syncwarp();
@@ -268,7 +277,11 @@ static __global__ void p2p_wait_kernel(unsigned *sync, int S, int s, const volat
         while ((int)(ld_acquire_sys(sync + q) - e) < 0 && !*abort_word) {
             __nanosleep(256);
             asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-            if (t - t0 > timeout_ns) break;   // the host's watchdog has given up long before: never hang
+            if (t - t0 > timeout_ns) {   // the host's watchdog should have aborted long before: never hang,
+                abort_word[1] = 1;         // and fail the sample (dit_par_wait reads this)
+                __threadfence_system();
+                break;
+            }
         }
     }
     __syncwarp();
@@ -310,10 +323,10 @@ static int local_barrier(dit_cuda *c) {
     const int gen = g->bar_gen;
     if (++g->bar_n == g->n_local) {
         g->bar_n = 0;
-        g->bar_gen = gen + 1;
+        __atomic_store_n(&g->bar_gen, gen + 1, __ATOMIC_RELEASE);   // every rank's writes before it are seen
     }
     pthread_mutex_unlock(&g->mu);
-    while (g->bar_gen == gen) {
+    while (__atomic_load_n(&g->bar_gen, __ATOMIC_ACQUIRE) == gen) {
         if (g->abort_flag) return stopped_error(c);
         usleep(50);
     }
@@ -325,7 +338,8 @@ static int local_barrier(dit_cuda *c) {
 int dit_par_prepare(dit_cuda *c) {
     dit_par_rank *pr = c->pr;
     dit_par *g = pr->group;
-    pr->p2p = g->p2p && pr->S > 1 && pr->seq_mode == DIT_SEQ_ALLGATHER;
+    // uint4 stores: a piece is R x 2D ct elements, so D % 4 == 0 keeps every piece 16-byte aligned
+    pr->p2p = g->p2p && pr->S > 1 && pr->seq_mode == DIT_SEQ_ALLGATHER && c->D % 4 == 0;
     if (!pr->p2p) return DIT_OK;   // the same on every rank: g->p2p and the plan are the group's
     TRY(local_barrier(c));
     for (int q = 0; q < pr->S; q++) {
@@ -453,16 +467,38 @@ static int seq_ok(const dit_model *m, int S, int seq_mode) {
     return seq_mode != DIT_SEQ_ULYSSES || m->cfg.heads % S == 0;
 }
 
+// Will the all-gather go by peer-to-peer stores? One process only, not DIT_PAR_P2P=0, and peer access
+// between GPUs 0..W-1 (checked where they are visible; plans made without GPUs, or DIT_PAR_P2P=1, assume it)
+static int p2p_expected(int W, int multi) {
+    const char *ev = getenv("DIT_PAR_P2P");
+    if (multi || (ev && ev[0] == '0')) return 0;
+    int n = 0;
+    if ((ev && ev[0] == '1') || cudaGetDeviceCount(&n) != cudaSuccess || n < W) {
+        cudaGetLastError();
+        return 1;
+    }
+    for (int a = 0; a < W; a++)
+        for (int b = 0; b < W; b++) {
+            int can = 1;
+            if (a != b && (cudaDeviceCanAccessPeer(&can, a, b) != cudaSuccess || !can)) {
+                cudaGetLastError();
+                return 0;
+            }
+        }
+    return 1;
+}
+
 static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int multi, par_plan *pl, char *why,
                      size_t wl) {
     const int g = m->cfg.input_size / m->cfg.patch, T = g * g, H = m->cfg.heads;
+    const int p2p = p2p_expected(W, multi) && m->cfg.hidden % 4 == 0;
     const int N = pp->n_images > 0 ? pp->n_images : 1, st = pp->strategy;
     int dd = 1, cf = 1, S = 1;
     if (st == DIT_PAR_AUTO) {
         // data first (no traffic), then CFG (one exchange per step), then tokens while each GPU keeps
         // PAR_MIN_ROWS rows (below that the GEMMs do not get faster and the exchanges cost more)
         const char *ev = getenv("DIT_PAR_MIN_ROWS");
-        const int min_rows = ev && atoi(ev) > 0 ? atoi(ev) : PAR_MIN_ROWS;
+        const int min_rows = ev && atoi(ev) > 0 ? atoi(ev) : p2p ? PAR_MIN_ROWS_P2P : PAR_MIN_ROWS;
         dd = largest_divisor_le(W, N);
         const int rest = W / dd;
         cf = rest % 2 == 0 ? 2 : 1;
@@ -487,7 +523,7 @@ static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int mu
     // permutes); over 4 through NCCL the all-gather moves 3/4 of all k and v to every GPU and Ulysses wins,
     // but by peer-to-peer stores (one process; the all-gather only) it wins again (512 px: 3.01 vs 3.77)
     if (S > 1 && mode == DIT_SEQ_AUTO)
-        mode = (!multi && S <= DIT_P2P_MAX) || S <= 2 || H % S ? DIT_SEQ_ALLGATHER : DIT_SEQ_ULYSSES;
+        mode = (p2p && S <= DIT_P2P_MAX) || S <= 2 || H % S ? DIT_SEQ_ALLGATHER : DIT_SEQ_ULYSSES;
     if (S > 1 && T % S)
         return dit_set_error(DIT_ERR_INPUT, "parallel: %d tokens do not split over %d GPUs (use a GPU count that "
                              "divides them, or --parallel data/cfg)", T, S);
@@ -681,8 +717,8 @@ static int p2p_setup(dit_cuda *c) {
         CUDA_CHECK(cudaDeviceCanAccessPeer(&can, c->device, dev));
         if (!can) return DIT_OK;
         const cudaError_t e = cudaDeviceEnablePeerAccess(dev, 0);
-        if (e == cudaErrorPeerAccessAlreadyEnabled) cudaGetLastError();   // clears it
-        else CUDA_CHECK(e);
+        if (e != cudaSuccess) cudaGetLastError();   // clears it
+        if (e != cudaSuccess && e != cudaErrorPeerAccessAlreadyEnabled) return DIT_OK;   // NCCL then
     }
     CUDA_CHECK(cudaMalloc((void **)&pr->p2p_sync, (DIT_P2P_MAX + 4) * sizeof(unsigned)));
     CUDA_CHECK(cudaMemset(pr->p2p_sync, 0, (DIT_P2P_MAX + 4) * sizeof(unsigned)));
@@ -848,9 +884,9 @@ int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, s
     if (rc == DIT_OK && multi)
         rc = pp->id_file ? id_from_file(pp, &id, t_end, g->timeout) : id_over_tcp(pp, &id, t_end, g->timeout);
     void *aw = NULL;   // the abort flag where every GPU's kernels can read it
-    if (rc == DIT_OK && cudaHostAlloc(&aw, sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess)
+    if (rc == DIT_OK && cudaHostAlloc(&aw, 2 * sizeof(int), cudaHostAllocMapped | cudaHostAllocPortable) != cudaSuccess)
         rc = dit_set_error(DIT_ERR_DEVICE, "parallel: cannot allocate mapped host memory");
-    if (aw) *(volatile int *)aw = 0;
+    if (aw) ((volatile int *)aw)[0] = ((volatile int *)aw)[1] = 0;
     g->abort_word = (volatile int *)aw;
     if (rc == DIT_OK) {
         g->watchdog_on = pthread_create(&g->watchdog, NULL, watchdog_main, g) == 0;
