@@ -6,9 +6,11 @@
 export NCCL_NVLS_ENABLE=0
 if [ "$1" = tests ]; then
     shift
-    t0=$(date +%s); timeout 400 bin/tests/test_cuda --parallel > /tmp/par.log 2>&1
-    echo "test_cuda --parallel rc=$? ($(( $(date +%s) - t0 )) s): $(grep -c '^ok' /tmp/par.log) ok"
-    grep -E "^not ok|^# " /tmp/par.log | cut -c1-240
+    log=${OUT:-/tmp}/par.log   # kept under $OUT: it comes back from the device
+    t0=$(date +%s); timeout 400 bin/tests/test_cuda --parallel > $log 2>&1; rc=$?
+    echo "test_cuda --parallel rc=$rc ($(( $(date +%s) - t0 )) s): $(grep -c '^ok' $log) ok"
+    grep -E "^not ok|^# " $log | cut -c1-240
+    [ $rc -eq 0 ] || tail -15 $log | cut -c1-400   # a crash: its last words
 fi
 for c in "$@"; do
     IFS=: read -r res n g fl sm pp <<E
