@@ -161,6 +161,7 @@ typedef struct dit_par_rank {
     unsigned *p2p_sync;            // device: [q] = exchanges peer q has signalled; [DIT_P2P_MAX ...] counters
     void *p2p_dst[2][DIT_P2P_MAX]; // per block parity: peer q's gathered-pieces buffer
     unsigned *p2p_flag[DIT_P2P_MAX];  // peer q's p2p_sync
+    int stall_step;                // tests: this rank stops before this step (-1: never)
 } dit_par_rank;
 
 struct dit_cuda {
@@ -270,7 +271,7 @@ int dit_par_attention(struct dit_cuda *c, const dit_cuda_lin *qkv, int B, int la
 int dit_par_gather_output(struct dit_cuda *c, int B, cudaStream_t st);   // fout_loc of the image group -> fout
 int dit_par_gather_latents(struct dit_cuda *c, int N, int n, float *out); // every rank's latents -> out (n images)
 int dit_par_prepare(struct dit_cuda *c);   // after the arena is planned: the peers' buffers for this sample
-int dit_par_test_stall(struct dit_cuda *c, int step);   // tests: DIT_PAR_TEST_STALL_STEP
+int dit_par_test_stall(struct dit_cuda *c);   // tests: wait for the group's abort (pr->stall_step)
 int dit_par_wait(struct dit_cuda *c, cudaEvent_t e);                     // polls, times out, aborts
 void dit_par_set_eager(struct dit_cuda *c, int on);                     // every GPU of c->group
 void dit_par_beat(struct dit_cuda *c);                                   // long host work: still alive

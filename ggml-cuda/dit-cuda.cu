@@ -803,7 +803,7 @@ static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params
             rc = prepare_chunk(c, j, i, n);
             if (rc != DIT_OK) break;
         }
-        if (c->pr && (rc = dit_par_test_stall(c, i)) != DIT_OK) break;
+        if (c->pr && i == c->pr->stall_step && (rc = dit_par_test_stall(c)) != DIT_OK) break;
         if (graph && captured) {
             cudaError_t e = cudaGraphLaunch(c->graph, c->stream);
             if (e != cudaSuccess) rc = dit_cuda_error_(__FILE__, __LINE__, __func__, "cudaGraphLaunch", cudaGetErrorString(e));

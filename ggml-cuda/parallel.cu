@@ -48,6 +48,9 @@ struct dit_par {
     pthread_t aborter[3 * PAR_MAX];  // one thread per ncclCommAbort (joined in group_free)
     int n_aborters;
     pthread_mutex_t mu;
+    // ncclCommGetAsyncError on a non-blocking communicator may finish its pending group job (and free it):
+    // the watchdog and a rank's settle() must not run it on the same communicator at once
+    pthread_mutex_t poll_mu;
     int err_code, err_secondary;    // first error (a primary one beats a "stopped because" one)
     char err[600];
     volatile int *abort_word;       // mapped host memory: [0] the abort flag as the GPUs' spin waits see
@@ -114,9 +117,16 @@ static void abort_all(dit_par *g) {
     pthread_mutex_unlock(&g->mu);
 }
 
+static ncclResult_t async_error(dit_par *g, ncclComm_t comm, ncclResult_t *r) {
+    pthread_mutex_lock(&g->poll_mu);
+    const ncclResult_t e = ncclCommGetAsyncError(comm, r);
+    pthread_mutex_unlock(&g->poll_mu);
+    return e;
+}
+
 static void poll_async(dit_par *g, dit_par_rank *pr, ncclComm_t comm) {
     ncclResult_t r = ncclSuccess;
-    if (!comm || ncclCommGetAsyncError(comm, &r) != ncclSuccess || r == ncclSuccess || r == ncclInProgress) return;
+    if (!comm || async_error(g, comm, &r) != ncclSuccess || r == ncclSuccess || r == ncclInProgress) return;
     char msg[300];
     snprintf(msg, sizeof(msg), "nccl: rank %d: %s (%s)", pr->rank, ncclGetErrorString(r), ncclGetLastError(comm));
     par_fail(g, DIT_ERR_DEVICE, msg, 0);
@@ -189,12 +199,13 @@ int dit_par_wait(dit_cuda *c, cudaEvent_t e) {
 
 // a call on the non-blocking world communicator: wait until NCCL has taken it
 static int settle(dit_cuda *c, ncclComm_t comm, ncclResult_t r, const char *what) {
-    if (r == ncclSuccess && comm) ncclCommGetAsyncError(comm, &r);   // non-blocking: may still be at work
+    dit_par *g = c->pr->group;
+    if (r == ncclSuccess && comm) async_error(g, comm, &r);   // non-blocking: may still be at work
     while (r == ncclInProgress) {
-        if (c->pr->group->abort_flag) return stopped_error(c);
+        if (g->abort_flag) return stopped_error(c);
         usleep(100);
-        if (c->pr->group->abort_flag) return stopped_error(c);   // the watchdog may be freeing comm
-        if (ncclCommGetAsyncError(comm, &r) != ncclSuccess) break;
+        if (g->abort_flag) return stopped_error(c);   // the watchdog may be freeing comm
+        if (async_error(g, comm, &r) != ncclSuccess) break;
     }
     if (r != ncclSuccess)
         return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d: %s: %s (%s)", c->pr->rank, what, ncclGetErrorString(r),
@@ -338,6 +349,9 @@ static int local_barrier(dit_cuda *c) {
 int dit_par_prepare(dit_cuda *c) {
     dit_par_rank *pr = c->pr;
     dit_par *g = pr->group;
+    const char *ev = getenv("DIT_PAR_TEST_STALL_STEP");
+    int r = -1, k = -1;
+    pr->stall_step = ev && sscanf(ev, "%d:%d", &r, &k) == 2 && r == pr->rank ? k : -1;
     // uint4 stores: a piece is R x 2D ct elements, so D % 4 == 0 keeps every piece 16-byte aligned
     pr->p2p = g->p2p && pr->S > 1 && pr->seq_mode == DIT_SEQ_ALLGATHER && c->D % 4 == 0;
     if (!pr->p2p) return DIT_OK;   // the same on every rank: g->p2p and the plan are the group's
@@ -737,7 +751,7 @@ static int rank_setup(rank_job *j) {
     dit_par_rank *pr = (dit_par_rank *)calloc(1, sizeof(dit_par_rank));
     if (!pr) return dit_set_error(DIT_ERR_NOMEM, "out of host memory");
     c->pr = pr;
-    pr->group = g; pr->local = j->i; pr->rank = rank; pr->world = pl->world;
+    pr->group = g; pr->local = j->i; pr->rank = rank; pr->world = pl->world; pr->stall_step = -1;
     pr->dd = pl->dd; pr->cf = pl->cf; pr->S = pl->S; pr->seq_mode = pl->seq_mode;
     pr->s = rank % pl->S; pr->cfi = rank / pl->S % pl->cf; pr->d = rank / (pl->S * pl->cf);
     c->Tl = c->T / pl->S;
@@ -766,12 +780,9 @@ static void *setup_main(void *arg) {
     return NULL;
 }
 
-// tests: DIT_PAR_TEST_STALL_STEP=r:k makes rank r stop before step k (its peers are then inside a step:
-// their peer-to-peer waits spin on the GPU until the watchdog's abort)
-int dit_par_test_stall(dit_cuda *c, int step) {
-    const char *ev = getenv("DIT_PAR_TEST_STALL_STEP");
-    int r = -1, k = -1;
-    if (!ev || sscanf(ev, "%d:%d", &r, &k) != 2 || r != c->pr->rank || k != step) return DIT_OK;
+// tests: DIT_PAR_TEST_STALL_STEP=r:k (read per sample in dit_par_prepare) makes rank r stop before step k
+// (its peers are then inside a step: their peer-to-peer waits spin on the GPU until the watchdog's abort)
+int dit_par_test_stall(dit_cuda *c) {
     while (!c->pr->group->abort_flag) usleep(1000);
     return stopped_error(c);
 }
@@ -829,6 +840,7 @@ static void group_free(dit_par *g) {
     for (int i = 1; i < g->n_local; i++) dit_cuda_ctx_destroy(g->ctx[i]);
     if (g->abort_word) cudaFreeHost((void *)g->abort_word);
     pthread_mutex_destroy(&g->mu);
+    pthread_mutex_destroy(&g->poll_mu);
     free(g);
 }
 
@@ -873,6 +885,7 @@ int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, s
     dit_par *g = (dit_par *)calloc(1, sizeof(dit_par));
     if (!g) return dit_set_error(DIT_ERR_NOMEM, "out of host memory");
     pthread_mutex_init(&g->mu, NULL);
+    pthread_mutex_init(&g->poll_mu, NULL);
     g->n_local = multi ? 1 : pl.world;
     g->timeout = pp->timeout_s > 0 ? pp->timeout_s : 60.0;
     rank_job jobs[PAR_MAX];

@@ -51,6 +51,8 @@
 #include <unistd.h>
 
 #ifdef DIT_CUDA
+#include <execinfo.h>
+#include <signal.h>
 #include "ggml-cuda/dit-cuda.h"
 
 #include "tap.h"   /* ok(), skip(), fix(), mpath(), failures, FIX, moddir, tmpdir */
@@ -1182,8 +1184,22 @@ static int bench_main(int argc, char **argv)
     return rc ? 1 : 0;
 }
 
+/* an abort inside a library thread (NCCL, glibc's heap checks) leaves little trace in a device log: say
+   where it happened (which thread: an abort helper, the watchdog, a rank, main) */
+static void on_abort(int sig)
+{
+    static const char msg[] = "test_cuda: SIGABRT; backtrace of the aborting thread:\n";
+    void *frames[48];
+    const int n = backtrace(frames, 48);
+    if (write(2, msg, sizeof msg - 1) < 0) { /* nothing to do */ }
+    backtrace_symbols_fd(frames, n, 2);
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 int main(int argc, char **argv)
 {
+    signal(SIGABRT, on_abort);
     if (argc > 1 && !strcmp(argv[1], "--bench")) return bench_main(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "--opbench")) {
         if (dit_cuda_available() <= 0) { fprintf(stderr, "test_cuda: error: no GPU\n"); return 1; }
