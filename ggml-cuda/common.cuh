@@ -157,7 +157,6 @@ typedef struct dit_par_rank {
     // all-gather mode with every GPU of the sequence group in this process: k, v go straight into the peers'
     // memory (NVLink stores) instead of through NCCL (parallel.cu, "peer-to-peer")
     int p2p_ok;                    // peer access to every GPU of the sequence group
-    int p2p;                       // in use this sample
     unsigned *p2p_sync;            // device: [q] = exchanges peer q has signalled; [DIT_P2P_MAX ...] counters
     void *p2p_dst[2][DIT_P2P_MAX]; // per block parity: peer q's gathered-pieces buffer
     unsigned *p2p_flag[DIT_P2P_MAX];  // peer q's p2p_sync

@@ -352,9 +352,7 @@ int dit_par_prepare(dit_cuda *c) {
     const char *ev = getenv("DIT_PAR_TEST_STALL_STEP");
     int r = -1, k = -1;
     pr->stall_step = ev && sscanf(ev, "%d:%d", &r, &k) == 2 && r == pr->rank ? k : -1;
-    // uint4 stores: a piece is R x 2D ct elements, so D % 4 == 0 keeps every piece 16-byte aligned
-    pr->p2p = g->p2p && pr->S > 1 && pr->seq_mode == DIT_SEQ_ALLGATHER && c->D % 4 == 0;
-    if (!pr->p2p) return DIT_OK;   // the same on every rank: g->p2p and the plan are the group's
+    if (!g->p2p) return DIT_OK;   // the same on every rank (the group's)
     TRY(local_barrier(c));
     for (int q = 0; q < pr->S; q++) {
         const dit_cuda *peer = g->ctx[pr->local - pr->s + q];   // one process: local index = rank
@@ -374,14 +372,15 @@ static int gather_kv_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, int 
     const int64_t R = (int64_t)B * Tl;
     const dit_cuda_lin wq = lin_rows(qkv, 0, D), wkv = lin_rows(qkv, D, 2 * D);
     const int parity = layer & 1;   // peer-to-peer: the block's buffer (see above)
-    void *kvg = pr->p2p ? c->sp[1 + parity] : c->sp[1];   // (S, B, Tl, 2D)
+    const int p2p = pr->group->p2p;
+    void *kvg = p2p ? c->sp[1 + parity] : c->sp[1];   // (S, B, Tl, 2D)
     // (R, 2D); peer-to-peer: written in place as this rank's piece of the gathered buffer
-    void *kv = pr->p2p ? (char *)kvg + (size_t)pr->s * R * 2 * D * 2 : c->sp[0];
+    void *kv = p2p ? (char *)kvg + (size_t)pr->s * R * 2 * D * 2 : c->sp[0];
     OP(c, "kv", dit_op_linear(c, &wkv, c->xin, R, kv, c->ct, EPI_BIAS, st));
     cudaStream_t qs;
     TRY(dit_side_fork(c, st, &qs));
     int rc = DIT_OK;
-    if (pr->p2p) {
+    if (p2p) {
         rc = p2p_all_gather_kv(c, kv, R, parity, st);
         if (rc == DIT_OK) rc = p2p_wait(c, st);
     } else {
@@ -918,9 +917,11 @@ int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, s
         dit_cuda_ctx_destroy(c0);
         return rc;
     }
-    // peer-to-peer all-gather where every rank has peer access (DIT_PAR_P2P=0: NCCL, for comparisons)
+    // peer-to-peer all-gather where every rank has peer access (DIT_PAR_P2P=0: NCCL, for comparisons); its
+    // uint4 stores need 16-byte pieces (R x 2D ct elements: D % 4 == 0)
     const char *ev = getenv("DIT_PAR_P2P");
-    g->p2p = !multi && !(ev && ev[0] == '0');
+    g->p2p = !multi && !(ev && ev[0] == '0') && pl.S > 1 && pl.seq_mode == DIT_SEQ_ALLGATHER &&
+             m->cfg.hidden % 4 == 0;
     for (int i = 0; i < g->n_local; i++) g->p2p = g->p2p && g->ctx[i]->pr->p2p_ok;
     if (plan && pl.S > 1 && pl.seq_mode == DIT_SEQ_ALLGATHER) {
         const size_t n = strlen(plan);
