@@ -480,11 +480,12 @@ static int seq_ok(const dit_model *m, int S, int seq_mode) {
     return seq_mode != DIT_SEQ_ULYSSES || m->cfg.heads % S == 0;
 }
 
-// Will the all-gather go by peer-to-peer stores? One process only, not DIT_PAR_P2P=0, and peer access
-// between GPUs 0..W-1 (checked where they are visible; plans made without GPUs, or DIT_PAR_P2P=1, assume it)
-static int p2p_expected(int W, int multi) {
+// Will the all-gather go by peer-to-peer stores? One process only, not DIT_PAR_P2P=0, 16-byte pieces for its
+// uint4 stores (R x 2D ct elements: D % 4 == 0), and peer access between GPUs 0..W-1 (checked where they are
+// visible; plans made without GPUs, or DIT_PAR_P2P=1, assume it: setup then checks each pair for real)
+static int p2p_expected(const dit_model *m, int W, int multi) {
     const char *ev = getenv("DIT_PAR_P2P");
-    if (multi || (ev && ev[0] == '0')) return 0;
+    if (multi || (ev && ev[0] == '0') || m->cfg.hidden % 4) return 0;
     int n = 0;
     if ((ev && ev[0] == '1') || cudaGetDeviceCount(&n) != cudaSuccess || n < W) {
         cudaGetLastError();
@@ -504,7 +505,7 @@ static int p2p_expected(int W, int multi) {
 static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int multi, par_plan *pl, char *why,
                      size_t wl) {
     const int g = m->cfg.input_size / m->cfg.patch, T = g * g, H = m->cfg.heads;
-    const int p2p = p2p_expected(W, multi) && m->cfg.hidden % 4 == 0;
+    const int p2p = p2p_expected(m, W, multi);
     const int N = pp->n_images > 0 ? pp->n_images : 1, st = pp->strategy;
     int dd = 1, cf = 1, S = 1;
     if (st == DIT_PAR_AUTO) {
@@ -917,11 +918,8 @@ int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, s
         dit_cuda_ctx_destroy(c0);
         return rc;
     }
-    // peer-to-peer all-gather where every rank has peer access (DIT_PAR_P2P=0: NCCL, for comparisons); its
-    // uint4 stores need 16-byte pieces (R x 2D ct elements: D % 4 == 0)
-    const char *ev = getenv("DIT_PAR_P2P");
-    g->p2p = !multi && !(ev && ev[0] == '0') && pl.S > 1 && pl.seq_mode == DIT_SEQ_ALLGATHER &&
-             m->cfg.hidden % 4 == 0;
+    // the peer-to-peer all-gather where the plan has one, it is expected, and every rank set up peer access
+    g->p2p = pl.S > 1 && pl.seq_mode == DIT_SEQ_ALLGATHER && p2p_expected(m, W, multi);
     for (int i = 0; i < g->n_local; i++) g->p2p = g->p2p && g->ctx[i]->pr->p2p_ok;
     if (plan && pl.S > 1 && pl.seq_mode == DIT_SEQ_ALLGATHER) {
         const size_t n = strlen(plan);

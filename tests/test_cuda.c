@@ -360,7 +360,8 @@ static void forward_vs_cpu(dit_model *m, const char *what, const float *x, const
     free(c);
 }
 
-static void sample_vs(dit_model *m, const char *what, dit_sample_params p, const float *ref, double tol)
+/* a GPU sample against ref (NULL: the CPU's); the GPU sample's return code */
+static int sample_vs(dit_model *m, const char *what, dit_sample_params p, const float *ref, double tol)
 {
     const size_t n = (size_t)p.n * dit_latent_floats(m);
     float *g = malloc(n * 4), *c = malloc(n * 4);
@@ -375,9 +376,11 @@ static void sample_vs(dit_model *m, const char *what, dit_sample_params p, const
         rc = dit_sample(m, &p, c);
         if (rc) ok(0, "%s: CPU: %s", what, dit_last_error());
         else check_close(what, g, c, n, tol);
+        rc = DIT_OK;   /* the GPU's sample ran */
     }
     free(g);
     free(c);
+    return rc;
 }
 
 static void test_fixture_dit_s(void)
@@ -779,29 +782,22 @@ static int par_init(dit_model *m, const par_case *pc, int n, double timeout, cha
 
 static void par_vs_one(dit_model *m, const char *model, const par_case *pc, const dit_sample_params *p, const float *ref)
 {
-    const size_t n = (size_t)p->n * dit_latent_floats(m);
-    float *g = calloc(n, 4);
     char plan[512] = "", what[800];
     int rc = par_init(m, pc, p->n, 60, plan, sizeof plan);
-    if (!rc) rc = dit_sample(m, p, g);
     snprintf(what, sizeof what, "%s, %d images, %s on %d GPUs == 1 GPU [%s]", model, p->n, pc->name, pc->gpus, plan);
     if (rc) ok(0, "%s: %s", what, dit_last_error());
-    else check_close(what, g, ref, n, 2e-2);
+    else rc = sample_vs(m, what, *p, ref, 2e-2);
     const char *p2p = getenv("DIT_PAR_P2P");
     if (!rc && strstr(plan, "all-gather") && p2p && p2p[0] == '0')
         ok(strstr(plan, "through NCCL") != NULL, "DIT_PAR_P2P=0: the all-gather went through NCCL");
     else if (!rc && strstr(plan, "all-gather") && !strstr(plan, "peer-to-peer"))
         skip("the peer-to-peer all-gather", "no peer access between these GPUs: NCCL was used");
     if (!rc && strstr(plan, "all-gather")) {   /* peer-to-peer: its flags count on across samples */
-        memset(g, 0, n * 4);
-        rc = dit_sample(m, p, g);
         snprintf(what, sizeof what, "%s, %d images, %s on %d GPUs, a second sample == 1 GPU", model, p->n, pc->name,
                  pc->gpus);
-        if (rc) ok(0, "%s: %s", what, dit_last_error());
-        else check_close(what, g, ref, n, 2e-2);
+        sample_vs(m, what, *p, ref, 2e-2);
     }
     dit_cuda_free(m);
-    free(g);
 }
 
 static void par_cases(dit_model *m, const char *model, dit_sample_params p, const par_case *cases, int n_cases)
@@ -826,7 +822,7 @@ static void par_grow(dit_model *m, dit_sample_params p, const par_case *pc)
 {
     static int labels[3] = { 207, 360, 88 };
     const size_t per = dit_latent_floats(m);
-    float *ref[2] = { malloc(per * 4), malloc(3 * per * 4) }, *g = malloc(3 * per * 4);
+    float *ref[2] = { malloc(per * 4), malloc(3 * per * 4) };
     char plan[512] = "", what[700];
     p.labels = labels;
     p.backend = DIT_BACKEND_CUDA;
@@ -842,16 +838,13 @@ static void par_grow(dit_model *m, dit_sample_params p, const par_case *pc)
     else rc = par_init(m, pc, 1, 60, plan, sizeof plan);
     for (int k = 0; k < 2 && !rc; k++) {
         p.n = 1 + 2 * k;
-        rc = dit_sample(m, &p, g);
         snprintf(what, sizeof what, "%s on %d GPUs, %d image%s in the same group%s == 1 GPU [%s]", pc->name,
                  pc->gpus, p.n, k ? "s" : "", k ? " after 1 (arenas grown)" : "", plan);
-        if (rc) ok(0, "%s: %s", what, dit_last_error());
-        else check_close(what, g, ref[k], (size_t)p.n * per, 2e-2);
+        rc = sample_vs(m, what, p, ref[k], 2e-2);
     }
     dit_cuda_free(m);
     free(ref[0]);
     free(ref[1]);
-    free(g);
 }
 
 static void test_parallel(void)
