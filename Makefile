@@ -85,6 +85,7 @@ bin/dit-quality: $(BUILD)/tools/dit-quality.o $(RT_OBJ)
 bin/bench/%: $(BUILD)/bench/%.o $(RT_OBJ)
 	@mkdir -p bin/bench
 	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)
+bin/tests/%: LDFLAGS += -rdynamic   # names in test_cuda's backtrace on a fatal signal
 bin/tests/%: $(BUILD)/tests/%.o $(RT_OBJ)
 	@mkdir -p bin/tests
 	$(CC) $(CFLAGS) $(LDFLAGS) $(filter %.o,$^) -o $@ $(LDLIBS)

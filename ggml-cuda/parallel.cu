@@ -45,12 +45,11 @@ struct dit_par {
     volatile int active[PAR_MAX];   // the rank is waiting on the GPU or inside NCCL
     pthread_t watchdog;
     int watchdog_on;
-    pthread_t aborter[3 * PAR_MAX];  // one thread per ncclCommAbort (joined in group_free)
+    pthread_t aborter[3 * PAR_MAX];  // threads running ncclCommAbort (joined in group_free)
+    ncclComm_t abort_job[3 * PAR_MAX][3];   // each thread's communicators, aborted in order
     int n_aborters;
     pthread_mutex_t mu;
-    // ncclCommGetAsyncError on a non-blocking communicator may finish its pending group job (and free it):
-    // the watchdog and a rank's settle() must not run it on the same communicator at once
-    pthread_mutex_t poll_mu;
+    pthread_mutex_t poll_mu;        // the watchdog and a rank's settle() poll a split communicator one at a time
     int err_code, err_secondary;    // first error (a primary one beats a "stopped because" one)
     char err[600];
     volatile int *abort_word;       // mapped host memory: [0] the abort flag as the GPUs' spin waits see
@@ -92,26 +91,34 @@ static void par_fail(dit_par *g, int code, const char *msg, int secondary) {
     pthread_mutex_unlock(&g->mu);
 }
 
-static void *abort_main(void *comm) {
-    ncclCommAbort((ncclComm_t)comm);
+static void *abort_main(void *job) {
+    for (int k = 0; k < 3; k++)
+        if (((ncclComm_t *)job)[k]) ncclCommAbort(((ncclComm_t *)job)[k]);
     return NULL;
 }
 
-// Abort every communicator of this process, each in its own thread: ncclCommAbort first raises the abort
-// flag its kernels poll, then may block until every graph that captured the communicator is destroyed
-// (NCCL's commDestroySync). Sequential aborts would leave the later communicators' kernels stuck, and
-// with them the graphs the first abort waits for. group_free destroys the graphs, then joins these.
-static void abort_all(dit_par *g) {
+// Abort every communicator of this process. After a fault (`each` = 1) each abort gets its own thread:
+// ncclCommAbort first raises the abort flag its kernels poll, then may block until every graph that
+// captured the communicator is destroyed (NCCL's commDestroySync); sequential aborts would leave the later
+// communicators' kernels stuck, and with them the graphs the first abort waits for. group_free destroys
+// the graphs, then joins these. A clean teardown (graphs gone, streams drained: nothing can block) uses
+// one thread per GPU, its communicators in turn: NCCL does not allow calls on several communicators of one
+// GPU from several threads at once (its thread-safety notes), and a stray crash was seen with six at once.
+static void abort_all(dit_par *g, int each) {
     pthread_mutex_lock(&g->mu);
     for (int i = 0; i < g->n_local; i++) {
         dit_par_rank *pr = g->ctx[i] ? g->ctx[i]->pr : NULL;
-        ncclComm_t *slot[3] = { pr ? &pr->world_comm : NULL, pr ? &pr->img_comm : NULL, pr ? &pr->seq_comm : NULL };
-        for (int k = 0; k < 3; k++) {
-            ncclComm_t comm = slot[k] ? *slot[k] : NULL;
-            if (!comm) continue;
-            *slot[k] = NULL;   // nobody starts a new call on it
-            if (pthread_create(&g->aborter[g->n_aborters], NULL, abort_main, comm) == 0) g->n_aborters++;
-            else ncclCommAbort(comm);
+        ncclComm_t *slot[3] = { pr ? &pr->seq_comm : NULL, pr ? &pr->img_comm : NULL, pr ? &pr->world_comm : NULL };
+        ncclComm_t mine[3] = { NULL, NULL, NULL };   // children first, the parent last
+        int n = 0;
+        for (int k = 0; k < 3; k++)
+            if (slot[k] && *slot[k]) mine[n++] = *slot[k], *slot[k] = NULL;   // nobody starts a new call on it
+        for (int k = 0; k < n; k += each ? 1 : n) {
+            ncclComm_t *job = g->abort_job[g->n_aborters];
+            memset(job, 0, 3 * sizeof(ncclComm_t));
+            memcpy(job, mine + k, (each ? 1 : n) * sizeof(ncclComm_t));
+            if (pthread_create(&g->aborter[g->n_aborters], NULL, abort_main, job) == 0) g->n_aborters++;
+            else abort_main(job);
         }
     }
     pthread_mutex_unlock(&g->mu);
@@ -146,15 +153,17 @@ static void *watchdog_main(void *arg) {
                          g->timeout);
                 par_fail(g, DIT_ERR_DEVICE, msg, 0);
             }
+            // not the world communicator: it is non-blocking, where polling may run (and free) its pending
+            // job, and NCCL allows no calls on one communicator from two threads; its owner's settle() polls
+            // it. The split ones appear in pr only once ready (split()).
             if (pr) {
-                poll_async(g, pr, pr->world_comm);
                 poll_async(g, pr, pr->img_comm);
                 poll_async(g, pr, pr->seq_comm);
             }
         }
         if (g->abort_flag) {   // unblocks kernels and host calls stuck on a peer; the ranks then return errors
             usleep(5000);      // ranks polling in dit_par_wait / settle see the flag and leave NCCL first
-            abort_all(g);
+            abort_all(g, 1);
             break;
         }
     }
@@ -695,11 +704,19 @@ static void rank_finish(rank_job *j, int rc) {
 static int split(dit_cuda *c, int color, int key, ncclComm_t *out) {
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;   // blocking: the step's collectives are captured in a graph
     cfg.blocking = 1;
+    dit_par *g = c->pr->group;
+    ncclComm_t child = NULL;
     // the parent is non-blocking: the split completes in the background, and the parent may be used
     // again only once it reports ncclSuccess (then the child, blocking, is ready too)
-    TRY(settle(c, c->pr->world_comm, ncclCommSplit(c->pr->world_comm, color, key, out, &cfg), "ncclCommSplit"));
-    if (!*out) return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d: ncclCommSplit gave no communicator", c->pr->rank);
-    return settle(c, *out, ncclSuccess, "ncclCommSplit (new communicator)");
+    TRY(settle(c, c->pr->world_comm, ncclCommSplit(c->pr->world_comm, color, key, &child, &cfg), "ncclCommSplit"));
+    if (!child) return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d: ncclCommSplit gave no communicator", c->pr->rank);
+    int rc = settle(c, child, ncclSuccess, "ncclCommSplit (new communicator)");
+    pthread_mutex_lock(&g->mu);   // published for the watchdog and abort_all only now, ready
+    const int late = g->abort_flag && g->n_aborters > 0;   // abort_all has run: it would miss this one
+    if (!late) *out = child;
+    pthread_mutex_unlock(&g->mu);
+    if (late) ncclCommAbort(child);
+    return rc;
 }
 
 // one tiny exchange of every kind now, while all ranks are known to be alive: NCCL connects peers on
@@ -835,7 +852,7 @@ static void group_free(dit_par *g) {
         if (c->graph) cudaGraphExecDestroy(c->graph);
         c->graph = NULL;
     }
-    abort_all(g);
+    abort_all(g, g->abort_flag);   // after a fault the watchdog has aborted them already (each in a thread)
     for (int i = 0; i < g->n_aborters; i++) pthread_join(g->aborter[i], NULL);
     for (int i = 1; i < g->n_local; i++) dit_cuda_ctx_destroy(g->ctx[i]);
     if (g->abort_word) cudaFreeHost((void *)g->abort_word);

@@ -20,7 +20,11 @@
      memory, and the VAE decode time when the model has a VAE. --profile writes a Chrome trace of one
      op-by-op step (and a per-op table with -v).
      With --gpus G [--parallel FLAGS] [--seq-mode 1|2] (FLAGS: DIT_PAR_* bits, data 1, cfg 2, seq 4; none:
-     auto): ms/step of whole dit_sample calls on G GPUs, and the NCCL time per step from a profile.
+     auto): ms/step of whole dit_sample calls on G GPUs, and the NCCL time per step from a profile
+     (GPU 0's per-op table with -v).
+
+   bin/tests/test_cuda --churn N
+     Stress (2+ GPUs): N rounds of group setup, a 2-step sample and teardown over the 2-GPU plans.
 
    Tolerances (fp16 operands, fp32 accumulation; one fp16 rounding is 2^-11 = 4.9e-4 relative):
      Philox normals     1e-6 absolute    double math both sides, one rounding to fp32
@@ -1051,7 +1055,8 @@ static void test_parallel_faults(void)
 /* ---------------------------------------------------------------- bench */
 /* Several GPUs (or one, for the same measurement): ms/step = median wall time of whole dit_sample calls
    / steps, after one warm-up call; then a 2-step profiled call on GPU 0 for the NCCL time per step. */
-static int bench_parallel(int res, int n, int steps, int reps, int depth, int wtype, int gpus, int strategy, int seq_mode)
+static int bench_parallel(int res, int n, int steps, int reps, int depth, int wtype, int gpus, int strategy, int seq_mode,
+                          int verbose)
 {
     rmodel *r = random_dit(depth, 1152, 16, res / 8, wtype);
     dit_model *m = &r->m;
@@ -1090,6 +1095,7 @@ static int bench_parallel(int res, int n, int steps, int reps, int depth, int wt
         while (f && fgets(line, sizeof line, f)) {   /* rows: name total_ms calls mean */
             char name[128];
             double total;
+            if (verbose) fputs(line, stdout);   /* GPU 0's per-op table */
             if (sscanf(line, " %127s %lf", name, &total) == 2 && strcmp(name, "total")) {
                 prof_ms += total;
                 if (!strncmp(name, "nccl", 4) || !strncmp(name, "p2p", 3)) nccl_ms += total;
@@ -1132,7 +1138,7 @@ static int bench_main(int argc, char **argv)
         else { fprintf(stderr, "test_cuda: error: unknown argument %s\n", argv[i]); return 2; }
     }
     if (dit_cuda_available() <= 0) { fprintf(stderr, "test_cuda: error: no GPU\n"); return 1; }
-    if (gpus > 0) return bench_parallel(res, n, steps, reps, depth, wtype, gpus, strategy, seq_mode);
+    if (gpus > 0) return bench_parallel(res, n, steps, reps, depth, wtype, gpus, strategy, seq_mode, verbose);
     rmodel *r = NULL;
     dit_model *m;
     if (model) {
@@ -1177,11 +1183,40 @@ static int bench_main(int argc, char **argv)
     return rc ? 1 : 0;
 }
 
-/* an abort inside a library thread (NCCL, glibc's heap checks) leaves little trace in a device log: say
-   where it happened (which thread: an abort helper, the watchdog, a rank, main) */
-static void on_abort(int sig)
+/* --churn N: N rounds of group setup, a 2-step sample and teardown over the 2-GPU plans (a rare crash
+   between plans of --parallel was seen once in ~10 runs; this repeats just that part) */
+static int par_churn(int rounds)
 {
-    static const char msg[] = "test_cuda: SIGABRT; backtrace of the aborting thread:\n";
+    static const par_case cases[] = {
+        { "seq (Ulysses)", 2, DIT_PAR_SEQ, DIT_SEQ_ULYSSES }, { "seq (all-gather)", 2, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER },
+        { "cfg", 2, DIT_PAR_CFG, 0 }, { "data", 2, DIT_PAR_DATA, 0 },
+    };
+    rmodel *r = random_dit(2, 1152, 16, 32, DIT_TYPE_F16);
+    int labels[2] = { 207, 360 };
+    dit_sample_params p = dit_sample_params_default();
+    p.n = 2; p.labels = labels; p.steps = 2; p.seed = 3; p.backend = DIT_BACKEND_CUDA;
+    float *lat = malloc(2 * dit_latent_floats(&r->m) * 4);
+    const double t0 = now_s();
+    int rc = 0, k;
+    for (k = 0; k < rounds && !rc; k++) {
+        const par_case *pc = &cases[k % 4];
+        fprintf(stderr, "churn %d %s\n", k, pc->name);
+        rc = par_init(&r->m, pc, p.n, 30, NULL, 0);
+        if (!rc) rc = dit_sample(&r->m, &p, lat);
+        if (rc) printf("churn %d (%s): %s\n", k, pc->name, dit_last_error());
+        dit_cuda_free(&r->m);
+    }
+    printf("churn: %d rounds in %.1f s, %s\n", k, now_s() - t0, rc ? "FAILED" : "ok");
+    free(lat);
+    rmodel_free(r);
+    return rc ? 1 : 0;
+}
+
+/* an abort or a crash inside a library thread (NCCL, glibc's heap checks) leaves little trace in a device
+   log: say where it happened (which thread: an abort helper, the watchdog, a rank, main) */
+static void on_fatal(int sig)
+{
+    static const char msg[] = "test_cuda: fatal signal; backtrace of the thread that got it:\n";
     void *frames[48];
     const int n = backtrace(frames, 48);
     if (write(2, msg, sizeof msg - 1) < 0) { /* nothing to do */ }
@@ -1192,8 +1227,11 @@ static void on_abort(int sig)
 
 int main(int argc, char **argv)
 {
-    signal(SIGABRT, on_abort);
+    signal(SIGABRT, on_fatal);
+    signal(SIGSEGV, on_fatal);
+    signal(SIGBUS, on_fatal);
     if (argc > 1 && !strcmp(argv[1], "--bench")) return bench_main(argc, argv);
+    if (argc > 2 && !strcmp(argv[1], "--churn")) return dit_cuda_available() >= 2 ? par_churn(atoi(argv[2])) : 1;
     if (argc > 1 && !strcmp(argv[1], "--opbench")) {
         if (dit_cuda_available() <= 0) { fprintf(stderr, "test_cuda: error: no GPU\n"); return 1; }
         int rc = dit_cuda_opbench(stdout);
