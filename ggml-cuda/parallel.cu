@@ -113,10 +113,11 @@ static void abort_all(dit_par *g, int each) {
         int n = 0;
         for (int k = 0; k < 3; k++)
             if (slot[k] && *slot[k]) mine[n++] = *slot[k], *slot[k] = NULL;   // nobody starts a new call on it
-        for (int k = 0; k < n; k += each ? 1 : n) {
+        const int per = each ? 1 : n;   // communicators per thread
+        for (int k = 0; k < n; k += per) {
             ncclComm_t *job = g->abort_job[g->n_aborters];
             memset(job, 0, 3 * sizeof(ncclComm_t));
-            memcpy(job, mine + k, (each ? 1 : n) * sizeof(ncclComm_t));
+            memcpy(job, mine + k, per * sizeof(ncclComm_t));
             if (pthread_create(&g->aborter[g->n_aborters], NULL, abort_main, job) == 0) g->n_aborters++;
             else abort_main(job);
         }
