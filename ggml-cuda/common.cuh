@@ -153,6 +153,8 @@ typedef struct dit_par_rank {
     int dd, d, cf, cfi, S, s;
     int seq_mode;                  // DIT_SEQ_ULYSSES or DIT_SEQ_ALLGATHER
     ncclComm_t world_comm, img_comm, seq_comm;
+    ncclComm_t split_out[2];       // where NCCL writes a split child (img, seq) until it is ready: on the heap,
+                                   // since after a fault the split may end after its caller has returned
     struct dit_par *group;         // shared by the ranks of this process (abort flag, timeout)
     // all-gather mode with every GPU of the sequence group in this process: k, v go straight into the peers'
     // memory (NVLink stores) instead of through NCCL (parallel.cu, "peer-to-peer")

@@ -299,8 +299,8 @@ static void cuda_teardown(dit_cuda *c) {
     if (c->graph) { cudaGraphExecDestroy(c->graph); c->graph = NULL; }
     if (c->vae_graph) { cudaGraphExecDestroy(c->vae_graph); c->vae_graph = NULL; }
     if (c->group) dit_par_destroy(c);   // the other GPUs' contexts and every communicator
-    dit_par_rank_free(c);
     cudaSetDevice(c->device);
+    dit_par_rank_free(c);
     dit_gemm_free_plans(c);
     for (int i = 0; i < c->n_prof; i++) {
         cudaEventDestroy(c->prof[i].e0);

@@ -142,6 +142,7 @@ static void gemm_autotune(dit_cuda *c, dit_gemm_plan *p, const void *A, const vo
     p->tuned = 1;
     cudaStreamCaptureStatus cs;
     if (cudaStreamIsCapturing(st, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) return;
+    dit_par_beat(c);   // several GPUs: timing, not a stuck peer
     cudaEvent_t e0, e1;
     if (cudaEventCreate(&e0) != cudaSuccess) return;
     if (cudaEventCreate(&e1) != cudaSuccess) { cudaEventDestroy(e0); return; }

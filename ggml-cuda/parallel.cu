@@ -45,11 +45,10 @@ struct dit_par {
     volatile int active[PAR_MAX];   // the rank is waiting on the GPU or inside NCCL
     pthread_t watchdog;
     int watchdog_on;
-    pthread_t aborter[3 * PAR_MAX];  // threads running ncclCommAbort (joined in group_free)
-    ncclComm_t abort_job[3 * PAR_MAX][3];   // each thread's communicators, aborted in order
+    pthread_t aborter[3 * PAR_MAX];  // one thread per ncclCommAbort after a fault (joined in group_free)
     int n_aborters;
     pthread_mutex_t mu;
-    pthread_mutex_t poll_mu;        // the watchdog and a rank's settle() poll a split communicator one at a time
+    int in_nccl[PAR_MAX];           // a local rank is inside an NCCL call (under mu; nccl_enter)
     int err_code, err_secondary;    // first error (a primary one beats a "stopped because" one)
     char err[600];
     volatile int *abort_word;       // mapped host memory: [0] the abort flag as the GPUs' spin waits see
@@ -91,58 +90,90 @@ static void par_fail(dit_par *g, int code, const char *msg, int secondary) {
     pthread_mutex_unlock(&g->mu);
 }
 
-static void *abort_main(void *job) {
-    for (int k = 0; k < 3; k++)
-        if (((ncclComm_t *)job)[k]) ncclCommAbort(((ncclComm_t *)job)[k]);
+static void *abort_main(void *comm) {
+    ncclCommAbort((ncclComm_t)comm);
     return NULL;
 }
 
-// Abort every communicator of this process. After a fault (`each` = 1) each abort gets its own thread:
+// Abort every communicator of this process. After a fault (`fault` = 1) each abort gets its own thread:
 // ncclCommAbort first raises the abort flag its kernels poll, then may block until every graph that
 // captured the communicator is destroyed (NCCL's commDestroySync); sequential aborts would leave the later
 // communicators' kernels stuck, and with them the graphs the first abort waits for. group_free destroys
-// the graphs, then joins these. A clean teardown (graphs gone, streams drained: nothing can block) uses
-// one thread per GPU, its communicators in turn: NCCL does not allow calls on several communicators of one
-// GPU from several threads at once (its thread-safety notes), and a stray crash was seen with six at once.
-static void abort_all(dit_par *g, int each) {
+// the graphs, then joins these. A rank inside an NCCL call keeps its communicators until it leaves (NCCL
+// allows no call on a communicator while another thread frees it) or until `force` (stuck in the call).
+// A clean teardown (graphs gone, streams drained: nothing can block) aborts all in this one thread,
+// children first: NCCL allows no calls on several communicators of one GPU from several threads at once,
+// and the last abort of a split family frees every member. Returns how many ranks were left for later.
+static int abort_all(dit_par *g, int fault, int force) {
+    int later = 0;
     pthread_mutex_lock(&g->mu);
     for (int i = 0; i < g->n_local; i++) {
         dit_par_rank *pr = g->ctx[i] ? g->ctx[i]->pr : NULL;
-        ncclComm_t *slot[3] = { pr ? &pr->seq_comm : NULL, pr ? &pr->img_comm : NULL, pr ? &pr->world_comm : NULL };
-        ncclComm_t mine[3] = { NULL, NULL, NULL };   // children first, the parent last
-        int n = 0;
-        for (int k = 0; k < 3; k++)
-            if (slot[k] && *slot[k]) mine[n++] = *slot[k], *slot[k] = NULL;   // nobody starts a new call on it
-        const int per = each ? 1 : n;   // communicators per thread
-        for (int k = 0; k < n; k += per) {
-            ncclComm_t *job = g->abort_job[g->n_aborters];
-            memset(job, 0, 3 * sizeof(ncclComm_t));
-            memcpy(job, mine + k, per * sizeof(ncclComm_t));
-            if (pthread_create(&g->aborter[g->n_aborters], NULL, abort_main, job) == 0) g->n_aborters++;
-            else abort_main(job);
+        if (!pr || !(pr->world_comm || pr->img_comm || pr->seq_comm)) continue;
+        if (fault && g->in_nccl[i] && !force) { later++; continue; }
+        ncclComm_t *slot[3] = { &pr->seq_comm, &pr->img_comm, &pr->world_comm };   // children first
+        for (int k = 0; k < 3; k++) {
+            ncclComm_t comm = *slot[k];
+            if (!comm) continue;
+            *slot[k] = NULL;   // nobody starts a new call on it
+            if (!fault || pthread_create(&g->aborter[g->n_aborters], NULL, abort_main, comm) != 0) ncclCommAbort(comm);
+            else g->n_aborters++;
         }
     }
     pthread_mutex_unlock(&g->mu);
+    return later;
 }
 
-static ncclResult_t async_error(dit_par *g, ncclComm_t comm, ncclResult_t *r) {
-    pthread_mutex_lock(&g->poll_mu);
+static int stopped_error(const dit_cuda *c) {
+    return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d stopped: another rank failed", c->pr->rank);
+}
+
+// Every NCCL call of a rank thread goes between these two: none starts once the group aborts, and
+// abort_all leaves the communicators of a rank inside a call alone until it leaves (NCCL allows no call on
+// a communicator while another thread frees it). Only ncclCommAbort runs in other threads.
+static int nccl_enter(dit_cuda *c) {
+    dit_par *g = c->pr->group;
+    pthread_mutex_lock(&g->mu);
+    const int stop = g->abort_flag;
+    if (!stop) g->in_nccl[c->pr->local] = 1;
+    pthread_mutex_unlock(&g->mu);
+    return stop ? stopped_error(c) : DIT_OK;
+}
+
+static void nccl_leave(dit_cuda *c) {
+    dit_par *g = c->pr->group;
+    pthread_mutex_lock(&g->mu);
+    g->in_nccl[c->pr->local] = 0;
+    pthread_mutex_unlock(&g->mu);
+}
+
+// this rank's communicator's asynchronous error (NCCL_IN_PROGRESS while a non-blocking call works on)
+static int async_error(dit_cuda *c, ncclComm_t comm, ncclResult_t *r) {
+    TRY(nccl_enter(c));
     const ncclResult_t e = ncclCommGetAsyncError(comm, r);
-    pthread_mutex_unlock(&g->poll_mu);
-    return e;
+    nccl_leave(c);
+    return e == ncclSuccess ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: ncclCommGetAsyncError failed");
 }
 
-static void poll_async(dit_par *g, dit_par_rank *pr, ncclComm_t comm) {
-    ncclResult_t r = ncclSuccess;
-    if (!comm || async_error(g, comm, &r) != ncclSuccess || r == ncclSuccess || r == ncclInProgress) return;
-    char msg[300];
-    snprintf(msg, sizeof(msg), "nccl: rank %d: %s (%s)", pr->rank, ncclGetErrorString(r), ncclGetLastError(comm));
-    par_fail(g, DIT_ERR_DEVICE, msg, 0);
+// an asynchronous error on one of this rank's communicators fails the group (polled by the rank itself)
+static void poll_async(dit_cuda *c) {
+    dit_par_rank *pr = c->pr;
+    ncclComm_t comm[3] = { pr->world_comm, pr->img_comm, pr->seq_comm };
+    for (int k = 0; k < 3; k++) {
+        ncclResult_t r = ncclSuccess;
+        if (!comm[k] || async_error(c, comm[k], &r) != DIT_OK || r == ncclSuccess || r == ncclInProgress) continue;
+        char msg[300];
+        snprintf(msg, sizeof(msg), "nccl: rank %d: %s (%s)", pr->rank, ncclGetErrorString(r), ncclGetLastError(comm[k]));
+        par_fail(pr->group, DIT_ERR_DEVICE, msg, 0);
+    }
 }
 
+// times out a rank without progress; after a fault (from any rank) aborts every communicator, a rank
+// inside an NCCL call once it leaves it, or after 1 s if it does not (stuck on a dead peer)
 static void *watchdog_main(void *arg) {
     dit_par *g = (dit_par *)arg;
     char msg[300];
+    double t_abort = 0;
     while (!g->stop) {
         usleep(20000);
         const double t = now_s();
@@ -154,25 +185,13 @@ static void *watchdog_main(void *arg) {
                          g->timeout);
                 par_fail(g, DIT_ERR_DEVICE, msg, 0);
             }
-            // not the world communicator: it is non-blocking, where polling may run (and free) its pending
-            // job, and NCCL allows no calls on one communicator from two threads; its owner's settle() polls
-            // it. The split ones appear in pr only once ready (split()).
-            if (pr) {
-                poll_async(g, pr, pr->img_comm);
-                poll_async(g, pr, pr->seq_comm);
-            }
         }
         if (g->abort_flag) {   // unblocks kernels and host calls stuck on a peer; the ranks then return errors
-            usleep(5000);      // ranks polling in dit_par_wait / settle see the flag and leave NCCL first
-            abort_all(g, 1);
-            break;
+            if (t_abort == 0) t_abort = t;
+            else if (abort_all(g, 1, t - t_abort > 1.0) == 0) break;   // the first tick: ranks see the flag
         }
     }
     return NULL;
-}
-
-static int stopped_error(const dit_cuda *c) {
-    return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d stopped: another rank failed", c->pr->rank);
 }
 
 // NCCL requires a captured collective to be captured on every rank that takes part: while GPU 0 runs op
@@ -191,8 +210,9 @@ int dit_par_wait(dit_cuda *c, cudaEvent_t e) {
     const int i = c->pr->local;
     g->beat[i] = now_s();
     g->active[i] = 1;
-    for (;;) {
+    for (int n = 0;; n++) {
         const cudaError_t r = cudaEventQuery(e);
+        if (n % 256 == 255) poll_async(c);   // ~every 15-20 ms
         if (g->abort_word && g->abort_word[1]) {   // a peer-to-peer wait gave up: its data never came
             char msg[200];
             snprintf(msg, sizeof(msg), "parallel: rank %d: k, v of a peer GPU did not arrive within %.0f s",
@@ -207,15 +227,14 @@ int dit_par_wait(dit_cuda *c, cudaEvent_t e) {
     }
 }
 
-// a call on the non-blocking world communicator: wait until NCCL has taken it
+// after a call on a non-blocking communicator (r its result): wait until NCCL has finished with it
 static int settle(dit_cuda *c, ncclComm_t comm, ncclResult_t r, const char *what) {
     dit_par *g = c->pr->group;
-    if (r == ncclSuccess && comm) async_error(g, comm, &r);   // non-blocking: may still be at work
+    if (r == ncclSuccess && comm) TRY(async_error(c, comm, &r));   // non-blocking: may still be at work
     while (r == ncclInProgress) {
         if (g->abort_flag) return stopped_error(c);
         usleep(100);
-        if (g->abort_flag) return stopped_error(c);   // the watchdog may be freeing comm
-        if (async_error(g, comm, &r) != ncclSuccess) break;
+        TRY(async_error(c, comm, &r));   // refused once the group aborts
     }
     if (r != ncclSuccess)
         return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d: %s: %s (%s)", c->pr->rank, what, ncclGetErrorString(r),
@@ -223,16 +242,39 @@ static int settle(dit_cuda *c, ncclComm_t comm, ncclResult_t r, const char *what
     return DIT_OK;
 }
 
+// one NCCL call (or group) of a rank thread, guarded (nccl_enter)
+#define NCCL_CALL(c, r, call) \
+    do { \
+        TRY(nccl_enter(c)); \
+        (r) = (call); \
+        nccl_leave(c); \
+    } while (0)
+
 // ---------------------------------------------------------------- exchanges inside a step
 // chunk q of send goes to peer q, chunk q of recv comes from peer q (grouped point-to-point)
-static int all_to_all(const dit_par_rank *pr, const void *send, void *recv, size_t chunk, cudaStream_t st) {
+static ncclResult_t all_to_all_group(const dit_par_rank *pr, const void *send, void *recv, size_t chunk,
+                                     cudaStream_t st) {
     ncclResult_t r = ncclGroupStart();
     for (int q = 0; q < pr->S && r == ncclSuccess; q++) {
         r = ncclSend((const char *)send + q * chunk, chunk, ncclChar, q, pr->seq_comm, st);
         if (r == ncclSuccess) r = ncclRecv((char *)recv + q * chunk, chunk, ncclChar, q, pr->seq_comm, st);
     }
     const ncclResult_t e = ncclGroupEnd();   // always closed, also after an error
-    return nccl_ok(r == ncclSuccess ? e : r, "all-to-all");
+    return r == ncclSuccess ? e : r;
+}
+
+static int all_to_all(dit_cuda *c, const void *send, void *recv, size_t chunk, cudaStream_t st) {
+    ncclResult_t r;
+    NCCL_CALL(c, r, all_to_all_group(c->pr, send, recv, chunk, st));
+    return nccl_ok(r, "all-to-all");
+}
+
+// on a blocking communicator (img, seq)
+static int all_gather(dit_cuda *c, const void *src, void *dst, size_t n, ncclDataType_t type, ncclComm_t comm,
+                      cudaStream_t st, const char *what) {
+    ncclResult_t r;
+    NCCL_CALL(c, r, ncclAllGather(src, dst, n, type, comm, st));
+    return nccl_ok(r, what);
 }
 
 // rows r0 .. r0+n-1 of a Linear layer (the q or the k|v part of W_qkv): a view, no copy
@@ -395,7 +437,7 @@ static int gather_kv_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, int 
         if (rc == DIT_OK) rc = p2p_wait(c, st);
     } else {
         dit_prof_begin(c, "nccl_all_gather_kv");
-        rc = nccl_ok(ncclAllGather(kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st), "all-gather of k, v");
+        rc = all_gather(c, kv, kvg, (size_t)R * 2 * D * 2, ncclChar, pr->seq_comm, st, "all-gather of k, v");
         dit_prof_end(c);
     }
     if (rc == DIT_OK) {
@@ -425,7 +467,7 @@ int dit_par_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, int layer, cu
     const int64_t W = (int64_t)Hl * c->hd * es;   // bytes of one head group of one row
     // qkv (R, 3, S, W) -> a (S, R, 3, W): peer q gets q, k, v of its heads
     OP(c, "sp_pack_qkv", dit_op_swap12(c->qkv, a, 1, R * 3, S, W, st));
-    OP(c, "nccl_all_to_all_qkv", all_to_all(pr, a, b, (size_t)R * 3 * W, st));
+    OP(c, "nccl_all_to_all_qkv", all_to_all(c, a, b, (size_t)R * 3 * W, st));
     // b (S, B, Tl, 3W) -> x (B, S, Tl, 3W) = (B, T, 3 Hl hd); one row (B = 1, CFG parallel): as it is
     if (B > 1) OP(c, "sp_unpack_qkv", dit_op_swap12(b, x, 1, S, B, (int64_t)Tl * 3 * W, st));
     else x = b;
@@ -434,7 +476,7 @@ int dit_par_attention(dit_cuda *c, const dit_cuda_lin *qkv, int B, int layer, cu
     // o (B, S, Tl, W) -> b (S, B, Tl, W): peer q gets its tokens of these heads
     if (B > 1) OP(c, "sp_pack_att", dit_op_swap12(o, b, 1, B, S, (int64_t)Tl * W, st));
     void *send = B > 1 ? b : o, *recv = B > 1 ? c->sp[2] : a;
-    OP(c, "nccl_all_to_all_att", all_to_all(pr, send, recv, (size_t)R * W, st));
+    OP(c, "nccl_all_to_all_att", all_to_all(c, send, recv, (size_t)R * W, st));
     // recv (S, R, W) -> att (R, S, W) = (R, D): heads back in order
     OP(c, "sp_unpack_att", dit_op_swap12(recv, c->att, 1, S, R, W, st));
     return DIT_OK;
@@ -446,7 +488,7 @@ int dit_par_gather_output(dit_cuda *c, int B, cudaStream_t st) {
     if (pr->cf * pr->S == 1) return DIT_OK;   // data parallel alone: fout_loc is fout (arena_plan)
     float *dst = pr->S == 1 ? c->fout : c->fgath;   // (cf, B, T, .) is already the sampler's layout
     OP(c, "nccl_all_gather_output",
-       nccl_ok(ncclAllGather(c->fout_loc, dst, n, ncclFloat, pr->img_comm, st), "all-gather of the output"));
+       all_gather(c, c->fout_loc, dst, n, ncclFloat, pr->img_comm, st, "all-gather of the output"));
     // (cf, S, B, Tl, .) -> (cf, B, S, Tl, .) = rows [cond; uncond] x all tokens
     if (pr->S > 1) OP(c, "gather_unpack", dit_op_swap12(c->fgath, c->fout, pr->cf, pr->S, B, (int64_t)c->Tl * c->pp_oc * 4, st));
     return DIT_OK;
@@ -458,8 +500,9 @@ int dit_par_gather_latents(dit_cuda *c, int N, int n, float *out) {
     cudaStream_t st = c->stream;
     const float *src = c->lat;
     if (pr->dd > 1) {   // every data slice's latents, from the first rank of each image group
-        TRY(settle(c, pr->world_comm, ncclAllGather(c->lat, c->latg, N * per, ncclFloat, pr->world_comm, st),
-                   "all-gather of the latents"));
+        ncclResult_t r;
+        NCCL_CALL(c, r, ncclAllGather(c->lat, c->latg, N * per, ncclFloat, pr->world_comm, st));
+        TRY(settle(c, pr->world_comm, r, "all-gather of the latents"));
         src = c->latg;
     }
     const int G = pr->cf * pr->S;
@@ -702,22 +745,35 @@ static void rank_finish(rank_job *j, int rc) {
     if (rc != DIT_OK) par_fail(j->g, rc, dit_last_error(), strstr(dit_last_error(), "stopped: another") != NULL);
 }
 
-static int split(dit_cuda *c, int color, int key, ncclComm_t *out) {
+// a ready communicator into its slot in pr, where abort_all finds it; after an abort it is this rank's to abort
+static int publish(dit_cuda *c, ncclComm_t *slot, ncclComm_t comm) {
+    dit_par *g = c->pr->group;
+    pthread_mutex_lock(&g->mu);
+    const int aborted = g->abort_flag;
+    if (!aborted) *slot = comm;
+    pthread_mutex_unlock(&g->mu);
+    if (!aborted) return DIT_OK;
+    ncclCommAbort(comm);
+    return stopped_error(c);
+}
+
+// child k (0: img, 1: seq) of the world communicator. NCCL writes the child when its background job ends,
+// which after a fault can be after this returns: into pr->split_out, which group_free cleans up
+static int split(dit_cuda *c, int color, int key, int k, ncclComm_t *out) {
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;   // blocking: the step's collectives are captured in a graph
     cfg.blocking = 1;
-    dit_par *g = c->pr->group;
-    ncclComm_t child = NULL;
+    dit_par_rank *pr = c->pr;
+    ncclResult_t r;
     // the parent is non-blocking: the split completes in the background, and the parent may be used
     // again only once it reports ncclSuccess (then the child, blocking, is ready too)
-    TRY(settle(c, c->pr->world_comm, ncclCommSplit(c->pr->world_comm, color, key, &child, &cfg), "ncclCommSplit"));
-    if (!child) return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d: ncclCommSplit gave no communicator", c->pr->rank);
-    int rc = settle(c, child, ncclSuccess, "ncclCommSplit (new communicator)");
-    pthread_mutex_lock(&g->mu);   // published for the watchdog and abort_all only now, ready
-    const int late = g->abort_flag && g->n_aborters > 0;   // abort_all has run: it would miss this one
-    if (!late) *out = child;
-    pthread_mutex_unlock(&g->mu);
-    if (late) ncclCommAbort(child);
-    return rc;
+    NCCL_CALL(c, r, ncclCommSplit(pr->world_comm, color, key, &pr->split_out[k], &cfg));
+    TRY(settle(c, pr->world_comm, r, "ncclCommSplit"));
+    ncclComm_t child = pr->split_out[k];
+    pr->split_out[k] = NULL;
+    if (!child) return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d: ncclCommSplit gave no communicator", pr->rank);
+    const int rc = settle(c, child, ncclSuccess, "ncclCommSplit (new communicator)");
+    const int rp = publish(c, out, child);   // also after an error: abort_all must find it
+    return rc != DIT_OK ? rc : rp;
 }
 
 // one tiny exchange of every kind now, while all ranks are known to be alive: NCCL connects peers on
@@ -729,10 +785,16 @@ static int warm_up(dit_cuda *c) {
     CUDA_CHECK(cudaMalloc((void **)&buf, 3 * n * sizeof(float)));
     CUDA_CHECK(cudaMemset(buf, 0, 3 * n * sizeof(float)));
     cudaStream_t st = c->stream;
-    int rc = settle(c, pr->world_comm, ncclAllGather(buf, buf + n, 64, ncclFloat, pr->world_comm, st), "warm-up");
+    ncclResult_t r = ncclSuccess;
+    int rc = nccl_enter(c);
+    if (rc == DIT_OK) {
+        r = ncclAllGather(buf, buf + n, 64, ncclFloat, pr->world_comm, st);
+        nccl_leave(c);
+        rc = settle(c, pr->world_comm, r, "warm-up");
+    }
     if (rc == DIT_OK && pr->img_comm)
-        rc = nccl_ok(ncclAllGather(buf, buf + n, 64, ncclFloat, pr->img_comm, st), "warm-up all-gather");
-    if (rc == DIT_OK && pr->seq_comm) rc = all_to_all(pr, buf + n, buf + 2 * n, 64 * sizeof(float), st);
+        rc = all_gather(c, buf, buf + n, 64, ncclFloat, pr->img_comm, st, "warm-up all-gather");
+    if (rc == DIT_OK && pr->seq_comm) rc = all_to_all(c, buf + n, buf + 2 * n, 64 * sizeof(float), st);
     if (rc == DIT_OK) rc = drain(c, st);
     cudaFree(buf);
     return rc;
@@ -780,12 +842,13 @@ static int rank_setup(rank_job *j) {
     ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
     cfg.blocking = 0;      // init can wait for a peer that never comes: poll it
     ncclComm_t comm = NULL;
-    ncclResult_t r = ncclCommInitRankConfig(&comm, pl->world, j->id, rank, &cfg);
-    pr->world_comm = comm;
+    ncclResult_t r;
+    NCCL_CALL(c, r, ncclCommInitRankConfig(&comm, pl->world, j->id, rank, &cfg));
+    if (comm) TRY(publish(c, &pr->world_comm, comm));   // before the wait: a stuck init must be abortable
     TRY(settle(c, comm, r, "ncclCommInitRank"));
     const int G = pl->cf * pl->S;
-    if (G > 1) TRY(split(c, pr->d, pr->cfi * pl->S + pr->s, &pr->img_comm));
-    if (pl->S > 1) TRY(split(c, pr->d * pl->cf + pr->cfi, pr->s, &pr->seq_comm));
+    if (G > 1) TRY(split(c, pr->d, pr->cfi * pl->S + pr->s, 0, &pr->img_comm));
+    if (pl->S > 1) TRY(split(c, pr->d * pl->cf + pr->cfi, pr->s, 1, &pr->seq_comm));
     TRY(warm_up(c));
     if (!multi && pl->S > 1 && pl->S <= DIT_P2P_MAX) TRY(p2p_setup(c));
     g->active[j->i] = 0;
@@ -853,12 +916,11 @@ static void group_free(dit_par *g) {
         if (c->graph) cudaGraphExecDestroy(c->graph);
         c->graph = NULL;
     }
-    abort_all(g, g->abort_flag);   // after a fault the watchdog has aborted them already (each in a thread)
+    abort_all(g, g->abort_flag, 1);   // after a fault: what the watchdog left, each in a thread
     for (int i = 0; i < g->n_aborters; i++) pthread_join(g->aborter[i], NULL);
     for (int i = 1; i < g->n_local; i++) dit_cuda_ctx_destroy(g->ctx[i]);
     if (g->abort_word) cudaFreeHost((void *)g->abort_word);
     pthread_mutex_destroy(&g->mu);
-    pthread_mutex_destroy(&g->poll_mu);
     free(g);
 }
 
@@ -870,10 +932,13 @@ void dit_par_destroy(dit_cuda *c) {
 
 void dit_par_rank_free(dit_cuda *c) {
     if (!c->pr) return;
-    // not ncclCommDestroy: its finalize waits for the peers, which one thread tearing down several cannot give
-    if (c->pr->world_comm) ncclCommAbort(c->pr->world_comm);   // a lone context (setup failed before the group)
-    if (c->pr->img_comm) ncclCommAbort(c->pr->img_comm);
-    if (c->pr->seq_comm) ncclCommAbort(c->pr->seq_comm);
+    // not ncclCommDestroy: its finalize waits for the peers, which one thread tearing down several cannot give.
+    // Communicators left here: a lone context (setup failed before the group), or split children that a
+    // fault cut short (NCCL wrote them when the world communicator's abort ended the split)
+    ncclComm_t left[5] = { c->pr->split_out[0], c->pr->split_out[1], c->pr->seq_comm, c->pr->img_comm,
+                           c->pr->world_comm };   // children first
+    for (int k = 0; k < 5; k++)
+        if (left[k]) ncclCommAbort(left[k]);
     if (c->pr->p2p_sync) cudaFree(c->pr->p2p_sync);   // after every stream drained (group_free)
     free(c->pr);
     c->pr = NULL;
@@ -903,7 +968,6 @@ int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, s
     dit_par *g = (dit_par *)calloc(1, sizeof(dit_par));
     if (!g) return dit_set_error(DIT_ERR_NOMEM, "out of host memory");
     pthread_mutex_init(&g->mu, NULL);
-    pthread_mutex_init(&g->poll_mu, NULL);
     g->n_local = multi ? 1 : pl.world;
     g->timeout = pp->timeout_s > 0 ? pp->timeout_s : 60.0;
     rank_job jobs[PAR_MAX];
@@ -948,6 +1012,18 @@ int dit_cuda_init_parallel(dit_model *m, const dit_par_params *pp, char *plan, s
     return DIT_OK;
 }
 
+// after a failed sample: let every GPU's queued step replays finish (the aborts make their exchanges
+// return at once), so none still writes into a peer's arena when this returns (a decode borrows it)
+static void drain_after_fault(dit_par *g, int device) {
+    const double t_end = now_s() + 2 * g->timeout + 10;
+    for (int i = 0; i < g->n_local; i++) {
+        if (!g->ctx[i] || cudaSetDevice(g->ctx[i]->device) != cudaSuccess) continue;
+        while (cudaStreamQuery(g->ctx[i]->stream) == cudaErrorNotReady && now_s() < t_end) usleep(1000);
+    }
+    cudaGetLastError();
+    cudaSetDevice(device);
+}
+
 int dit_par_sample(dit_cuda *c, const dit_sample_params *p, const dit_schedule *s, float *out) {
     dit_par *g = c->group;
     if (g->abort_flag)
@@ -957,5 +1033,7 @@ int dit_par_sample(dit_cuda *c, const dit_sample_params *p, const dit_schedule *
     for (int i = 0; i < g->n_local; i++) {
         jobs[i].g = g; jobs[i].i = i; jobs[i].p = p; jobs[i].s = s; jobs[i].out = out;
     }
-    return run_ranks(g, jobs, sample_main);
+    const int rc = run_ranks(g, jobs, sample_main);
+    if (rc != DIT_OK) drain_after_fault(g, c->device);
+    return rc;
 }
