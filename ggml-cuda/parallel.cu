@@ -105,22 +105,22 @@ static void *abort_main(void *comm) {
 // children first: NCCL allows no calls on several communicators of one GPU from several threads at once,
 // and the last abort of a split family frees every member. Returns how many ranks were left for later.
 static int abort_all(dit_par *g, int fault, int force) {
-    int later = 0;
-    pthread_mutex_lock(&g->mu);
+    ncclComm_t todo[3 * PAR_MAX];
+    int n = 0, later = 0;
+    pthread_mutex_lock(&g->mu);   // taken out under the lock; aborted after it (an abort may block)
     for (int i = 0; i < g->n_local; i++) {
         dit_par_rank *pr = g->ctx[i] ? g->ctx[i]->pr : NULL;
         if (!pr || !(pr->world_comm || pr->img_comm || pr->seq_comm)) continue;
         if (fault && g->in_nccl[i] && !force) { later++; continue; }
         ncclComm_t *slot[3] = { &pr->seq_comm, &pr->img_comm, &pr->world_comm };   // children first
-        for (int k = 0; k < 3; k++) {
-            ncclComm_t comm = *slot[k];
-            if (!comm) continue;
-            *slot[k] = NULL;   // nobody starts a new call on it
-            if (!fault || pthread_create(&g->aborter[g->n_aborters], NULL, abort_main, comm) != 0) ncclCommAbort(comm);
-            else g->n_aborters++;
-        }
+        for (int k = 0; k < 3; k++)
+            if (*slot[k]) todo[n++] = *slot[k], *slot[k] = NULL;   // nobody starts a new call on it
     }
     pthread_mutex_unlock(&g->mu);
+    for (int k = 0; k < n; k++) {   // the watchdog, or group_free after joining it: never both at once
+        if (!fault || pthread_create(&g->aborter[g->n_aborters], NULL, abort_main, todo[k]) != 0) ncclCommAbort(todo[k]);
+        else g->n_aborters++;
+    }
     return later;
 }
 
@@ -188,7 +188,7 @@ static void *watchdog_main(void *arg) {
         }
         if (g->abort_flag) {   // unblocks kernels and host calls stuck on a peer; the ranks then return errors
             if (t_abort == 0) t_abort = t;
-            else if (abort_all(g, 1, t - t_abort > 1.0) == 0) break;   // the first tick: ranks see the flag
+            if (abort_all(g, 1, t - t_abort > 1.0) == 0) break;
         }
     }
     return NULL;
@@ -908,6 +908,9 @@ static void group_free(dit_par *g) {
         g->stop = 1;
         pthread_join(g->watchdog, NULL);
     }
+    // a fault the watchdog had no tick left to act on (raised by a rank just before the stop): the
+    // streams below only drain once NCCL's kernels are released; every rank thread has returned
+    if (g->abort_flag) abort_all(g, 1, 1);
     for (int i = 0; i < g->n_local; i++) {
         dit_cuda *c = g->ctx[i];
         if (!c) continue;
@@ -916,7 +919,7 @@ static void group_free(dit_par *g) {
         if (c->graph) cudaGraphExecDestroy(c->graph);
         c->graph = NULL;
     }
-    abort_all(g, g->abort_flag, 1);   // after a fault: what the watchdog left, each in a thread
+    abort_all(g, 0, 1);   // clean: all in this thread, children first (after a fault: none left)
     for (int i = 0; i < g->n_aborters; i++) pthread_join(g->aborter[i], NULL);
     for (int i = 1; i < g->n_local; i++) dit_cuda_ctx_destroy(g->ctx[i]);
     if (g->abort_word) cudaFreeHost((void *)g->abort_word);
