@@ -269,12 +269,12 @@ static int all_to_all(dit_cuda *c, const void *send, void *recv, size_t chunk, c
     return nccl_ok(r, "all-to-all");
 }
 
-// on a blocking communicator (img, seq)
+// on any of the rank's communicators (the world one is non-blocking: settled)
 static int all_gather(dit_cuda *c, const void *src, void *dst, size_t n, ncclDataType_t type, ncclComm_t comm,
                       cudaStream_t st, const char *what) {
     ncclResult_t r;
     NCCL_CALL(c, r, ncclAllGather(src, dst, n, type, comm, st));
-    return nccl_ok(r, what);
+    return comm == c->pr->world_comm ? settle(c, comm, r, what) : nccl_ok(r, what);
 }
 
 // rows r0 .. r0+n-1 of a Linear layer (the q or the k|v part of W_qkv): a view, no copy
@@ -500,9 +500,7 @@ int dit_par_gather_latents(dit_cuda *c, int N, int n, float *out) {
     cudaStream_t st = c->stream;
     const float *src = c->lat;
     if (pr->dd > 1) {   // every data slice's latents, from the first rank of each image group
-        ncclResult_t r;
-        NCCL_CALL(c, r, ncclAllGather(c->lat, c->latg, N * per, ncclFloat, pr->world_comm, st));
-        TRY(settle(c, pr->world_comm, r, "all-gather of the latents"));
+        TRY(all_gather(c, c->lat, c->latg, N * per, ncclFloat, pr->world_comm, st, "all-gather of the latents"));
         src = c->latg;
     }
     const int G = pr->cf * pr->S;
@@ -785,13 +783,7 @@ static int warm_up(dit_cuda *c) {
     CUDA_CHECK(cudaMalloc((void **)&buf, 3 * n * sizeof(float)));
     CUDA_CHECK(cudaMemset(buf, 0, 3 * n * sizeof(float)));
     cudaStream_t st = c->stream;
-    ncclResult_t r = ncclSuccess;
-    int rc = nccl_enter(c);
-    if (rc == DIT_OK) {
-        r = ncclAllGather(buf, buf + n, 64, ncclFloat, pr->world_comm, st);
-        nccl_leave(c);
-        rc = settle(c, pr->world_comm, r, "warm-up");
-    }
+    int rc = all_gather(c, buf, buf + n, 64, ncclFloat, pr->world_comm, st, "warm-up");
     if (rc == DIT_OK && pr->img_comm)
         rc = all_gather(c, buf, buf + n, 64, ncclFloat, pr->img_comm, st, "warm-up all-gather");
     if (rc == DIT_OK && pr->seq_comm) rc = all_to_all(c, buf + n, buf + 2 * n, 64 * sizeof(float), st);
@@ -875,8 +867,7 @@ static void *sample_main(void *arg) {
     if (j->i > 0) p.progress = NULL;   // one progress bar per process
     const char *stall = getenv("DIT_PAR_TEST_STALL");   // tests: this rank never starts, its peers must time out
     if (stall && *stall && atoi(stall) == c->pr->rank) {
-        while (!j->g->abort_flag) usleep(1000);
-        rank_finish(j, stopped_error(c));
+        rank_finish(j, dit_par_test_stall(c));
         return NULL;
     }
     j->g->beat[j->i] = now_s();
