@@ -1668,6 +1668,17 @@ static int space_timesteps(const char *spacing, unsigned char keep[1000])
     const int num = 1000;
     memset(keep, 0, 1000);
     if (!spacing || !*spacing) spacing = "1000";
+    if (!strncmp(spacing, "linspace", 8)) {
+        /* diffusers' timestep_spacing "linspace": np.linspace(0, 999, N + 1).round()[::-1][:-1] (half to even) */
+        char *end;
+        errno = 0;
+        long want = strtol(spacing + 8, &end, 10);
+        if (end == spacing + 8 || *end || errno || want < 1 || want > 999)
+            return dit_set_error(DIT_ERR_INPUT, "bad spacing '%s' (want linspaceN, N = 1..999)", spacing);
+        const double step = (double)(num - 1) / (double)want;
+        for (long i = 1; i <= want; i++) keep[i == want ? num - 1 : (int)nearbyint((double)i * step)] = 1;
+        return DIT_OK;   /* distinct: the step is >= 1 for N <= 999 */
+    }
     if (!strncmp(spacing, "ddim", 4)) {
         char *end;
         errno = 0;
@@ -1689,7 +1700,7 @@ static int space_timesteps(const char *spacing, unsigned char keep[1000])
         errno = 0;
         long v = strtol(s, &end, 10);
         if (end == s || errno || v < 0 || n_sec == DIT_MAX_STEPS || (*end && *end != ','))
-            return dit_set_error(DIT_ERR_INPUT, "bad spacing '%s' (want N, N,M,... or ddimN)", spacing);
+            return dit_set_error(DIT_ERR_INPUT, "bad spacing '%s' (want N, N,M,..., ddimN or linspaceN)", spacing);
         counts[n_sec++] = v;
         if (!*end) break;
         s = end + 1;
@@ -1755,6 +1766,44 @@ int dit_schedule_init(dit_schedule *s, const char *spacing)
     if (s->K == 0) return dit_set_error(DIT_ERR_INPUT, "spacing '%s' keeps no steps", spacing ? spacing : "");
     schedule_from_betas(s);
     return DIT_OK;
+}
+
+/* DPM-Solver++(2M) (Lu et al. 2022, data prediction, multistep, "midpoint" form), float64:
+   alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma); from s = abar_k to t = abar_prev_k,
+   h = lambda_t - lambda_s, phi = alpha_t (1 - exp(-h));  x_t = (sigma_t / sigma_s) x + phi D with D = x0 at the
+   first step, else D = x0 + (x0 - x0_prev) / (2r), r = h_prev / h (h_prev: the step before, from abar_{k+1}). */
+static double dpm_lambda(double abar) { return 0.5 * log(abar / (1.0 - abar)); }
+
+void dit_dpmpp2m_coefs(const dit_schedule *s, int k, double *A, double *B0, double *B1)
+{
+    const double ab = s->alphas_cumprod[k], abp = s->alphas_cumprod_prev[k];
+    *A = 0.0, *B0 = 1.0, *B1 = 0.0;
+    if (abp >= 1.0) return;   /* k = 0: sigma_t = 0, lambda_t = inf: x_t = x0 */
+    const double h = dpm_lambda(abp) - dpm_lambda(ab), phi = -sqrt(abp) * expm1(-h);
+    *A = sqrt((1.0 - abp) / (1.0 - ab));
+    *B0 = phi;
+    if (k == s->K - 1) return;   /* first step: first order */
+    const double half_inv_r = 0.5 * h / (dpm_lambda(ab) - dpm_lambda(s->alphas_cumprod[k + 1]));
+    *B0 = phi * (1.0 + half_inv_r);
+    *B1 = -phi * half_inv_r;
+}
+
+const char *dit_sampler_name(int sampler)
+{
+    return sampler == DIT_SAMPLER_DDIM ? "ddim" : sampler == DIT_SAMPLER_DPMPP_2M ? "dpm++2m" : "ddpm";
+}
+
+int dit_sampler_from_name(const char *name)
+{
+    for (int k = DIT_SAMPLER_DDPM; k <= DIT_SAMPLER_DPMPP_2M; k++)
+        if (name && !strcasecmp(name, dit_sampler_name(k))) return k;
+    return -1;
+}
+
+void dit_sampler_spacing(int sampler, int steps, char *buf, size_t size)
+{
+    const char *prefix = sampler == DIT_SAMPLER_DDIM ? "ddim" : sampler == DIT_SAMPLER_DPMPP_2M ? "linspace" : "";
+    snprintf(buf, size, "%s%d", prefix, steps);
 }
 
 /* ==== Noise: Philox4x32-10 + Box-Muller (dit.h) ==== */
@@ -2286,7 +2335,7 @@ dit_sample_params dit_sample_params_default(void)
 /* x[n] <- one reverse step of chain n at respaced step k, from the CFG model output mo (2N, OC, L, L) (row n).
    All tensor math fp32; every schedule coefficient is the float64 entry rounded once to fp32 (GD:870). */
 static void sampler_step(const dit_model *m, const dit_sample_params *p, const dit_schedule *s, int k, float *x,
-                         const float *mo, int n, const float *noise)
+                         const float *mo, int n, const float *noise, float *x0_prev)
 {
     const int C = m->cfg.in_channels, OC = m->cfg.out_channels;
     const size_t plane = (size_t)m->cfg.input_size * m->cfg.input_size, CLL = C * plane;
@@ -2294,6 +2343,21 @@ static void sampler_step(const dit_model *m, const dit_sample_params *p, const d
     float *xn = x + (size_t)n * CLL;
     const float sr = (float)s->sqrt_recip_alphas_cumprod[k], srm1 = (float)s->sqrt_recipm1_alphas_cumprod[k];
     const int clip = p->clip_denoised;
+    if (p->sampler == DIT_SAMPLER_DPMPP_2M) {
+        /* x0 as DDPM (the learned variance is not used); x = A x + B0 x0 + B1 x0_prev (dit_dpmpp2m_coefs) */
+        double A, B0, B1;
+        dit_dpmpp2m_coefs(s, k, &A, &B0, &B1);
+        const float a = (float)A, b0 = (float)B0, b1 = (float)B1;
+        float *prev = x0_prev + (size_t)n * CLL;   /* (C, L, L); not read at the first step (b1 = 0) */
+        for (size_t e = 0; e < CLL; e++) {
+            float x0 = sr * xn[e] - srm1 * eps[e];
+            if (clip) x0 = x0 < -1.0f ? -1.0f : x0 > 1.0f ? 1.0f : x0;
+            const float xv = a * xn[e] + b0 * x0;
+            xn[e] = b1 != 0.0f ? xv + b1 * prev[e] : xv;
+            prev[e] = x0;
+        }
+        return;
+    }
     if (p->sampler == DIT_SAMPLER_DDIM) {
         /* §3.7: x0 as DDPM; eps' = (sqrt_recip x - x0) / sqrt_recipm1;
            x = x0 sqrt(abar_prev) + sqrt(1 - abar_prev - sigma^2) eps' + (k != 0) sigma noise,
@@ -2342,7 +2406,8 @@ static int sample_cpu(dit_model *m, const dit_sample_params *p, const dit_schedu
     float *tt = malloc(2 * N * sizeof(float));              /* (2N) model timesteps */
     int *yy = malloc(2 * N * sizeof(int));                  /* (2N) labels: [y; null] */
     float *noise = malloc(CLL * sizeof(float));             /* (C, L, L) one image's noise */
-    if (!mo || !tt || !yy || !noise) {
+    float *x0_prev = p->sampler == DIT_SAMPLER_DPMPP_2M ? malloc(N * CLL * sizeof(float)) : NULL;   /* (N, C, L, L) */
+    if (!mo || !tt || !yy || !noise || (p->sampler == DIT_SAMPLER_DPMPP_2M && !x0_prev)) {
         rc = dit_set_error(DIT_ERR_NOMEM, "out of memory (sampler, %d images)", N);
         goto done;
     }
@@ -2358,14 +2423,15 @@ static int sample_cpu(dit_model *m, const dit_sample_params *p, const dit_schedu
         for (int b = 0; b < 2 * N; b++) tt[b] = (float)s->timestep_map[k];
         /* CFG model call as sample.py: forward_with_cfg on [x; x] (it reads x[:N] only) */
         if ((rc = dit_forward_with_cfg(m, x, tt, yy, 2 * N, p->cfg_scale, mo, p->threads))) goto done;
-        const int need_noise = k != 0 && (p->sampler == DIT_SAMPLER_DDPM || p->eta != 0.0f);
+        const int need_noise =
+            k != 0 && (p->sampler == DIT_SAMPLER_DDPM || (p->sampler == DIT_SAMPLER_DDIM && p->eta != 0.0f));
         for (int n = 0; n < N; n++) {
             const float *nz = noise;
             if (need_noise) {
                 if (p->step_noise) nz = p->step_noise + ((size_t)i * N + n) * CLL;
                 else dit_randn(p->seed, (uint32_t)n, (uint32_t)(i + 1), noise, CLL);
             }
-            sampler_step(m, p, s, k, x, mo, n, nz);
+            sampler_step(m, p, s, k, x, mo, n, nz, x0_prev);
         }
         if (!all_finite(x, (size_t)N * CLL)) {
             rc = dit_set_error(DIT_ERR_NUMERIC, "%s: NaN or Inf in latents at step %d/%d (t=%d)", dit_gguf_path(m->file),
@@ -2379,6 +2445,7 @@ done:
     free(tt);
     free(yy);
     free(noise);
+    free(x0_prev);
     return rc;
 }
 
@@ -2389,7 +2456,7 @@ int dit_sample(dit_model *m, const dit_sample_params *p, float *out)
     for (int i = 0; i < p->n; i++)
         if (p->labels[i] < 0 || p->labels[i] > m->cfg.num_classes)
             return dit_set_error(DIT_ERR_INPUT, "label %d out of range [0, %d]", p->labels[i], m->cfg.num_classes);
-    if (p->sampler != DIT_SAMPLER_DDPM && p->sampler != DIT_SAMPLER_DDIM)
+    if (p->sampler < DIT_SAMPLER_DDPM || p->sampler > DIT_SAMPLER_DPMPP_2M)
         return dit_set_error(DIT_ERR_INPUT, "unknown sampler %d", p->sampler);
     if (!isfinite(p->cfg_scale) || !isfinite(p->eta) || p->eta < 0.0f)
         return dit_set_error(DIT_ERR_INPUT, "bad cfg scale or eta");
@@ -2399,7 +2466,7 @@ int dit_sample(dit_model *m, const dit_sample_params *p, float *out)
     char spacing[32];
     if (!p->spacing) {
         if (p->steps < 1 || p->steps > 1000) return dit_set_error(DIT_ERR_INPUT, "steps must be 1..1000 (got %d)", p->steps);
-        snprintf(spacing, sizeof spacing, "%s%d", p->sampler == DIT_SAMPLER_DDIM ? "ddim" : "", p->steps);
+        dit_sampler_spacing(p->sampler, p->steps, spacing, sizeof spacing);
     }
     dit_schedule s;
     int rc = dit_schedule_init(&s, p->spacing ? p->spacing : spacing);

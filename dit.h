@@ -31,8 +31,9 @@
               writer: dit_gguf_writer_new, dit_gguf_set_*, dit_gguf_copy_kvs, dit_gguf_add_tensor,
               dit_gguf_writer_begin, dit_gguf_writer_write, dit_gguf_writer_finish, dit_gguf_writer_free
      model    dit_model_load/free, dit_class_from_name, dit_latent_floats, dit_image_floats
-     math     dit_forward, dit_forward_with_cfg (CPU fp32 reference), dit_schedule_init, dit_randn
-     sample   dit_sample_params_default, dit_sample, dit_decode
+     math     dit_forward, dit_forward_with_cfg (CPU fp32 reference), dit_schedule_init, dit_dpmpp2m_coefs,
+              dit_randn
+     sample   dit_sample_params_default, dit_sample, dit_decode, dit_sampler_name/from_name/spacing
      files    dit_png_write, dit_npy_read, dit_npy_write, dit_atomic_open/commit/abort
 
    CONVENTIONS
@@ -276,8 +277,13 @@ typedef struct {
     double posterior_mean_coef1[DIT_MAX_STEPS];
     double posterior_mean_coef2[DIT_MAX_STEPS];
 } dit_schedule;
-/* spacing: "250", "50", "10,20,30" (sections) or "ddim50". */
+/* spacing: "250", "50", "10,20,30" (sections), "ddim50" (stride) or "linspace25" (diffusers' "linspace":
+   round(999 i / 25), i = 1..25, as DPMSolverMultistepScheduler uses). */
 int dit_schedule_init(dit_schedule *s, const char *spacing);
+/* DPM-Solver++(2M) at respaced step k: x_next = A x + B0 x0 + B1 x0_prev (x0 = the data prediction of this
+   step, x0_prev that of the step before). First order at the first step (k = K-1); the last step (k = 0)
+   goes to sigma = 0 and returns x0 (A = 0, B0 = 1, B1 = 0), as diffusers' final_sigmas_type="zero". */
+void dit_dpmpp2m_coefs(const dit_schedule *s, int k, double *A, double *B0, double *B1);
 
 /* Counter-based noise: Philox4x32-10 keyed by seed, counter (j, image, step, 0x44695421), Box-Muller
    on word pairs; element e of the image's (C*L*L) tensor is word e%4 of group e/4. step 0 = the
@@ -285,14 +291,19 @@ int dit_schedule_init(dit_schedule *s, const char *spacing);
 void dit_randn(uint64_t seed, uint32_t image, uint32_t step, float *out, size_t n);
 
 /* ---------------------------------------------------------------- sampling */
-enum { DIT_SAMPLER_DDPM = 0, DIT_SAMPLER_DDIM = 1 };
+enum { DIT_SAMPLER_DDPM = 0, DIT_SAMPLER_DDIM = 1, DIT_SAMPLER_DPMPP_2M = 2 };
+/* "ddpm", "ddim", "dpm++2m"; from_name: -1 if unknown (case-insensitive) */
+const char *dit_sampler_name(int sampler);
+int dit_sampler_from_name(const char *name);
+/* the spacing a sampler uses for `steps` when none is given: "250" (DDPM), "ddim50", "linspace25" */
+void dit_sampler_spacing(int sampler, int steps, char *buf, size_t size);
 enum { DIT_BACKEND_AUTO = 0, DIT_BACKEND_CPU = 1, DIT_BACKEND_CUDA = 2 };
 
 typedef void (*dit_progress_fn)(int step, int steps, void *user);
 
 typedef struct {
     int sampler;             /* DIT_SAMPLER_* */
-    const char *spacing;     /* NULL: from steps ("250" or "ddim50") */
+    const char *spacing;     /* NULL: from steps (dit_sampler_spacing) */
     int steps;               /* 250 */
     float eta;               /* DDIM eta, 0 */
     float cfg_scale;         /* 4.0; the CFG path is always taken, as sample.py */

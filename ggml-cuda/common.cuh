@@ -227,7 +227,8 @@ struct dit_cuda {
     float *tsin, *cond, *cond2; // (R, 256), (R, D), (R, D)
     void *scond;              // ct (R, D) SiLU(c)
     float *mod, *fmod;        // (depth, R, 6D), (R, 2D)
-    float *coef;              // (K, 8) sampler coefficients
+    float *coef;              // (K, CO_STRIDE) sampler coefficients
+    float *x0prev;            // (N, C, L, L) the previous step's x0 (DPM-Solver++(2M))
     float *noise;             // optional user step noise (K, N, C, L, L)
     int noise_K;
     dit_cuda_state *state;
@@ -354,6 +355,9 @@ int dit_op_unpatchify(const float *fout, float *out, int B, int oc, int L, int p
 int dit_op_to_ct(const float *x, void *out, int ct, int64_t n, cudaStream_t st);
 
 // sampler.cu
+// coefficient slots per step (dit-cuda.cu fills them from the float64 schedule)
+enum { CO_SR, CO_SRM1, CO_C1, CO_C2, CO_LOGB, CO_PLVC, CO_SABP, CO_S2, CO_SIGMA, CO_MASK, CO_FIXED,
+       CO_DA, CO_DB0, CO_DB1, CO_STRIDE = 16 };
 typedef struct {
     int sampler, N, C, L, p, oc, cfg_ch, K, clip, learn_sigma;
     int img0;            // Philox image index of latent 0 (data parallel: this rank's first image)
@@ -361,7 +365,7 @@ typedef struct {
     float cfg_scale, eta;
     uint64_t seed;
 } dit_sampler_args;
-int dit_op_sampler_step(const dit_sampler_args *a, const float *fout, float *lat, const float *coef,
+int dit_op_sampler_step(const dit_sampler_args *a, const float *fout, float *lat, float *x0prev, const float *coef,
                         const float *noise, dit_cuda_state *state, cudaStream_t st);
 int dit_op_state_set(dit_cuda_state *s, int step, int mod_row, int reset_nonfinite, cudaStream_t st);
 int dit_op_randn(uint64_t seed, int img0, int n_img, uint32_t step, float *out, int64_t per_image, cudaStream_t st);

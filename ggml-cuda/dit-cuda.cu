@@ -479,7 +479,7 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     size_t o_tsin = ap_take(&a, (size_t)R * 256 * 4), o_cond = ap_take(&a, (size_t)R * D * 4);
     size_t o_cond2 = ap_take(&a, (size_t)R * D * 4), o_scond = ap_take(&a, (size_t)R * D * es);
     size_t o_mod = ap_take(&a, (size_t)c->depth * R * 6 * D * 4), o_fmod = ap_take(&a, (size_t)R * 2 * D * 4);
-    size_t o_coef = ap_take(&a, (size_t)(K > 0 ? K : 1) * 16 * 4);
+    size_t o_coef = ap_take(&a, (size_t)(K > 0 ? K : 1) * CO_STRIDE * 4), o_x0p = ap_take(&a, (size_t)N * lat * 4);
     size_t o_noise = ap_take(&a, (size_t)noise_K * N * lat * 4);
     size_t o_state = ap_take(&a, sizeof(dit_cuda_state)), o_lab = ap_take(&a, (size_t)(R > B ? R : B) * 4);
 
@@ -495,7 +495,8 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     c->latg = dd > 1 ? (float *)(p + o_latg) : NULL;
     c->tsin = (float *)(p + o_tsin); c->cond = (float *)(p + o_cond); c->cond2 = (float *)(p + o_cond2);
     c->scond = p + o_scond; c->mod = (float *)(p + o_mod); c->fmod = (float *)(p + o_fmod);
-    c->coef = (float *)(p + o_coef); c->noise = noise_K ? (float *)(p + o_noise) : NULL;
+    c->coef = (float *)(p + o_coef); c->x0prev = (float *)(p + o_x0p);
+    c->noise = noise_K ? (float *)(p + o_noise) : NULL;
     c->state = (dit_cuda_state *)(p + o_state); c->d_labels = (int *)(p + o_lab);
     c->arena_B = B; c->arena_N = N; c->arena_R = R; c->coef_K = K; c->noise_K = noise_K;
     return DIT_OK;
@@ -622,7 +623,6 @@ int dit_cuda_forward(dit_model *m, const float *x, const float *t, const int *y,
 }
 
 // ---------------------------------------------------------------- sampler
-enum { CO_SR, CO_SRM1, CO_C1, CO_C2, CO_LOGB, CO_PLVC, CO_SABP, CO_S2, CO_SIGMA, CO_MASK, CO_FIXED, CO_STRIDE = 16 };
 
 // per loop iteration i (k = K-1-i): the float64 schedule rounded once to fp32 (GD:870)
 static void sampler_coefs(const dit_schedule *s, int sampler, float eta, float *co) {
@@ -646,6 +646,9 @@ static void sampler_coefs(const dit_schedule *s, int sampler, float eta, float *
         const double var1 = s->K > 1 ? s->betas[1] * (1.0 - s->alphas_cumprod_prev[1]) / (1.0 - s->alphas_cumprod[1])
                                      : s->betas[0];
         q[CO_FIXED] = (float)log(k == 0 ? var1 : s->betas[k]);
+        double A, B0, B1;
+        dit_dpmpp2m_coefs(s, k, &A, &B0, &B1);
+        q[CO_DA] = (float)A; q[CO_DB0] = (float)B0; q[CO_DB1] = (float)B1;
     }
 }
 
@@ -690,7 +693,8 @@ static int prepare_chunk(dit_cuda *c, const sample_job *j, int i0, int n) {
 static int run_step(dit_cuda *c, const sample_job *j) {
     TRY(run_network(c, j->B, j->N));
     c->prof_layer = c->depth + 1;
-    OP(c, "sampler_step", dit_op_sampler_step(&j->sa, c->fout, c->lat, c->coef, j->noise, c->state, c->stream));
+    OP(c, "sampler_step",
+       dit_op_sampler_step(&j->sa, c->fout, c->lat, c->x0prev, c->coef, j->noise, c->state, c->stream));
     return DIT_OK;
 }
 
@@ -720,7 +724,7 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
     memset(j, 0, sizeof(*j));
     if (p->n <= 0 || !p->labels) return dit_set_error(DIT_ERR_INPUT, "cuda: sample: n = %d", p->n);
     if (s->K <= 0 || s->K > DIT_MAX_STEPS) return dit_set_error(DIT_ERR_INPUT, "cuda: sample: %d steps", s->K);
-    if (p->sampler != DIT_SAMPLER_DDPM && p->sampler != DIT_SAMPLER_DDIM)
+    if (p->sampler < DIT_SAMPLER_DDPM || p->sampler > DIT_SAMPLER_DPMPP_2M)
         return dit_set_error(DIT_ERR_INPUT, "cuda: sample: unknown sampler %d", p->sampler);
     TRY(check_labels(c, p->labels, p->n));
     // this GPU's share (parallel.cu): images img0 .. img0+N-1 of the job (data parallel; the last slice is
@@ -1205,7 +1209,7 @@ int dit_cuda_test_sampler(dit_model *m, const dit_sample_params *p, const dit_sc
     free(fo);
     CUDA_CHECK(e);
     TRY(dit_op_state_set(c->state, i, 0, 1, c->stream));
-    TRY(dit_op_sampler_step(&j.sa, c->fout, c->lat, c->coef, j.noise, c->state, c->stream));
+    TRY(dit_op_sampler_step(&j.sa, c->fout, c->lat, c->x0prev, c->coef, j.noise, c->state, c->stream));
     CUDA_CHECK(cudaStreamSynchronize(c->stream));
     CUDA_CHECK(cudaMemcpy(x, c->lat, (size_t)j.N * c->C * L * L * 4, cudaMemcpyDeviceToHost));
     return DIT_OK;

@@ -73,12 +73,9 @@ int dit_op_randn(uint64_t seed, int img0, int n_img, uint32_t step, float *out, 
     return DIT_OK;
 }
 
-// coefficient slots per step (host fills them, see dit-cuda.cu)
-enum { CO_SR, CO_SRM1, CO_C1, CO_C2, CO_LOGB, CO_PLVC, CO_SABP, CO_S2, CO_SIGMA, CO_MASK, CO_FIXED, CO_STRIDE = 16 };
-
 static __global__ void sampler_step_kernel(dit_sampler_args a, const float *__restrict__ fout, float *__restrict__ lat,
-                                           const float *__restrict__ coef, const float *__restrict__ noise,
-                                           dit_cuda_state *state) {
+                                           float *__restrict__ x0prev, const float *__restrict__ coef,
+                                           const float *__restrict__ noise, dit_cuda_state *state) {
     const int step = state->step;
     const int LL = a.L * a.L, per = a.C * LL;
     const int groups = (per + 3) / 4;
@@ -88,7 +85,8 @@ static __global__ void sampler_step_kernel(dit_sampler_args a, const float *__re
         const float *co = coef + (int64_t)step * CO_STRIDE;
         const float sr = co[CO_SR], srm1 = co[CO_SRM1], mask = co[CO_MASK];
         float z[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
-        const bool want_noise = a.sampler == DIT_SAMPLER_DDPM ? mask != 0.0f : (mask != 0.0f && a.eta != 0.0f);
+        const bool want_noise = a.sampler == DIT_SAMPLER_DDPM ? mask != 0.0f
+                                : a.sampler == DIT_SAMPLER_DDIM && mask != 0.0f && a.eta != 0.0f;
         if (want_noise) {
             if (noise) {
                 for (int e = 0; e < 4; e++)
@@ -113,7 +111,13 @@ static __global__ void sampler_step_kernel(dit_sampler_args a, const float *__re
             float x0 = sr * x - srm1 * eps;
             if (a.clip) x0 = fminf(fmaxf(x0, -1.0f), 1.0f);
             float xn;
-            if (a.sampler == DIT_SAMPLER_DDPM) {
+            if (a.sampler == DIT_SAMPLER_DPMPP_2M) {   // x = A x + B0 x0 + B1 x0_prev (dit_dpmpp2m_coefs)
+                float *pv = x0prev + (int64_t)n * per + el;
+                const float b1 = co[CO_DB1];
+                xn = co[CO_DA] * x + co[CO_DB0] * x0;
+                if (b1 != 0.0f) xn = xn + b1 * *pv;   // not read at the first step
+                *pv = x0;
+            } else if (a.sampler == DIT_SAMPLER_DDPM) {
                 const float mean = co[CO_C1] * x0 + co[CO_C2] * x;
                 float lv = co[CO_FIXED];   // learn_sigma = 0: FIXED_LARGE
                 if (a.learn_sigma) {
@@ -146,11 +150,11 @@ static __global__ void sampler_step_kernel(dit_sampler_args a, const float *__re
     }
 }
 
-int dit_op_sampler_step(const dit_sampler_args *a, const float *fout, float *lat, const float *coef,
+int dit_op_sampler_step(const dit_sampler_args *a, const float *fout, float *lat, float *x0prev, const float *coef,
                         const float *noise, dit_cuda_state *state, cudaStream_t st) {
     const int groups = (a->C * a->L * a->L + 3) / 4;
-    sampler_step_kernel<<<cdiv((int64_t)groups * a->N, SAMPLER_THREADS), SAMPLER_THREADS, 0, st>>>(*a, fout, lat, coef,
-                                                                                                  noise, state);
+    const int grid = cdiv((int64_t)groups * a->N, SAMPLER_THREADS);
+    sampler_step_kernel<<<grid, SAMPLER_THREADS, 0, st>>>(*a, fout, lat, x0prev, coef, noise, state);
     LAUNCH_CHECK();
     return DIT_OK;
 }

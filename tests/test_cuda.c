@@ -299,7 +299,11 @@ static void cpu_sampler_step(const dit_model *m, const dit_sample_params *p, con
             if (ch < m->cfg.cfg_channels) eps = unc[e] + p->cfg_scale * (cond[e] - unc[e]);
             float *xp = x + n * CLL + e;
             float x0 = sr * *xp - srm1 * eps;
-            if (p->sampler == DIT_SAMPLER_DDIM) {
+            if (p->sampler == DIT_SAMPLER_DPMPP_2M) {   /* first or last step only: no x0 of a step before */
+                double A, B0, B1;
+                dit_dpmpp2m_coefs(s, k, &A, &B0, &B1);
+                *xp = (float)A * *xp + (float)B0 * x0;
+            } else if (p->sampler == DIT_SAMPLER_DDIM) {
                 double ab = s->alphas_cumprod[k], abp = s->alphas_cumprod_prev[k];
                 double sg = (double)p->eta * sqrt((1 - abp) / (1 - ab)) * sqrt(1 - ab / abp);
                 float eps2 = (sr * *xp - x0) / srm1;
@@ -329,7 +333,8 @@ static void test_sampler_step(dit_model *m)
     const struct { int sampler; const char *spacing; float eta; int user_noise; int i; } cases[] = {
         { DIT_SAMPLER_DDPM, "10", 0.0f, 0, 3 }, { DIT_SAMPLER_DDPM, "10", 0.0f, 1, 9 },
         { DIT_SAMPLER_DDIM, "ddim10", 0.0f, 0, 2 }, { DIT_SAMPLER_DDIM, "10", 1.0f, 1, 5 },
-        { DIT_SAMPLER_DDIM, "10", 0.7f, 0, 0 },
+        { DIT_SAMPLER_DDIM, "10", 0.7f, 0, 0 }, { DIT_SAMPLER_DPMPP_2M, "linspace10", 0.0f, 0, 0 },
+        { DIT_SAMPLER_DPMPP_2M, "10", 0.0f, 0, 9 },
     };
     for (size_t t = 0; t < sizeof cases / sizeof cases[0]; t++) {
         dit_schedule_init(&s, cases[t].spacing);
@@ -343,7 +348,7 @@ static void test_sampler_step(dit_model *m)
         cpu_sampler_step(m, &p, &s, cases[t].i, mo, x, p.step_noise);
         char what[160];
         snprintf(what, sizeof what, "sampler kernel %s eta %.1f iteration %d, %s noise == CPU step%s%s",
-                 cases[t].sampler == DIT_SAMPLER_DDPM ? "DDPM" : "DDIM", cases[t].eta, cases[t].i,
+                 dit_sampler_name(cases[t].sampler), cases[t].eta, cases[t].i,
                  cases[t].user_noise ? "user" : "Philox", rc ? ": " : "", rc ? dit_last_error() : "");
         check_close(what, xg, x, N * CLL, 2e-5);
     }
@@ -426,7 +431,8 @@ static void test_fixture_dit_s(void)
     float *lab = fix("e2e_labels", 2);
     float *r_ddpm = fix("ddpm10_out", 512), *r_ddim = fix("ddim10_out", 512), *r_eta = fix("ddim10_eta1_out", 512);
     float *r_phil = fix("philox_ddpm10_out", 512), *pinit = fix("philox_init", 512);
-    if (init && sn10 && lab && r_ddpm && r_ddim && r_eta && r_phil && pinit) {
+    float *r_dpm = fix("dpmpp2m10_out", 512);
+    if (init && sn10 && lab && r_ddpm && r_ddim && r_eta && r_phil && pinit && r_dpm) {
         int labels[2] = { (int)lab[0], (int)lab[1] };
         dit_sample_params p = dit_sample_params_default();
         p.n = 2; p.labels = labels; p.steps = 10; p.init_noise = init; p.step_noise = sn10;
@@ -436,6 +442,10 @@ static void test_fixture_dit_s(void)
         sample_vs(m, "dit_s DDIM 10 steps eta 0: GPU == float64 ddim10_out", p, r_ddim, 5e-2);
         p.eta = 1.0f; p.step_noise = sn10;
         sample_vs(m, "dit_s DDIM 10 steps eta 1, user noise: GPU == float64 ddim10_eta1_out", p, r_eta, 5e-2);
+        p.sampler = DIT_SAMPLER_DPMPP_2M; p.spacing = NULL; p.eta = 0.0f; p.step_noise = NULL;
+        sample_vs(m, "dit_s DPM++2M 10 steps (linspace10): GPU == float64 dpmpp2m10_out", p, r_dpm, 5e-2);
+        p.init_noise = NULL; p.steps = 25; p.seed = 5;   /* graph replays with the second-order term */
+        sample_vs(m, "dit_s DPM++2M 25 steps, Philox seed 5: GPU == CPU dit_sample", p, NULL, 5e-2);
         dit_sample_params q = dit_sample_params_default();
         q.n = 2; q.labels = labels; q.steps = 10; q.seed = 42;
         sample_vs(m, "dit_s DDPM 10 steps, Philox seed 42 (GPU noise): GPU == float64 philox_ddpm10_out", q, r_phil,
@@ -471,7 +481,7 @@ static void test_fixture_dit_s(void)
     } else {
         ok(0, "sampler fixtures missing");
     }
-    free(init); free(sn10); free(lab); free(r_ddpm); free(r_ddim); free(r_eta); free(r_phil); free(pinit);
+    free(init); free(sn10); free(lab); free(r_ddpm); free(r_ddim); free(r_eta); free(r_phil); free(pinit); free(r_dpm);
 
     /* VAE */
     float *vi = fix("vae_in", 256), *vo = fix("vae_out", 3 * 64 * 64);
@@ -877,6 +887,9 @@ static void test_parallel(void)
     par_cases(&r->m, "random DiT-XL/2 256 px", p, xl, (int)(sizeof xl / sizeof xl[0]));
     p.n = 3;   /* 3 images on 2 data slices: the last slice is padded */
     par_cases(&r->m, "random DiT-XL/2 256 px", p, xl, 1);
+    p.sampler = DIT_SAMPLER_DPMPP_2M;   /* each GPU keeps its images' x0 of the step before */
+    par_cases(&r->m, "random DiT-XL/2 256 px DPM++2M", p, xl, 2);
+    p.sampler = DIT_SAMPLER_DDPM;
     p.n = 1;   /* one image, DDIM: cfg and seq only; cfg+seq has one row per GPU (the B = 1 all-to-all path) */
     p.sampler = DIT_SAMPLER_DDIM;
     static const par_case b1[] = {

@@ -143,6 +143,7 @@ static void test_schedule(void)
     static const struct { const char *spacing, *file; } tm[] = {
         { "250", "sched_250_tmap" }, { "50", "sched_50_tmap" }, { "ddim50", "sched_ddim50_tmap" },
         { "10", "sched_10_tmap" }, { "ddim10", "sched_ddim10_tmap" }, { "10,20,30", "sched_10_20_30_tmap" },
+        { "linspace25", "sched_linspace25_tmap" },
     };
     for (size_t i = 0; i < sizeof tm / sizeof tm[0]; i++) {
         dit_schedule s;
@@ -184,7 +185,12 @@ static void test_schedule(void)
     ok(ident, "spacing \"\" = all 1000 steps (still respaced: beta'_999 = %.17g)", s.betas[999]);
     dit_schedule_init(&s, "ddim25");
     ok(s.K == 25 && s.timestep_map[1] == 40 && s.timestep_map[24] == 960, "ddim25 -> 0, 40, ..., 960");
-    static const char *bad[] = { "ddim0", "0", "abc", "1001", "10,", "ddim", "-5", "500,501" };
+    dit_schedule_init(&s, "linspace999");
+    ok(s.K == 999 && s.timestep_map[0] == 1 && s.timestep_map[998] == 999, "linspace999 -> 1, 2, ..., 999");
+    dit_schedule_init(&s, "linspace2");
+    ok(s.K == 2 && s.timestep_map[0] == 500 && s.timestep_map[1] == 999, "linspace2 -> 500 (499.5 to even), 999");
+    static const char *bad[] = { "ddim0", "0", "abc", "1001", "10,", "ddim", "-5", "500,501", "linspace0",
+                                 "linspace1000", "linspace", "linspace5x" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         int rc = dit_schedule_init(&s, bad[i]);
         ok(rc == DIT_ERR_INPUT, "spacing \"%s\" rejected: %s", bad[i], dit_last_error());
@@ -417,6 +423,8 @@ static void test_samplers(dit_model *m)
         { "DDPM \"10\" CFG 1 (CFG batch)", "ddpm10_cfg1_out", "10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDPM, 0, 1, 5e-5, 0 },
         { "DDPM \"250\" CFG 4, step noise", "ddpm250_out", "250", "e2e_step_noise250", "e2e_init", DIT_SAMPLER_DDPM, 0, 4, 1e-4, 0 },
         { "DDPM \"10\" CFG 4, Philox seed 42", "philox_ddpm10_out", "10", NULL, NULL, DIT_SAMPLER_DDPM, 0, 4, 5e-5, 1 },
+        { "DPM++2M \"linspace10\" CFG 4", "dpmpp2m10_out", "linspace10", NULL, "e2e_init", DIT_SAMPLER_DPMPP_2M, 0, 4, 5e-5, 0 },
+        { "DPM++2M \"10\" CFG 4", "dpmpp2m_s10_out", "10", NULL, "e2e_init", DIT_SAMPLER_DPMPP_2M, 0, 4, 5e-5, 0 },
     };
     const size_t CLL = dit_latent_floats(m);
     float *lf = fix("e2e_labels", 2);
@@ -474,6 +482,21 @@ static void test_samplers(dit_model *m)
     rc = dit_sample(m, &p, o2);
     ok(rc == 0 && !memcmp(o2, out2, CLL * sizeof(float)) && memcmp(o2 + CLL, out2, CLL * sizeof(float)),
        "batching: image 0 of a batch of 2 == the single image; image 1 differs (own noise)");
+    /* DPM++2M: steps = 5 is spacing "linspace5" */
+    p.sampler = DIT_SAMPLER_DPMPP_2M;
+    p.n = 1;
+    p.labels = labels;
+    rc = dit_sample(m, &p, out);
+    p.spacing = "linspace5";
+    int rc2 = dit_sample(m, &p, out2);
+    p.spacing = NULL;
+    ok(rc == 0 && rc2 == 0 && !memcmp(out, out2, CLL * sizeof(float)), "DPM++2M steps = 5 uses spacing \"linspace5\"");
+    char sp[32];
+    dit_sampler_spacing(DIT_SAMPLER_DDPM, 250, sp, sizeof sp);
+    int names = !strcmp(sp, "250") && dit_sampler_from_name("DPM++2M") == DIT_SAMPLER_DPMPP_2M &&
+                dit_sampler_from_name("ddim") == DIT_SAMPLER_DDIM && dit_sampler_from_name("euler") == -1 &&
+                !strcmp(dit_sampler_name(DIT_SAMPLER_DPMPP_2M), "dpm++2m");
+    ok(names, "sampler names and default spacings");
     p.backend = DIT_BACKEND_CUDA;
 #ifndef DIT_CUDA
     rc = dit_sample(m, &p, o2);

@@ -93,6 +93,18 @@ print('%s max|diff| %.3g <= %.3g' % ('ok' if a.shape == b.shape and d <= tol els
 else
     check "--sampler ddim --steps 10 runs (exit $rc)" [ $rc -eq 0 ]
 fi
+run -m "$M" --class 1,7 --sampler dpm++2m --steps 10 --init-noise $F/e2e_init.npy --save-latent "$T/lat_dpm.npy" -o "$T/dpm.png" -q
+if [ $HAVE_NP = 1 ] && [ $rc -eq 0 ]; then
+    r=$($PY -c "
+import numpy as np
+a = np.load('$T/lat_dpm.npy'); b = np.load('$F/dpmpp2m10_out.npy')
+d = float(np.abs(a.astype(np.float64) - b).max()); tol = 5e-5 * max(1.0, float(np.abs(b).max()))
+print('%s max|diff| %.3g <= %.3g' % ('ok' if a.shape == b.shape and d <= tol else 'bad', d, tol))")
+    case "$r" in ok*) ok "--sampler dpm++2m --steps 10 == dpmpp2m10_out: ${r#ok }" ;; *) nok "--sampler dpm++2m --steps 10 vs dpmpp2m10_out: $r" ;; esac
+else
+    check "--sampler dpm++2m --steps 10 runs (exit $rc)" [ $rc -eq 0 ]
+fi
+check "PNG text of dpm++2m: Steps: 10, Sampler: dpm++2m" grep -aq '^Steps: 10, Sampler: dpm++2m, CFG scale: 4.0, Init noise' "$T/dpm.png"
 check "PNG text: class, steps, sampler, CFG, spacing, noise files, seed, image index, size, model" \
     sh -c "grep -aq 'class: cock (7)\$' '$T/e2e_001.png' && grep -aq '^Steps: 10, Sampler: ddpm, CFG scale: 4.0, Spacing: 10, Init noise: $F/e2e_init.npy, Step noise: $F/e2e_step_noise10.npy, Seed: 0, Image: 1, Size: 64x64, Model: dit_s, Version: dit.c' '$T/e2e_001.png'"
 check "64x64 RGB PNGs" [ "$(png_info "$T/e2e.png")" = "64 64 2" ]

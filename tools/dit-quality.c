@@ -155,7 +155,7 @@ static void usage(void) {
     printf("usage: dit-quality -m MODEL.gguf -c CLASSIFIER.gguf [options]\n"
            "Scores generated images with a classifier trained on the real data (Fashion-MNIST).\n"
            "  -n N              images per class (default 100)\n"
-           "  --sampler S       ddpm | ddim (default ddim)\n"
+           "  --sampler S       ddpm | ddim | dpm++2m (default ddim)\n"
            "  --steps K         sampler steps (default 50)\n"
            "  --cfg-scale S     guidance scale (default 4.0)\n"
            "  -s SEED           seed (default 0)\n"
@@ -192,10 +192,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-t")) threads = atoi(argv[++i]);
         else if (!strcmp(a, "--label-shift")) label_shift = atoi(argv[++i]);
         else if (!strcmp(a, "--sampler")) {
-            i++;
-            if (!strcmp(argv[i], "ddpm")) sampler = DIT_SAMPLER_DDPM;
-            else if (!strcmp(argv[i], "ddim")) sampler = DIT_SAMPLER_DDIM;
-            else die(2, "--sampler must be ddpm or ddim");
+            if ((sampler = dit_sampler_from_name(argv[++i])) < 0) die(2, "--sampler must be ddpm, ddim or dpm++2m");
         } else if (!strcmp(a, "--backend")) {
             i++;
             backend = !strcmp(argv[i], "cpu") ? DIT_BACKEND_CPU : !strcmp(argv[i], "cuda") ? DIT_BACKEND_CUDA : DIT_BACKEND_AUTO;
@@ -295,7 +292,7 @@ int main(int argc, char **argv) {
 
     double acc = (double)correct / n, min_d = 1e9;
     printf("model %s, %s-%d, cfg %.2f, seed %llu, %d images per class (%.1f s sampling, %s)\n", m->name,
-           sampler == DIT_SAMPLER_DDPM ? "ddpm" : "ddim", steps, cfg, (unsigned long long)seed, per_class, secs,
+           dit_sampler_name(sampler), steps, cfg, (unsigned long long)seed, per_class, secs,
            backend == DIT_BACKEND_CPU ? "cpu" : "auto backend");
     printf("%-4s %-22s %9s %9s\n", "cls", "name", "accuracy", "diversity");
     for (int k = 0; k < 10; k++) {

@@ -1,7 +1,8 @@
 #!/bin/sh
 # make quality: scores the bundled model's samples with the bundled Fashion-MNIST classifier.
 # QUALITY_N images per class (default 100); QUALITY_TYPES weight types (default f32 f16 q8_0 q4_0);
-# each type with DDIM-50, and f32 also with DDPM-250. Needs dataset-fashion-mnist for the real-data rows.
+# each type with DDIM-50, and f32 also with DDPM-250 and DPM++2M-10/25. Needs dataset-fashion-mnist for the
+# real-data rows.
 set -e
 n=${QUALITY_N:-100}
 types=${QUALITY_TYPES:-"f32 f16 q8_0 q4_0"}
@@ -15,3 +16,7 @@ for t in $types; do
 done
 echo "== f32, ddpm-250"
 bin/dit-quality -m models/dit-fashion-f32.gguf -c models/fashion-classifier.gguf -n "$n" --sampler ddpm --steps 250 $QUALITY_ARGS
+for k in 10 25; do
+    echo "== f32, dpm++2m-$k"
+    bin/dit-quality -m models/dit-fashion-f32.gguf -c models/fashion-classifier.gguf -n "$n" --sampler dpm++2m --steps $k $QUALITY_ARGS
+done

@@ -9,6 +9,7 @@ Contents
   get_2d_sincos_pos_embed, timestep_embedding
   space_timesteps, Schedule, make_schedule      respaced linear schedule (§3)
   p_sample_loop_ddpm, ddim_loop                 samplers with sample.py semantics (§3.5-3.7, §7)
+  dpmpp_2m_loop                                 DPM-Solver++(2M) as diffusers' DPMSolverMultistepScheduler
   training_losses                               MSE(eps) + VLB for the learned variance (used by train.py)
   VAEDecoder           diffusers AutoencoderKL decoder path with diffusers key names (§5)
   philox4x32, philox_randn                      this project's noise generator (numpy, independent of torch)
@@ -265,6 +266,14 @@ def space_timesteps(num_timesteps, section_counts):
     "N" or "a,b,c": split T into equal sections (the first T % n one longer); in each section of size S take
     `count` indices round(cur), cur = 0.0 accumulated by repeated += (S-1)/(count-1) (Python round = half-even)."""
     if isinstance(section_counts, str):
+        if section_counts.startswith("linspace"):
+            # diffusers' timestep_spacing="linspace" (DPMSolverMultistepScheduler's default):
+            # np.linspace(0, T-1, N+1).round()[::-1][:-1], i.e. round(i (T-1)/N) for i = 1..N (0 dropped)
+            n = int(section_counts[len("linspace"):])
+            ts = np.linspace(0, num_timesteps - 1, n + 1).round()[1:].astype(np.int64)
+            if n < 1 or len(set(ts.tolist())) != n:
+                raise ValueError("linspace%d: timesteps collide" % n)
+            return set(ts.tolist())
         if section_counts.startswith("ddim"):
             desired = int(section_counts[len("ddim"):])
             for i in range(1, num_timesteps):
@@ -409,6 +418,31 @@ def ddim_loop(model, sched, x_init, labels, cfg_scale=None, eta=0.0, step_noise=
         x = x0 * _coef([math.sqrt(abp)], 0, x) + _coef([math.sqrt(1 - abp - sigma ** 2)], 0, x) * eps2
         if k != 0 and eta != 0:
             x = x + _coef([sigma], 0, x) * _noise_for_step(step_noise, i, x, seed)
+    return x
+
+
+@torch.no_grad()
+def dpmpp_2m_loop(model, sched, x_init, labels, cfg_scale=None, cfg_channels=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, arXiv:2211.01095, Algorithm 2; data prediction, multistep, order 2,
+    the "midpoint" form) on the respaced schedule, eps only (the learned variance is not used):
+    alpha = sqrt(abar), sigma = sqrt(1 - abar), lambda = log(alpha / sigma); step from s = abar[k] to
+    t = abar_prev[k]; m = x0 prediction (§3.5, clamped only with clip_denoised, which this loop does not use);
+    h = lambda_t - lambda_s;  D = m_k (first step, and the last one, which goes to sigma = 0 and returns m),
+    else r = h_prev / h, D = m_k + (m_k - m_prev) / (2 r);
+    x_t = (sigma_t / sigma_s) x - alpha_t (exp(-h) - 1) D."""
+    x, m_prev, h_prev = x_init, None, None
+    for i, k in enumerate(reversed(range(sched.K))):
+        eps, v = model_eps_v(model, x, k, sched, labels, cfg_scale, cfg_channels)
+        m, _, _ = p_mean_variance(sched, k, x, eps, v)
+        ab, abp = sched.alphas_cumprod[k], sched.alphas_cumprod_prev[k]
+        if abp == 1.0:   # sigma_t = 0: lambda_t = inf, exp(-h) = 0, x_t = D; first order there
+            x = m
+            break
+        a_s, s_s, a_t, s_t = math.sqrt(ab), math.sqrt(1 - ab), math.sqrt(abp), math.sqrt(1 - abp)
+        h = math.log(a_t / s_t) - math.log(a_s / s_s)
+        D = m if m_prev is None else m + (m - m_prev) * (h / (2.0 * h_prev))
+        x = (s_t / s_s) * x - (a_t * (math.exp(-h) - 1.0)) * D
+        m_prev, h_prev = m, h
     return x
 
 

@@ -280,6 +280,11 @@ class Runner:
             sd10 = R.make_schedule("ddim10")
             res["ddim10_out"] = R.ddim_loop(m["s"], sd10, x0, lab, 4.0, eta=0.0)
             res["ddim10_eta1_out"] = R.ddim_loop(m["s"], sd10, x0, lab, 4.0, eta=1.0, step_noise=self.x("e2e_step_noise10"))
+            # DPM-Solver++(2M) on spacing "linspace10" (t = round(99.9 i), i = 1..10: 100, ..., 500, 599, ..., 999;
+            # diffusers' linspace), what `dit-sample --sampler dpm++2m --steps 10` uses; and on "10"
+            # (t = 0, 111, ..., 999: the last model call at t = 0)
+            res["dpmpp2m10_out"] = R.dpmpp_2m_loop(m["s"], R.make_schedule("linspace10"), x0, lab, 4.0)
+            res["dpmpp2m_s10_out"] = R.dpmpp_2m_loop(m["s"], R.make_schedule("10"), x0, lab, 4.0)
             res["ddpm10_out"] = R.p_sample_loop_ddpm(m["s"], s10, x0, lab, 4.0, step_noise=self.x("e2e_step_noise10"))
             res["ddpm10_cfg1_out"] = R.p_sample_loop_ddpm(m["s"], s10, x0, lab, 1.0, step_noise=self.x("e2e_step_noise10"))
             res["ddpm10_nocfg_out"] = R.p_sample_loop_ddpm(m["s"], s10, x0, lab, None, step_noise=self.x("e2e_step_noise10"))
@@ -448,7 +453,8 @@ def main():
     save_npy("philox_init.npy", d["philox_init"])
 
     # ---- schedules (float64) -------------------------------------------------------------------------------
-    for spacing, fname in (("250", "250"), ("50", "50"), ("ddim50", "ddim50"), ("10", "10"), ("ddim10", "ddim10"), ("10,20,30", "10_20_30")):
+    for spacing, fname in (("250", "250"), ("50", "50"), ("ddim50", "ddim50"), ("10", "10"), ("ddim10", "ddim10"),
+                          ("10,20,30", "10_20_30"), ("linspace25", "linspace25")):
         save_npy("sched_%s_tmap.npy" % fname, np.array(sorted(R.space_timesteps(1000, spacing)), dtype=np.float64), np.float64)
     s250 = R.make_schedule("250")
     for name, arr in (("betas", s250.betas), ("alphas_cumprod", s250.alphas_cumprod),
