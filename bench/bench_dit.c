@@ -506,6 +506,9 @@ int main(int argc, char **argv)
     options o;
     parse_args(argc, argv, &o);
     const double t_start = now_s();
+    /* the steady state of a process that keeps sampling: its GEMMs are autotuned (a one-sample process
+       skips the tuning, dit-cuda.cu); set DIT_CUDA_TUNE to choose otherwise */
+    setenv("DIT_CUDA_TUNE", "1", 0);
 #ifndef DIT_CUDA
     printf("bench_dit: CPU-only build: timing the CPU backend (GPU timings need a build with nvcc)\n");
 #endif

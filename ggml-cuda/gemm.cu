@@ -9,7 +9,8 @@
 // returns no algorithm for an fp32 bias with fp16 output (measured with test_cuda --opbench); any
 // epilogue without an algorithm falls back to GEMM + bias_act.
 // Plans (descriptors + algorithm) are cached by shape; the bias pointer is set per call. The algorithm
-// is the fastest of the heuristic's top 8, timed on the plan's first run as a CUDA graph (gemm_autotune).
+// is the fastest of the heuristic's top 8, timed as a CUDA graph on the plan's first run inside a sampler
+// step of a long enough sample (gemm_autotune; dit-cuda.cu `tune_min_steps`).
 #include "common.cuh"
 #include <string.h>
 
@@ -86,7 +87,7 @@ static int plan_find(dit_cuda *c, int ab_type, int y_type, int epi, int transa, 
     for (int i = 0; i < nres; i++)
         if (res[i].state == CUBLAS_STATUS_SUCCESS) p->cand[p->n_cand++] = res[i].algo;
     // small problems keep the heuristic's first answer; the others are timed on their first run
-    p->tuned = !c->autotune || !c->tune_now || p->n_cand < 2 ||
+    p->tuned = !c->autotune || p->n_cand < 2 ||
                (double)m * n * k * (batch > 0 ? batch : 1) < (double)(1 << 24);
     p->ok = 1;
     *out = p;
@@ -170,7 +171,7 @@ static int gemm_run(dit_cuda *c, dit_gemm_plan *p, const void *A, const void *Bm
                     float alpha, float beta, cudaStream_t st) {
     if (p->epi != EPI_NONE)
         CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
-    if (!p->tuned && beta == 0.0f) gemm_autotune(c, p, A, Bm, Cm, alpha, st);   // timing runs overwrite Cm
+    if (!p->tuned && c->tune_now && beta == 0.0f) gemm_autotune(c, p, A, Bm, Cm, alpha, st);   // runs overwrite Cm
     CUBLAS_CHECK(cublasLtMatmul(c->lt, p->desc, &alpha, A, p->la, Bm, p->lb, &beta, Cm, p->lc, Cm, p->lc, &p->algo,
                                 c->lt_ws, c->lt_ws_bytes, st));
     return DIT_OK;

@@ -1132,6 +1132,7 @@ static int bench_parallel(int res, int n, int steps, int reps, int depth, int wt
 
 static int bench_main(int argc, char **argv)
 {
+    setenv("DIT_CUDA_TUNE", "1", 0);   /* as bench_dit: a long-lived process's steady state, GEMMs tuned */
     int res = 256, n = 1, steps = 250, reps = 5, depth = 28, wtype = DIT_TYPE_F16, verbose = 0;
     int gpus = 0, strategy = -1, seq_mode = 0;
     const char *model = NULL, *profile = NULL;
@@ -1213,11 +1214,16 @@ static int par_churn(int rounds)
     int rc = 0, k;
     for (k = 0; k < rounds && !rc; k++) {
         const par_case *pc = &cases[k % 4];
-        fprintf(stderr, "churn %d %s\n", k, pc->name);
+        fprintf(stderr, "churn %d %s\n", k, pc->name);   /* before: a crash shows the round */
+        const double t_a = now_s();
         rc = par_init(&r->m, pc, p.n, 30, NULL, 0);
+        const double t_b = now_s();
         if (!rc) rc = dit_sample(&r->m, &p, lat);
+        const double t_c = now_s();
         if (rc) printf("churn %d (%s): %s\n", k, pc->name, dit_last_error());
         dit_cuda_free(&r->m);
+        fprintf(stderr, "churn %d %s: setup %.3f s, sample %.3f s, teardown %.3f s\n", k, pc->name, t_b - t_a,
+                t_c - t_b, now_s() - t_c);
     }
     printf("churn: %d rounds in %.1f s, %s\n", k, now_s() - t0, rc ? "FAILED" : "ok");
     free(lat);
