@@ -16,6 +16,7 @@
 #include <nccl.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <time.h>
 
 #include "dit.h"
 #include "ggml-cuda/dit-cuda.h"
@@ -45,6 +46,11 @@ const char *dit_cublas_status_name(cublasStatus_t s);
 
 #define WARP 32
 static inline int cdiv(int64_t a, int64_t b) { return (int)((a + b - 1) / b); }
+static inline double host_seconds(void) {   // monotonic wall clock
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec + 1e-9 * t.tv_nsec;
+}
 
 // Hopper wgmma kernels (conv3_igemm, flash_attn_wgmma): their bodies exist only in an sm_90a build, and a
 // build for another target still loads on a 9.0 GPU (its PTX is JIT-compiled), so whether they run is
@@ -186,6 +192,7 @@ struct dit_cuda {
     int tune_min_steps;  // ... once this context's samples reach this many steps (DIT_CUDA_TUNE unset: 500, set: 0)
     int sample_K;        // steps of the sample being run (0 outside dit_cuda_sample)
     long steps_run;      // steps of the samples finished on this context
+    double ms_phase[4];  // last sample, host ms: setup, first step, capture, the other steps (dit_cuda_info)
     int tune_now;        // set while the per-step network runs: only its GEMMs are worth tuning
 
     // model shape; Tl tokens t0 .. t0+Tl-1 are this GPU's (all T on one GPU)

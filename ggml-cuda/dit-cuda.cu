@@ -409,6 +409,8 @@ int dit_cuda_get_info(const dit_model *m, dit_cuda_info *info) {
     info->weight_bytes = c->wbytes + c->vbytes;
     info->arena_bytes = c->arena_bytes + c->lt_ws_bytes;
     snprintf(info->device_name, sizeof(info->device_name), "%s", c->device_name);
+    info->ms_setup = c->ms_phase[0]; info->ms_first_step = c->ms_phase[1];
+    info->ms_capture = c->ms_phase[2]; info->ms_steps = c->ms_phase[3];
     return DIT_OK;
 }
 
@@ -806,6 +808,7 @@ static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params
     int rc = DIT_OK, reported = 0;
     const int graph = c->use_graph && !c->profiling && !c->eager;
     int captured = 0;
+    double t = 1e3 * host_seconds();
     for (int i = 0; i < j->K && rc == DIT_OK; i++) {
         if (i % j->S == 0) {
             const int n = j->K - i < j->S ? j->K - i : j->S;
@@ -818,10 +821,12 @@ static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params
             if (e != cudaSuccess) rc = dit_cuda_error_(__FILE__, __LINE__, __func__, "cudaGraphLaunch", cudaGetErrorString(e));
         } else {
             rc = run_step(c, j);
+            if (i == 0) c->ms_phase[1] = 1e3 * host_seconds() - t, t = 1e3 * host_seconds();
             if (rc == DIT_OK && graph && i + 1 < j->K) {
                 rc = capture_step(c, j);
                 captured = rc == DIT_OK;
             }
+            if (i == 0) c->ms_phase[2] = 1e3 * host_seconds() - t, t = 1e3 * host_seconds();
         }
         if (rc != DIT_OK) break;
         cudaEventRecord(ev[i % LAG], c->stream);
@@ -835,6 +840,7 @@ static int sample_loop(dit_cuda *c, const sample_job *j, const dit_sample_params
         rc = e == cudaSuccess ? wait_event(c, ev[0])
                               : dit_cuda_error_(__FILE__, __LINE__, __func__, "cudaEventRecord", cudaGetErrorString(e));
     }
+    c->ms_phase[3] = 1e3 * host_seconds() - t;
     while (rc == DIT_OK && p && p->progress && reported < j->K) p->progress(++reported, j->K, p->progress_user);
     for (int i = 0; i < LAG; i++) cudaEventDestroy(ev[i]);
     return rc;
@@ -850,7 +856,10 @@ int dit_cuda_sample(dit_model *m, const dit_sample_params *p, const dit_schedule
 // gathered) is written by those that pass one
 int dit_cuda_sample_ctx(dit_cuda *c, const dit_sample_params *p, const dit_schedule *s, float *out) {
     sample_job j;
+    memset(c->ms_phase, 0, sizeof(c->ms_phase));
+    const double t0 = 1e3 * host_seconds();
     TRY(sample_setup(c, p, s, &j));
+    c->ms_phase[0] = 1e3 * host_seconds() - t0;
     const int rc = sample_loop(c, &j, p);
     c->sample_K = 0;
     TRY(rc);

@@ -57,11 +57,7 @@ struct dit_par {
     int bar_n, bar_gen;             // local_barrier (bar_gen read and written atomically)
 };
 
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
+static double now_s(void) { return host_seconds(); }
 
 static int nccl_ok(ncclResult_t r, const char *what) {
     return r == ncclSuccess ? DIT_OK : dit_set_error(DIT_ERR_DEVICE, "nccl: %s: %s", what, ncclGetErrorString(r));

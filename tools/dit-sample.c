@@ -513,6 +513,13 @@ int main(int argc, char **argv)
             die_lib();
         }
         t_sample = now() - t0;
+#ifdef DIT_CUDA
+        dit_cuda_info ci;
+        if (verbose && use_cuda && !dit_cuda_get_info(m, &ci))
+            fprintf(stderr, "sample phases (GPU 0, host): setup %.0f ms, first step %.0f ms (adaLN, plans, tuning, "
+                    "kernel loading), graph capture %.0f ms, other steps %.0f ms\n", ci.ms_setup, ci.ms_first_step,
+                    ci.ms_capture, ci.ms_steps);
+#endif
         if (verbose)
             fprintf(stderr, "sample: %d images, %d steps (%s, %s%s, CFG %.2f): %.2f s, %.3f s/step\n", n, sched.K,
                     dit_sampler_name(p.sampler), spacing ? "spacing " : "", spacing ? spacing : spacing_buf,
