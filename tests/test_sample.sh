@@ -69,41 +69,27 @@ expect_error 2 "trunc.gguf" -m "$T/trunc.gguf"
 check "no output file after the errors" [ ! -e "$T/x.png" ]
 
 # ---- numerics: DDPM "10", labels 1,7, CFG 4, fixture noise == ddpm10_out (fp32 vs float64, tol 5e-5 as test_runtime)
+# latent_vs GOT.npy FIXTURE WHAT: the last run's float32 latents against the float64 reference fixture
+latent_vs() {
+    if [ $HAVE_NP = 1 ] && [ $rc -eq 0 ]; then
+        r=$($PY -c "
+import numpy as np
+a = np.load('$1'); b = np.load('$F/$2.npy')
+d = float(np.abs(a.astype(np.float64) - b).max()); tol = 5e-5 * max(1.0, float(np.abs(b).max()))
+print('%s max|diff| %.3g <= %.3g' % ('ok' if a.shape == b.shape and a.dtype == np.float32 and d <= tol else 'bad', d, tol))")
+        case "$r" in ok*) ok "$3 == $2: ${r#ok }" ;; *) nok "$3 vs $2: $r" ;; esac
+    else
+        check "$3 runs (exit $rc)" [ $rc -eq 0 ]
+    fi
+}
 run -m "$M" --class 1,7 --spacing 10 --init-noise $F/e2e_init.npy --step-noise $F/e2e_step_noise10.npy \
     --save-latent "$T/lat.npy" -o "$T/e2e.png" -q
 checks "DDPM-10 with --init-noise/--step-noise runs (exit $rc)" '[ $rc -eq 0 ] && [ -f "$T/lat.npy" ] && [ -f "$T/e2e_001.png" ]'
-if [ $HAVE_NP = 1 ]; then
-    r=$($PY -c "
-import numpy as np
-a = np.load('$T/lat.npy'); b = np.load('$F/ddpm10_out.npy')
-d = float(np.abs(a.astype(np.float64) - b).max()); tol = 5e-5 * max(1.0, float(np.abs(b).max()))
-print('%s max|diff| %.3g <= %.3g' % ('ok' if a.shape == b.shape and a.dtype == np.float32 and d <= tol else 'bad', d, tol))")
-    case "$r" in ok*) ok "--save-latent == ddpm10_out: ${r#ok }" ;; *) nok "--save-latent vs ddpm10_out: $r" ;; esac
-else
-    ok "--save-latent == ddpm10_out # SKIP no numpy"
-fi
+latent_vs "$T/lat.npy" ddpm10_out "--save-latent"
 run -m "$M" --class 1,7 --sampler ddim --steps 10 --init-noise $F/e2e_init.npy --save-latent "$T/lat_ddim.npy" -o "$T/ddim.png" -q
-if [ $HAVE_NP = 1 ] && [ $rc -eq 0 ]; then
-    r=$($PY -c "
-import numpy as np
-a = np.load('$T/lat_ddim.npy'); b = np.load('$F/ddim10_out.npy')
-d = float(np.abs(a.astype(np.float64) - b).max()); tol = 5e-5 * max(1.0, float(np.abs(b).max()))
-print('%s max|diff| %.3g <= %.3g' % ('ok' if a.shape == b.shape and d <= tol else 'bad', d, tol))")
-    case "$r" in ok*) ok "--sampler ddim --steps 10 == ddim10_out: ${r#ok }" ;; *) nok "--sampler ddim --steps 10 vs ddim10_out: $r" ;; esac
-else
-    check "--sampler ddim --steps 10 runs (exit $rc)" [ $rc -eq 0 ]
-fi
+latent_vs "$T/lat_ddim.npy" ddim10_out "--sampler ddim --steps 10"
 run -m "$M" --class 1,7 --sampler dpm++2m --steps 10 --init-noise $F/e2e_init.npy --save-latent "$T/lat_dpm.npy" -o "$T/dpm.png" -q
-if [ $HAVE_NP = 1 ] && [ $rc -eq 0 ]; then
-    r=$($PY -c "
-import numpy as np
-a = np.load('$T/lat_dpm.npy'); b = np.load('$F/dpmpp2m10_out.npy')
-d = float(np.abs(a.astype(np.float64) - b).max()); tol = 5e-5 * max(1.0, float(np.abs(b).max()))
-print('%s max|diff| %.3g <= %.3g' % ('ok' if a.shape == b.shape and d <= tol else 'bad', d, tol))")
-    case "$r" in ok*) ok "--sampler dpm++2m --steps 10 == dpmpp2m10_out: ${r#ok }" ;; *) nok "--sampler dpm++2m --steps 10 vs dpmpp2m10_out: $r" ;; esac
-else
-    check "--sampler dpm++2m --steps 10 runs (exit $rc)" [ $rc -eq 0 ]
-fi
+latent_vs "$T/lat_dpm.npy" dpmpp2m10_out "--sampler dpm++2m --steps 10"
 check "PNG text of dpm++2m: Steps: 10, Sampler: dpm++2m" grep -aq '^Steps: 10, Sampler: dpm++2m, CFG scale: 4.0, Init noise' "$T/dpm.png"
 check "PNG text: class, steps, sampler, CFG, spacing, noise files, seed, image index, size, model" \
     sh -c "grep -aq 'class: cock (7)\$' '$T/e2e_001.png' && grep -aq '^Steps: 10, Sampler: ddpm, CFG scale: 4.0, Spacing: 10, Init noise: $F/e2e_init.npy, Step noise: $F/e2e_step_noise10.npy, Seed: 0, Image: 1, Size: 64x64, Model: dit_s, Version: dit.c' '$T/e2e_001.png'"
