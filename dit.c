@@ -1803,6 +1803,7 @@ int dit_sampler_from_name(const char *name)
 void dit_sampler_spacing(int sampler, int steps, char *buf, size_t size)
 {
     const char *prefix = sampler == DIT_SAMPLER_DDIM ? "ddim" : sampler == DIT_SAMPLER_DPMPP_2M ? "linspace" : "";
+    if (sampler == DIT_SAMPLER_DPMPP_2M && steps >= 1000) prefix = "";   /* linspace1000 repeats timesteps: all 1000 */
     snprintf(buf, size, "%s%d", prefix, steps);
 }
 

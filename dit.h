@@ -295,7 +295,8 @@ enum { DIT_SAMPLER_DDPM = 0, DIT_SAMPLER_DDIM = 1, DIT_SAMPLER_DPMPP_2M = 2 };
 /* "ddpm", "ddim", "dpm++2m"; from_name: -1 if unknown (case-insensitive) */
 const char *dit_sampler_name(int sampler);
 int dit_sampler_from_name(const char *name);
-/* the spacing a sampler uses for `steps` when none is given: "250" (DDPM), "ddim50", "linspace25" */
+/* the spacing a sampler uses for `steps` when none is given: "250" (DDPM), "ddim50", "linspace25" (DPM++2M;
+   1000 steps: "1000", every timestep) */
 void dit_sampler_spacing(int sampler, int steps, char *buf, size_t size);
 enum { DIT_BACKEND_AUTO = 0, DIT_BACKEND_CPU = 1, DIT_BACKEND_CUDA = 2 };
 

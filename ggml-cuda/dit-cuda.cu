@@ -739,7 +739,6 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
     const int Nd = pr ? (p->n + pr->dd - 1) / pr->dd : p->n, cf = pr ? pr->cf : 1;
     j->N = Nd; j->B = 2 * Nd / cf; j->img0 = pr ? pr->d * Nd : 0;
     j->K = s->K; j->s = s; j->labels = p->labels;
-    c->sample_K = j->K;
     j->S = modulation_chunk_steps(c, j->B, j->K);
     dit_sampler_args *a = &j->sa;
     a->sampler = p->sampler; a->N = j->N; a->C = c->C; a->L = c->L; a->p = c->p; a->oc = c->oc; a->K = j->K;
@@ -860,6 +859,7 @@ int dit_cuda_sample_ctx(dit_cuda *c, const dit_sample_params *p, const dit_sched
     const double t0 = 1e3 * host_seconds();
     TRY(sample_setup(c, p, s, &j));
     c->ms_phase[0] = 1e3 * host_seconds() - t0;
+    c->sample_K = j.K;   // for the autotuning rule (run_network), during this loop only
     const int rc = sample_loop(c, &j, p);
     c->sample_K = 0;
     TRY(rc);

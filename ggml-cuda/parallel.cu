@@ -153,9 +153,11 @@ static void close_all(dit_par *g) {
         if (!pending || now_s() > t_end) break;
         usleep(100);
     }
+    for (int k = 0; k < n; k++)   // still finalizing after 10 s: aborted first, so none is busy below
+        if (state[k] == 1) ncclCommAbort(todo[k]);
     for (int k = 0; k < n; k++) {
         if (state[k] == 2) ncclCommDestroy(todo[k]);   // blocking (also for non-blocking communicators)
-        else ncclCommAbort(todo[k]);
+        else if (state[k] == 0) ncclCommAbort(todo[k]);
     }
 }
 

@@ -493,7 +493,9 @@ static void test_samplers(dit_model *m)
     ok(rc == 0 && rc2 == 0 && !memcmp(out, out2, CLL * sizeof(float)), "DPM++2M steps = 5 uses spacing \"linspace5\"");
     char sp[32];
     dit_sampler_spacing(DIT_SAMPLER_DDPM, 250, sp, sizeof sp);
-    int names = !strcmp(sp, "250") && dit_sampler_from_name("DPM++2M") == DIT_SAMPLER_DPMPP_2M &&
+    int names = !strcmp(sp, "250");
+    dit_sampler_spacing(DIT_SAMPLER_DPMPP_2M, 1000, sp, sizeof sp);
+    names = names && !strcmp(sp, "1000") && dit_sampler_from_name("DPM++2M") == DIT_SAMPLER_DPMPP_2M &&
                 dit_sampler_from_name("ddim") == DIT_SAMPLER_DDIM && dit_sampler_from_name("euler") == -1 &&
                 !strcmp(dit_sampler_name(DIT_SAMPLER_DPMPP_2M), "dpm++2m");
     ok(names, "sampler names and default spacings");
