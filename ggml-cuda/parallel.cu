@@ -97,8 +97,8 @@ static void *abort_main(void *comm) {
 // communicators' kernels stuck, and with them the graphs the first abort waits for. group_free destroys
 // the graphs, then joins these. A rank inside an NCCL call keeps its communicators until it leaves (NCCL
 // allows no call on a communicator while another thread frees it) or until `force` (stuck in the call).
-// A clean teardown (graphs gone, streams drained: nothing can block) aborts all in this one thread,
-// children first: NCCL allows no calls on several communicators of one GPU from several threads at once,
+// A clean teardown of several processes (graphs gone, streams drained: nothing can block) aborts all in
+// this one thread, children first (one process: close_all): NCCL allows no calls on several communicators of one GPU from several threads at once,
 // and the last abort of a split family frees every member. Returns how many ranks were left for later.
 static int abort_all(dit_par *g, int fault, int force) {
     ncclComm_t todo[3 * PAR_MAX];
@@ -947,7 +947,7 @@ static void group_free(dit_par *g) {
         if (c->graph) cudaGraphExecDestroy(c->graph);
         c->graph = NULL;
     }
-    // clean: all in this thread, children first (after a fault: none left)
+    // clean: all in this thread, children first (after a fault: none left); several processes abort
     const dit_par_rank *pr0 = g->ctx[0] ? g->ctx[0]->pr : NULL;
     if (pr0 && g->n_local == pr0->world && !g->abort_flag) close_all(g);
     else abort_all(g, 0, 1);
