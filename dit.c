@@ -2422,8 +2422,11 @@ static int sample_cpu(dit_model *m, const dit_sample_params *p, const dit_schedu
     for (int i = 0; i < K; i++) {
         const int k = K - 1 - i;   /* respaced index; the model sees timestep_map[k] (§3.4) */
         for (int b = 0; b < 2 * N; b++) tt[b] = (float)s->timestep_map[k];
-        /* CFG model call as sample.py: forward_with_cfg on [x; x] (it reads x[:N] only) */
-        if ((rc = dit_forward_with_cfg(m, x, tt, yy, 2 * N, p->cfg_scale, mo, p->threads))) goto done;
+        /* CFG model call as sample.py: forward_with_cfg on [x; x] (it reads x[:N] only); or, without the CFG
+           batch, the conditional model on x (sample_ddp.py at cfg_scale 1): rows n < N hold eps either way */
+        rc = p->no_cfg ? dit_forward(m, x, tt, yy, N, mo, p->threads)
+                       : dit_forward_with_cfg(m, x, tt, yy, 2 * N, p->cfg_scale, mo, p->threads);
+        if (rc) goto done;
         const int need_noise =
             k != 0 && (p->sampler == DIT_SAMPLER_DDPM || (p->sampler == DIT_SAMPLER_DDIM && p->eta != 0.0f));
         for (int n = 0; n < N; n++) {
@@ -2461,6 +2464,8 @@ int dit_sample(dit_model *m, const dit_sample_params *p, float *out)
         return dit_set_error(DIT_ERR_INPUT, "unknown sampler %d", p->sampler);
     if (!isfinite(p->cfg_scale) || !isfinite(p->eta) || p->eta < 0.0f)
         return dit_set_error(DIT_ERR_INPUT, "bad cfg scale or eta");
+    if (p->no_cfg && p->cfg_scale != 1.0f)
+        return dit_set_error(DIT_ERR_INPUT, "no_cfg samples without guidance: cfg scale must be 1 (got %g)", p->cfg_scale);
     const size_t CLL = dit_latent_floats(m);
     if (p->init_noise && !all_finite(p->init_noise, (size_t)p->n * CLL))
         return dit_set_error(DIT_ERR_INPUT, "dit_sample: init_noise holds NaN or Inf");

@@ -307,7 +307,9 @@ typedef struct {
     const char *spacing;     /* NULL: from steps (dit_sampler_spacing) */
     int steps;               /* 250 */
     float eta;               /* DDIM eta, 0 */
-    float cfg_scale;         /* 4.0; the CFG path is always taken, as sample.py */
+    float cfg_scale;         /* 4.0; the CFG batch is always run, as sample.py (also at 1.0) */
+    int no_cfg;              /* 1: no CFG batch: the conditional model alone on N rows, as sample_ddp.py at
+                                cfg_scale <= 1 (half the work); cfg_scale must be 1 */
     int clip_denoised;       /* 0, as sample.py */
     uint64_t seed;
     int n;                   /* images */

@@ -462,7 +462,7 @@ static int arena_plan(dit_cuda *c, int B, int N, int R, int K, int noise_K) {
     noise_K = noise_K > c->noise_K ? noise_K : c->noise_K;
     const size_t M = (size_t)B * c->Tl, D = c->D, es = 2;
     const dit_par_rank *pr = c->pr;
-    const size_t FB = pr ? 2 * (size_t)N : (size_t)B;   // rows of the whole network output (the sampler's view)
+    const size_t FB = pr ? (size_t)B * pr->cf : (size_t)B;   // rows of the whole network output (the sampler's view)
     const size_t lat = (size_t)c->C * c->L * c->L;
     aplan a = { 0 };
     size_t o_h = ap_take(&a, M * D * 4), o_y = ap_take(&a, M * D * es);
@@ -737,12 +737,16 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
     // padded), and of their rows [cond; uncond] both halves or one (CFG parallel)
     const dit_par_rank *pr = c->pr;
     const int Nd = pr ? (p->n + pr->dd - 1) / pr->dd : p->n, cf = pr ? pr->cf : 1;
-    j->N = Nd; j->B = 2 * Nd / cf; j->img0 = pr ? pr->d * Nd : 0;
+    if (p->no_cfg && cf > 1)
+        return dit_set_error(DIT_ERR_INPUT, "parallel: the GPUs split a CFG batch, and no_cfg has none (make the "
+                             "plan with dit_par_params.no_cfg)");
+    j->N = Nd; j->B = (p->no_cfg ? 1 : 2) * Nd / cf; j->img0 = pr ? pr->d * Nd : 0;
     j->K = s->K; j->s = s; j->labels = p->labels;
     j->S = modulation_chunk_steps(c, j->B, j->K);
     dit_sampler_args *a = &j->sa;
     a->sampler = p->sampler; a->N = j->N; a->C = c->C; a->L = c->L; a->p = c->p; a->oc = c->oc; a->K = j->K;
-    a->cfg_ch = c->cfg_ch; a->cfg_scale = p->cfg_scale; a->eta = p->eta; a->seed = p->seed;
+    a->cfg_ch = p->no_cfg ? 0 : c->cfg_ch;   // no_cfg: eps = the conditional rows
+    a->cfg_scale = p->cfg_scale; a->eta = p->eta; a->seed = p->seed;
     a->clip = p->clip_denoised;
     a->learn_sigma = c->oc >= 2 * c->C;
     a->img0 = j->img0; a->rows = j->B;

@@ -76,6 +76,7 @@ typedef struct {
     const char *master;    /* multi-process, or: "host:port" where rank 0 serves the id over TCP */
     int strategy, seq_mode;
     int n_images;          /* images per dit_sample call (the auto plan uses it; other counts still work) */
+    int no_cfg;            /* the samples will run without the CFG batch (dit_sample_params.no_cfg): no cfg split */
     double timeout_s;      /* no progress for this long: error (default 60) */
 } dit_par_params;
 /* multi-process settings from the environment: DIT_RANK / DIT_WORLD_SIZE / DIT_LOCAL_RANK, else those of

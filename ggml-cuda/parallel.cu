@@ -595,6 +595,7 @@ static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int mu
     const int g = m->cfg.input_size / m->cfg.patch, T = g * g, H = m->cfg.heads;
     const int p2p = p2p_expected(m, W, multi);
     const int N = pp->n_images > 0 ? pp->n_images : 1, st = pp->strategy;
+    const int rows = pp->no_cfg ? 1 : 2;   // network rows per image
     int dd = 1, cf = 1, S = 1;
     if (st == DIT_PAR_AUTO) {
         // data first (no traffic), then CFG (one exchange per step), then tokens while each GPU keeps
@@ -603,15 +604,17 @@ static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int mu
         const int min_rows = ev && atoi(ev) > 0 ? atoi(ev) : p2p ? PAR_MIN_ROWS_P2P : PAR_MIN_ROWS;
         dd = largest_divisor_le(W, N);
         const int rest = W / dd;
-        cf = rest % 2 == 0 ? 2 : 1;
+        cf = rows == 2 && rest % 2 == 0 ? 2 : 1;
         S = rest / cf;
         const int Nd = (N + dd - 1) / dd;
-        while (S > 1 && (!seq_ok(m, S, pp->seq_mode) || (!multi && 2 * Nd / cf * (T / S) < min_rows))) {
+        while (S > 1 && (!seq_ok(m, S, pp->seq_mode) || (!multi && rows * Nd / cf * (T / S) < min_rows))) {
             S = largest_divisor_le(S, S - 1);
         }
         if (multi && S * cf * dd != W) dd = W / (cf * S);   // every process works: extra data slices (padded)
     } else {
         cf = st & DIT_PAR_CFG ? 2 : 1;
+        if (cf == 2 && rows == 1)
+            return dit_set_error(DIT_ERR_INPUT, "parallel: cfg splits the CFG batch, and without CFG there is none");
         if (W % cf) return dit_set_error(DIT_ERR_INPUT, "parallel: cfg needs an even GPU count (got %d)", W);
         const int rest = W / cf;
         if ((st & DIT_PAR_DATA) && (st & DIT_PAR_SEQ)) dd = largest_divisor_le(rest, N), S = rest / dd;
@@ -637,7 +640,7 @@ static int make_plan(const dit_model *m, const dit_par_params *pp, int W, int mu
     snprintf(why, wl, "%d GPU%s = data %d x cfg %d x seq %d%s: %d image%s of %d tokens, %d token rows per GPU%s",
              pl->world, pl->world > 1 ? "s" : "", dd, cf, S,
              S > 1 ? (mode == DIT_SEQ_ULYSSES ? " (all-to-all over heads)" : " (all-gather of k, v)") : "", N,
-             N > 1 ? "s" : "", T, 2 * Nd / cf * (T / S),
+             N > 1 ? "s" : "", T, rows * Nd / cf * (T / S),
              pl->world < W ? " (fewer GPUs than given: a finer split would leave too few rows per GPU)" : "");
     return DIT_OK;
 }

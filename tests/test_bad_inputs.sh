@@ -425,7 +425,7 @@ if [ $have_gguf = 1 ]; then
     for a in "-c no-such-class" "-c 10" "-c -1" "--steps 0" "--spacing abc" "--spacing ddim0" "-s -1" \
              "--cfg-scale nan" "--eta inf" "--sampler euler" "-n 0" "--nrow 0" "--gpus 0" "--gpus x" \
              "--gpus 65" "--parallel ring" "--parallel cfg+tp" "--seq-mode ring" "--nccl-timeout 0" \
-             "--spacing linspace1000" "--sampler dpm++2m --eta 1"; do
+             "--spacing linspace1000" "--sampler dpm++2m --eta 1" "--no-cfg --cfg-scale 4"; do
         newout
         # shellcheck disable=SC2086
         run "argument $a" 2 "" $SAMPLE -m "$G" -o "$O/o.png" --steps 2 -q $a

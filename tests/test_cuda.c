@@ -431,8 +431,8 @@ static void test_fixture_dit_s(void)
     float *lab = fix("e2e_labels", 2);
     float *r_ddpm = fix("ddpm10_out", 512), *r_ddim = fix("ddim10_out", 512), *r_eta = fix("ddim10_eta1_out", 512);
     float *r_phil = fix("philox_ddpm10_out", 512), *pinit = fix("philox_init", 512);
-    float *r_dpm = fix("dpmpp2m10_out", 512);
-    if (init && sn10 && lab && r_ddpm && r_ddim && r_eta && r_phil && pinit && r_dpm) {
+    float *r_dpm = fix("dpmpp2m10_out", 512), *r_nocfg = fix("ddpm10_nocfg_out", 512);
+    if (init && sn10 && lab && r_ddpm && r_ddim && r_eta && r_phil && pinit && r_dpm && r_nocfg) {
         int labels[2] = { (int)lab[0], (int)lab[1] };
         dit_sample_params p = dit_sample_params_default();
         p.n = 2; p.labels = labels; p.steps = 10; p.init_noise = init; p.step_noise = sn10;
@@ -446,6 +446,9 @@ static void test_fixture_dit_s(void)
         sample_vs(m, "dit_s DPM++2M 10 steps (linspace10): GPU == float64 dpmpp2m10_out", p, r_dpm, 5e-2);
         p.init_noise = NULL; p.steps = 25; p.seed = 5;   /* graph replays with the second-order term */
         sample_vs(m, "dit_s DPM++2M 25 steps, Philox seed 5: GPU == CPU dit_sample", p, NULL, 5e-2);
+        p.sampler = DIT_SAMPLER_DDPM; p.steps = 10; p.init_noise = init; p.step_noise = sn10; p.no_cfg = 1;
+        p.cfg_scale = 1.0f;
+        sample_vs(m, "dit_s DDPM 10 steps without the CFG batch: GPU == float64 ddpm10_nocfg_out", p, r_nocfg, 5e-2);
         dit_sample_params q = dit_sample_params_default();
         q.n = 2; q.labels = labels; q.steps = 10; q.seed = 42;
         sample_vs(m, "dit_s DDPM 10 steps, Philox seed 42 (GPU noise): GPU == float64 philox_ddpm10_out", q, r_phil,
@@ -481,7 +484,7 @@ static void test_fixture_dit_s(void)
     } else {
         ok(0, "sampler fixtures missing");
     }
-    free(init); free(sn10); free(lab); free(r_ddpm); free(r_ddim); free(r_eta); free(r_phil); free(pinit); free(r_dpm);
+    free(init); free(sn10); free(lab); free(r_ddpm); free(r_ddim); free(r_eta); free(r_phil); free(pinit); free(r_dpm); free(r_nocfg);
 
     /* VAE */
     float *vi = fix("vae_in", 256), *vo = fix("vae_out", 3 * 64 * 64);
@@ -785,19 +788,20 @@ static double now_s(void)
     return t.tv_sec + 1e-9 * t.tv_nsec;
 }
 
-static int par_init(dit_model *m, const par_case *pc, int n, double timeout, char *plan, size_t len)
+static int par_init(dit_model *m, const par_case *pc, int n, int no_cfg, double timeout, char *plan, size_t len)
 {
     dit_cuda_free(m);
     dit_par_params pp;
     memset(&pp, 0, sizeof pp);
     pp.gpus = pc->gpus; pp.strategy = pc->strategy; pp.seq_mode = pc->seq_mode; pp.n_images = n; pp.timeout_s = timeout;
+    pp.no_cfg = no_cfg;
     return dit_cuda_init_parallel(m, &pp, plan, len);
 }
 
 static void par_vs_one(dit_model *m, const char *model, const par_case *pc, const dit_sample_params *p, const float *ref)
 {
     char plan[512] = "", what[800];
-    int rc = par_init(m, pc, p->n, 60, plan, sizeof plan);
+    int rc = par_init(m, pc, p->n, p->no_cfg, 60, plan, sizeof plan);
     snprintf(what, sizeof what, "%s, %d images, %s on %d GPUs == 1 GPU [%s]", model, p->n, pc->name, pc->gpus, plan);
     if (rc) ok(0, "%s: %s", what, dit_last_error());
     else rc = sample_vs(m, what, *p, ref, 2e-2);
@@ -849,7 +853,7 @@ static void par_grow(dit_model *m, dit_sample_params p, const par_case *pc)
     }
     dit_cuda_free(m);
     if (rc) ok(0, "growing arenas: the one-GPU references: %s", dit_last_error());
-    else rc = par_init(m, pc, 1, 60, plan, sizeof plan);
+    else rc = par_init(m, pc, 1, 0, 60, plan, sizeof plan);
     for (int k = 0; k < 2 && !rc; k++) {
         p.n = 1 + 2 * k;
         snprintf(what, sizeof what, "%s on %d GPUs, %d image%s in the same group%s == 1 GPU [%s]", pc->name,
@@ -890,6 +894,15 @@ static void test_parallel(void)
     p.sampler = DIT_SAMPLER_DPMPP_2M;   /* each GPU keeps its images' x0 of the step before */
     par_cases(&r->m, "random DiT-XL/2 256 px DPM++2M", p, xl, 2);
     p.sampler = DIT_SAMPLER_DDPM;
+    p.no_cfg = 1; p.cfg_scale = 1.0f;   /* no CFG batch: data, and seq with one row per image */
+    static const par_case nc[] = {
+        { "data", 2, DIT_PAR_DATA, 0 }, { "seq (all-gather k,v)", 2, DIT_PAR_SEQ, DIT_SEQ_ALLGATHER },
+        { "auto", 2, DIT_PAR_AUTO, 0 },
+    };
+    par_cases(&r->m, "random DiT-XL/2 256 px, no CFG batch", p, nc, 3);
+    p.n = 1;   /* auto: 256 rows do not split: a group of one GPU */
+    par_cases(&r->m, "random DiT-XL/2 256 px, no CFG batch", p, nc + 2, 1);
+    p.n = 3; p.no_cfg = 0; p.cfg_scale = 4.0f;
     p.n = 1;   /* one image, DDIM: cfg and seq only; cfg+seq has one row per GPU (the B = 1 all-to-all path) */
     p.sampler = DIT_SAMPLER_DDIM;
     static const par_case b1[] = {
@@ -990,6 +1003,27 @@ static void test_parallel_plans(void)
                i, got[0], got[1], got[2], got[3], c[i].want[0], c[i].want[1], c[i].want[2], c[i].want[3],
                rc ? dit_last_error() : why);
     }
+    /* without the CFG batch (one network row per image): no cfg split; auto splits 1024 tokens, not 256 */
+    static const struct { int L, strategy, want[4]; } nc[] = {
+        { 32, DIT_PAR_AUTO, { 1, 1, 1, 0 } }, { 64, DIT_PAR_AUTO, { 1, 1, 2, DIT_SEQ_ALLGATHER } },
+        { 32, DIT_PAR_CFG, { -1 } },
+    };
+    for (size_t i = 0; i < sizeof nc / sizeof nc[0]; i++) {
+        dit_model m;
+        memset(&m, 0, sizeof m);
+        m.cfg.input_size = nc[i].L; m.cfg.patch = 2; m.cfg.heads = 16; m.cfg.hidden = 1152;
+        dit_par_params pp;
+        memset(&pp, 0, sizeof pp);
+        pp.strategy = nc[i].strategy; pp.n_images = 1; pp.no_cfg = 1;
+        int got[4] = { 0, 0, 0, 0 };
+        char why[400] = "";
+        setenv("DIT_PAR_P2P", "1", 1);
+        const int rc = dit_par_plan(&m, &pp, 2, got, why, sizeof why);
+        unsetenv("DIT_PAR_P2P");
+        if (nc[i].want[0] < 0) ok(rc != DIT_OK, "no CFG batch, --parallel cfg: refused: %s", rc ? dit_last_error() : why);
+        else ok(rc == DIT_OK && !memcmp(got, nc[i].want, sizeof got), "no CFG batch, %d tokens on 2 GPUs: data %d cfg %d "
+                "seq %d mode %d: %s", (nc[i].L / 2) * (nc[i].L / 2), got[0], got[1], got[2], got[3], rc ? dit_last_error() : why);
+    }
 }
 
 /* a first sample on plan cs, then a second with the fault `var`=`who`: an error within the 3 s timeout
@@ -997,7 +1031,7 @@ static void test_parallel_plans(void)
 static void stall_case(dit_model *m, dit_sample_params *p, par_case cs, const char *var, const char *who)
 {
     char plan[512];
-    int rc = par_init(m, &cs, 1, 3.0, plan, sizeof plan);
+    int rc = par_init(m, &cs, 1, 0, 3.0, plan, sizeof plan);
     float *lat = malloc(dit_latent_floats(m) * 4);
     p->n = 1;
     if (!rc) rc = dit_sample(m, p, lat);
@@ -1031,11 +1065,11 @@ static void test_parallel_faults(void)
     /* faults: more GPUs than there are; a rank that never starts (its peers must time out, not hang) */
     par_case too_many = { "data", G + 1, DIT_PAR_DATA, 0 };
     char plan[512];
-    int rc = par_init(&r->m, &too_many, 2, 60, plan, sizeof plan);
+    int rc = par_init(&r->m, &too_many, 2, 0, 60, plan, sizeof plan);
     ok(rc != DIT_OK && strstr(dit_last_error(), "visible"), "--gpus %d on %d GPUs: error '%s'", G + 1, G,
        rc ? dit_last_error() : "none");
     par_case cfg2 = { "cfg", 2, DIT_PAR_CFG, 0 };
-    rc = par_init(&r->m, &cfg2, 1, 3.0, plan, sizeof plan);
+    rc = par_init(&r->m, &cfg2, 1, 0, 3.0, plan, sizeof plan);
     if (rc) {
         ok(0, "stalled peer: setup: %s", dit_last_error());
     } else {
@@ -1079,7 +1113,7 @@ static int bench_parallel(int res, int n, int steps, int reps, int depth, int wt
         rc = dit_cuda_init(m, 0);
     } else {
         par_case pc = { "bench", gpus, strategy < 0 ? 0 : strategy, seq_mode };
-        rc = par_init(m, &pc, n, 120, plan, sizeof plan);
+        rc = par_init(m, &pc, n, 0, 120, plan, sizeof plan);
     }
     int *labels = malloc(sizeof(int) * n);
     for (int i = 0; i < n; i++) labels[i] = (207 + 131 * i) % 1000;
@@ -1216,7 +1250,7 @@ static int par_churn(int rounds)
         const par_case *pc = &cases[k % 4];
         fprintf(stderr, "churn %d %s\n", k, pc->name);   /* before: a crash shows the round */
         const double t_a = now_s();
-        rc = par_init(&r->m, pc, p.n, 30, NULL, 0);
+        rc = par_init(&r->m, pc, p.n, 0, 30, NULL, 0);
         const double t_b = now_s();
         if (!rc) rc = dit_sample(&r->m, &p, lat);
         const double t_c = now_s();

@@ -400,6 +400,7 @@ typedef struct {
     float eta, cfg;
     double tol;
     int philox;
+    int no_cfg;
 } chain_case;
 
 typedef struct {
@@ -417,14 +418,16 @@ static void progress_cb(int step, int steps, void *u)
 static void test_samplers(dit_model *m)
 {
     static const chain_case cases[] = {
-        { "DDIM \"ddim10\" eta 0, CFG 4", "ddim10_out", "ddim10", NULL, "e2e_init", DIT_SAMPLER_DDIM, 0, 4, 5e-5, 0 },
-        { "DDIM \"ddim10\" eta 1, CFG 4, step noise", "ddim10_eta1_out", "ddim10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDIM, 1, 4, 5e-5, 0 },
-        { "DDPM \"10\" CFG 4, step noise", "ddpm10_out", "10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDPM, 0, 4, 5e-5, 0 },
-        { "DDPM \"10\" CFG 1 (CFG batch)", "ddpm10_cfg1_out", "10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDPM, 0, 1, 5e-5, 0 },
-        { "DDPM \"250\" CFG 4, step noise", "ddpm250_out", "250", "e2e_step_noise250", "e2e_init", DIT_SAMPLER_DDPM, 0, 4, 1e-4, 0 },
-        { "DDPM \"10\" CFG 4, Philox seed 42", "philox_ddpm10_out", "10", NULL, NULL, DIT_SAMPLER_DDPM, 0, 4, 5e-5, 1 },
-        { "DPM++2M \"linspace10\" CFG 4", "dpmpp2m10_out", "linspace10", NULL, "e2e_init", DIT_SAMPLER_DPMPP_2M, 0, 4, 5e-5, 0 },
-        { "DPM++2M \"10\" CFG 4", "dpmpp2m_s10_out", "10", NULL, "e2e_init", DIT_SAMPLER_DPMPP_2M, 0, 4, 5e-5, 0 },
+        { "DDIM \"ddim10\" eta 0, CFG 4", "ddim10_out", "ddim10", NULL, "e2e_init", DIT_SAMPLER_DDIM, 0, 4, 5e-5, 0, 0 },
+        { "DDIM \"ddim10\" eta 1, CFG 4, step noise", "ddim10_eta1_out", "ddim10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDIM, 1, 4, 5e-5, 0, 0 },
+        { "DDPM \"10\" CFG 4, step noise", "ddpm10_out", "10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDPM, 0, 4, 5e-5, 0, 0 },
+        { "DDPM \"10\" CFG 1 (CFG batch)", "ddpm10_cfg1_out", "10", "e2e_step_noise10", "e2e_init", DIT_SAMPLER_DDPM, 0, 1, 5e-5, 0, 0 },
+        { "DDPM \"250\" CFG 4, step noise", "ddpm250_out", "250", "e2e_step_noise250", "e2e_init", DIT_SAMPLER_DDPM, 0, 4, 1e-4, 0, 0 },
+        { "DDPM \"10\" CFG 4, Philox seed 42", "philox_ddpm10_out", "10", NULL, NULL, DIT_SAMPLER_DDPM, 0, 4, 5e-5, 1, 0 },
+        { "DPM++2M \"linspace10\" CFG 4", "dpmpp2m10_out", "linspace10", NULL, "e2e_init", DIT_SAMPLER_DPMPP_2M, 0, 4, 5e-5, 0, 0 },
+        { "DPM++2M \"10\" CFG 4", "dpmpp2m_s10_out", "10", NULL, "e2e_init", DIT_SAMPLER_DPMPP_2M, 0, 4, 5e-5, 0, 0 },
+        { "DDPM \"10\" without the CFG batch, step noise", "ddpm10_nocfg_out", "10", "e2e_step_noise10", "e2e_init",
+          DIT_SAMPLER_DDPM, 0, 1, 5e-5, 0, 1 },
     };
     const size_t CLL = dit_latent_floats(m);
     float *lf = fix("e2e_labels", 2);
@@ -436,6 +439,7 @@ static void test_samplers(dit_model *m)
         p.spacing = c->spacing;
         p.eta = c->eta;
         p.cfg_scale = c->cfg;
+        p.no_cfg = c->no_cfg;
         p.n = 2;
         p.labels = labels;
         p.seed = 42;
@@ -499,6 +503,12 @@ static void test_samplers(dit_model *m)
                 dit_sampler_from_name("ddim") == DIT_SAMPLER_DDIM && dit_sampler_from_name("euler") == -1 &&
                 !strcmp(dit_sampler_name(DIT_SAMPLER_DPMPP_2M), "dpm++2m");
     ok(names, "sampler names and default spacings");
+    p.no_cfg = 1;   /* no CFG batch means no guidance */
+    p.cfg_scale = 4.0f;
+    rc = dit_sample(m, &p, out);
+    ok(rc == DIT_ERR_INPUT && strstr(dit_last_error(), "cfg scale must be 1"), "no_cfg with cfg scale 4 refused: %s",
+       dit_last_error());
+    p.no_cfg = 0;
     p.backend = DIT_BACKEND_CUDA;
 #ifndef DIT_CUDA
     rc = dit_sample(m, &p, o2);

@@ -90,6 +90,10 @@ run -m "$M" --class 1,7 --sampler ddim --steps 10 --init-noise $F/e2e_init.npy -
 latent_vs "$T/lat_ddim.npy" ddim10_out "--sampler ddim --steps 10"
 run -m "$M" --class 1,7 --sampler dpm++2m --steps 10 --init-noise $F/e2e_init.npy --save-latent "$T/lat_dpm.npy" -o "$T/dpm.png" -q
 latent_vs "$T/lat_dpm.npy" dpmpp2m10_out "--sampler dpm++2m --steps 10"
+run -m "$M" --class 1,7 --spacing 10 --no-cfg --init-noise $F/e2e_init.npy --step-noise $F/e2e_step_noise10.npy \
+    --save-latent "$T/lat_nocfg.npy" -o "$T/nocfg.png" -q
+latent_vs "$T/lat_nocfg.npy" ddpm10_nocfg_out "--no-cfg"
+check "PNG text of --no-cfg: CFG scale: 1.0, CFG batch: off" grep -aq 'CFG scale: 1.0, CFG batch: off, Spacing' "$T/nocfg.png"
 check "PNG text of dpm++2m: Steps: 10, Sampler: dpm++2m" grep -aq '^Steps: 10, Sampler: dpm++2m, CFG scale: 4.0, Init noise' "$T/dpm.png"
 check "PNG text: class, steps, sampler, CFG, spacing, noise files, seed, image index, size, model" \
     sh -c "grep -aq 'class: cock (7)\$' '$T/e2e_001.png' && grep -aq '^Steps: 10, Sampler: ddpm, CFG scale: 4.0, Spacing: 10, Init noise: $F/e2e_init.npy, Step noise: $F/e2e_step_noise10.npy, Seed: 0, Image: 1, Size: 64x64, Model: dit_s, Version: dit.c' '$T/e2e_001.png'"

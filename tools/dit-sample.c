@@ -10,8 +10,8 @@
    PNG text: a tEXt chunk "parameters" right after IHDR, A1111 / sd.cpp style. One image:
      class: golden retriever (207)
      Steps: 250, Sampler: ddpm, CFG scale: 4.0, Seed: 0, Image: 3, Size: 256x256, Model: DiT-XL-2-256, Version: dit.c
-   plus ", Eta: E" after the sampler (DDIM, eta != 0), ", Spacing: S", ", Clip denoised: 1", ", Init noise: FILE",
-   ", Step noise: FILE" before the seed when used. A grid says "classes: a (i), b (j), ..." and
+   plus ", Eta: E" after the sampler (DDIM, eta != 0), ", CFG batch: off" after the scale (--no-cfg),
+   ", Spacing: S", ", Clip denoised: 1", ", Init noise: FILE", ", Step noise: FILE" before the seed when used. A grid says "classes: a (i), b (j), ..." and
    "..., Seed: 0, Images: N, Grid: RxC, Size: ..." ; --decode says "Decoded from: FILE, Image: i, Size: ...".
    Grid labels (--rows-per-class, or --labels): each row's class names in white 5x9 bitmap text (tools/font.h),
    scaled by 1 + size/64, in a black margin left of the make_grid grid; the grid itself is unchanged.
@@ -47,6 +47,8 @@ static const char *usage_text =
     "      --eta E             DDIM eta (default 0)\n"
     "      --spacing S         explicit respacing: \"250\", \"10,20,30\", \"ddim50\", \"linspace25\" (overrides --steps)\n"
     "      --cfg-scale S       classifier-free guidance scale (default 4.0; the CFG batch is always run)\n"
+    "      --no-cfg            no guidance and no CFG batch: the conditional model alone, half the work\n"
+    "                          (sample_ddp.py at CFG scale 1, as DiT's FID runs without guidance)\n"
     "      --clip-denoised     clamp predicted x0 to [-1, 1] (sample.py: off)\n"
     "  -o, --output FILE       PNG path (default sample.png); several images: FILE, FILE_001, FILE_002, ...\n"
     "      --grid              one PNG with all images (torchvision make_grid: padding 2, black)\n"
@@ -310,7 +312,7 @@ int main(int argc, char **argv)
     const char *model = NULL, *out = "sample.png", *init_path = NULL, *step_path = NULL, *save_latent = NULL;
     const char *decode_path = NULL, *spacing = NULL, *class_args[256], *profile = NULL;
     int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1, labelled = -1;
-    int gpus = 1, strategy = DIT_PAR_AUTO, seq_mode = DIT_SEQ_AUTO, rank = 0, steps_given = 0;
+    int gpus = 1, strategy = DIT_PAR_AUTO, seq_mode = DIT_SEQ_AUTO, rank = 0, steps_given = 0, cfg_given = 0;
     double nccl_timeout = 60;
     dit_sample_params p = dit_sample_params_default();
     for (int i = 1; i < argc; i++) {
@@ -337,7 +339,8 @@ int main(int argc, char **argv)
             if ((p.sampler = dit_sampler_from_name(v)) < 0) die(2, "--sampler: expected ddpm, ddim or dpm++2m, got '%s'", v);
         } else if (!strcmp(a, "--eta")) p.eta = parse_float(a, VAL());
         else if (!strcmp(a, "--spacing")) spacing = VAL();
-        else if (!strcmp(a, "--cfg-scale")) p.cfg_scale = parse_float(a, VAL());
+        else if (!strcmp(a, "--cfg-scale")) p.cfg_scale = parse_float(a, VAL()), cfg_given = 1;
+        else if (!strcmp(a, "--no-cfg")) p.no_cfg = 1;
         else if (!strcmp(a, "--clip-denoised")) p.clip_denoised = 1;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = VAL();
         else if (!strcmp(a, "--grid")) grid = 1;
@@ -390,6 +393,8 @@ int main(int argc, char **argv)
     if (p.eta < 0) die(2, "--eta must be >= 0");
     if (p.eta != 0 && p.sampler != DIT_SAMPLER_DDIM) die(2, "--eta applies to --sampler ddim only");
     if (!steps_given && p.sampler == DIT_SAMPLER_DPMPP_2M) p.steps = 25;
+    if (p.no_cfg && cfg_given && p.cfg_scale != 1.0f) die(2, "--no-cfg samples without guidance: drop --cfg-scale");
+    if (p.no_cfg) p.cfg_scale = 1.0f;
     if (labelled == 1 && !grid) die(2, "--labels applies to --grid and --rows-per-class only");
     if (labelled == 1 && decode_path) die(2, "--labels: --decode has no classes to label the rows with");
     if (labelled < 0) labelled = rows_per_class && !decode_path;
@@ -477,6 +482,7 @@ int main(int argc, char **argv)
         t0 = now();
         if (gpus > 1 || multi) {
             pp.gpus = gpus; pp.strategy = strategy; pp.seq_mode = seq_mode; pp.n_images = n; pp.timeout_s = nccl_timeout;
+            pp.no_cfg = p.no_cfg;
             char plan[512];
             if (dit_cuda_init_parallel(m, &pp, plan, sizeof plan)) die_lib();
             if (verbose) fprintf(stderr, "parallel: %s\n", plan);
@@ -555,6 +561,7 @@ int main(int argc, char **argv)
         append(common, sizeof common, 1, "Steps: %d, Sampler: %s", sched.K, dit_sampler_name(p.sampler));
         if (ddim && p.eta != 0) append(common, sizeof common, 0, ", Eta: %s", fmt_num(num[0], p.eta));
         append(common, sizeof common, 0, ", CFG scale: %s", fmt_num(num[1], p.cfg_scale));
+        if (p.no_cfg) append(common, sizeof common, 0, ", CFG batch: off");
         if (spacing) append(common, sizeof common, 0, ", Spacing: %s", spacing);
         if (p.clip_denoised) append(common, sizeof common, 0, ", Clip denoised: 1");
         if (init_path) append(common, sizeof common, 0, ", Init noise: %s", init_path);
