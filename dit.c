@@ -2465,7 +2465,8 @@ int dit_sample(dit_model *m, const dit_sample_params *p, float *out)
     if (!isfinite(p->cfg_scale) || !isfinite(p->eta) || p->eta < 0.0f)
         return dit_set_error(DIT_ERR_INPUT, "bad cfg scale or eta");
     if (p->no_cfg && p->cfg_scale != 1.0f)
-        return dit_set_error(DIT_ERR_INPUT, "no_cfg samples without guidance: cfg scale must be 1 (got %g)", p->cfg_scale);
+        return dit_set_error(DIT_ERR_INPUT, "no_cfg samples without guidance: cfg scale must be 1 (got %g)",
+                             p->cfg_scale);
     const size_t CLL = dit_latent_floats(m);
     if (p->init_noise && !all_finite(p->init_noise, (size_t)p->n * CLL))
         return dit_set_error(DIT_ERR_INPUT, "dit_sample: init_noise holds NaN or Inf");

@@ -120,8 +120,8 @@ typedef struct {
     size_t weight_bytes, arena_bytes;
     char device_name[64];
     /* host time of the last dit_sample's phases on GPU 0 (ms): setup (arena, noise, coefficients), the
-       first step (run eagerly, after the adaLN precompute: GEMM plans, autotuning, first-use kernel loading), the graph capture, and
-       the other steps up to the end of the last one */
+       first step (run eagerly, after the adaLN precompute: GEMM plans, autotuning, first-use kernel
+       loading), the graph capture, and the other steps up to the end of the last one */
     double ms_setup, ms_first_step, ms_capture, ms_steps;
 } dit_cuda_info;
 int dit_cuda_get_info(const dit_model *m, dit_cuda_info *info);

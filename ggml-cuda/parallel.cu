@@ -98,8 +98,9 @@ static void *abort_main(void *comm) {
 // the graphs, then joins these. A rank inside an NCCL call keeps its communicators until it leaves (NCCL
 // allows no call on a communicator while another thread frees it) or until `force` (stuck in the call).
 // A clean teardown of several processes (graphs gone, streams drained: nothing can block) aborts all in
-// this one thread, children first (one process: close_all): NCCL allows no calls on several communicators of one GPU from several threads at once,
-// and the last abort of a split family frees every member. Returns how many ranks were left for later.
+// this one thread, children first (one process: close_all): NCCL allows no calls on several communicators
+// of one GPU from several threads at once, and the last abort of a split family frees every member.
+// Returns how many ranks were left for later.
 static int abort_all(dit_par *g, int fault, int force) {
     ncclComm_t todo[3 * PAR_MAX];
     int n = 0, later = 0;
@@ -132,8 +133,9 @@ static void close_all(dit_par *g) {
     pthread_mutex_lock(&g->mu);
     for (int i = 0; i < g->n_local; i++) {
         dit_par_rank *pr = g->ctx[i] ? g->ctx[i]->pr : NULL;
-        ncclComm_t *slot[3] = { pr ? &pr->seq_comm : NULL, pr ? &pr->img_comm : NULL, pr ? &pr->world_comm : NULL };
-        for (int k = 0; pr && k < 3; k++)
+        if (!pr) continue;
+        ncclComm_t *slot[3] = { &pr->seq_comm, &pr->img_comm, &pr->world_comm };   // children first
+        for (int k = 0; k < 3; k++)
             if (*slot[k]) todo[n++] = *slot[k], *slot[k] = NULL;
     }
     pthread_mutex_unlock(&g->mu);
@@ -146,7 +148,8 @@ static void close_all(dit_par *g) {
         for (int k = 0; k < n; k++) {
             ncclResult_t a = ncclInternalError;
             if (state[k] != 1) continue;
-            if (ncclCommGetAsyncError(todo[k], &a) != ncclSuccess || (a != ncclSuccess && a != ncclInProgress)) state[k] = 0;
+            const ncclResult_t q = ncclCommGetAsyncError(todo[k], &a);
+            if (q != ncclSuccess || (a != ncclSuccess && a != ncclInProgress)) state[k] = 0;
             else if (a == ncclSuccess) state[k] = 2;
             else pending++;
         }
