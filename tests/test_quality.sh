@@ -1,6 +1,7 @@
 #!/bin/sh
 # The bundled Fashion-MNIST DiT must still draw the class it is asked for, and every class must vary:
-# a broken sampler, embedding, quantizer or CFG fails here. 5 images per class, DDIM-10 on the CPU.
+# a broken sampler, embedding, quantizer or CFG fails here. 5 images per class, DDIM-10 on the CPU (and the
+# f32 model with DPM++2M-10 and without the CFG batch too).
 # Thresholds: conditional accuracy >= 80% (measured 100% at this size and 97.9% with 100 images per
 # class and DDIM-50; the classifier itself scores 88.8% on real test images), and a mean within-class
 # RMS pixel distance >= 0.05 in [-1, 1] units for every class (measured >= 0.27; a collapsed class is ~0).
@@ -21,6 +22,13 @@ $Q --min-accuracy 0.8 --label-shift 1 >/dev/null 2>&1
 [ $? -eq 3 ] && ok "negative control: asking for the wrong class fails the accuracy check" || bad "label-shift control did not fail"
 $Q --min-diversity 0.05 --same-noise >/dev/null 2>&1
 [ $? -eq 3 ] && ok "negative control: identical noise per image (collapsed classes) fails the diversity check" || bad "same-noise control did not fail"
+for v in "--sampler dpm++2m --steps 10 --cfg-scale 4" "--sampler ddim --steps 10 --no-cfg"; do
+    # shellcheck disable=SC2086
+    out=$(bin/dit-quality -m models/dit-fashion-f32.gguf -c models/fashion-classifier.gguf -n $N $v --backend cpu \
+          --data /nonexistent --min-accuracy 0.6 --min-diversity 0.05 2>&1); rc=$?
+    [ $rc -eq 0 ] && ok "bundled model, $v: conditional accuracy $(echo "$out" | sed -n 's/^conditional accuracy *//p')" \
+                  || bad "bundled model, $v: rc $rc: $(echo "$out" | tail -2 | tr '\n' ' ')"
+done
 types="q8_0 q4_0"; [ "${DIT_SANITIZE:-}" = 1 ] && types=""
 for t in $types; do
     m=$(mktemp -d)/fashion-$t.gguf

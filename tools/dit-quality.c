@@ -158,6 +158,7 @@ static void usage(void) {
            "  --sampler S       ddpm | ddim | dpm++2m (default ddim)\n"
            "  --steps K         sampler steps (default 50)\n"
            "  --cfg-scale S     guidance scale (default 4.0)\n"
+           "  --no-cfg          no guidance and no CFG batch (the conditional model alone)\n"
            "  -s SEED           seed (default 0)\n"
            "  --data DIR        Fashion-MNIST idx files for the real test set (default /usr/share/datasets/fashion-mnist)\n"
            "  --min-accuracy A  exit 3 if the conditional accuracy is below A (0..1)\n"
@@ -172,12 +173,13 @@ int main(int argc, char **argv) {
     const char *model_path = NULL, *cls_path = NULL, *data = "/usr/share/datasets/fashion-mnist";
     int per_class = 100, steps = 50, sampler = DIT_SAMPLER_DDIM, threads = 0, backend = DIT_BACKEND_AUTO, verbose = 0;
     float cfg = 4.0f, min_acc = -1, min_div = -1;
-    int label_shift = 0, same_noise = 0;
+    int label_shift = 0, same_noise = 0, no_cfg = 0;
     uint64_t seed = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(); return 0; }
         else if (!strcmp(a, "-v")) verbose = 1;
+        else if (!strcmp(a, "--no-cfg")) no_cfg = 1;
         else if (!strcmp(a, "--same-noise")) same_noise = 1;
         else if (!v) { usage(); die(2, "missing value for an option"); }
         else if (!strcmp(a, "-m")) model_path = argv[++i];
@@ -219,7 +221,8 @@ int main(int argc, char **argv) {
         for (int i = 1; i < n; i++) memcpy(init + (size_t)i * px, init, sizeof(float) * px);
     }
     dit_sample_params p = dit_sample_params_default();
-    p.sampler = sampler, p.steps = steps, p.cfg_scale = cfg, p.seed = seed, p.n = n, p.labels = asked;
+    if (no_cfg) cfg = 1.0f;
+    p.sampler = sampler, p.steps = steps, p.cfg_scale = cfg, p.no_cfg = no_cfg, p.seed = seed, p.n = n, p.labels = asked;
     p.init_noise = init;
     p.threads = threads, p.backend = backend, p.verbose = verbose;
     struct timespec t0, t1;
@@ -291,8 +294,8 @@ int main(int argc, char **argv) {
     }
 
     double acc = (double)correct / n, min_d = 1e9;
-    printf("model %s, %s-%d, cfg %.2f, seed %llu, %d images per class (%.1f s sampling, %s)\n", m->name,
-           dit_sampler_name(sampler), steps, cfg, (unsigned long long)seed, per_class, secs,
+    printf("model %s, %s-%d, cfg %.2f%s, seed %llu, %d images per class (%.1f s sampling, %s)\n", m->name,
+           dit_sampler_name(sampler), steps, cfg, no_cfg ? " (no CFG batch)" : "", (unsigned long long)seed, per_class, secs,
            backend == DIT_BACKEND_CPU ? "cpu" : "auto backend");
     printf("%-4s %-22s %9s %9s\n", "cls", "name", "accuracy", "diversity");
     for (int k = 0; k < 10; k++) {
