@@ -11,8 +11,9 @@
      class: golden retriever (207)
      Steps: 250, Sampler: ddpm, CFG scale: 4.0, Seed: 0, Image: 3, Size: 256x256, Model: DiT-XL-2-256, Version: dit.c
    plus ", Eta: E" after the sampler (DDIM, eta != 0), ", CFG batch: off" after the scale (--no-cfg),
-   ", Spacing: S", ", Clip denoised: 1", ", Init noise: FILE", ", Step noise: FILE" before the seed when used. A grid says "classes: a (i), b (j), ..." and
-   "..., Seed: 0, Images: N, Grid: RxC, Size: ..." ; --decode says "Decoded from: FILE, Image: i, Size: ...".
+   ", Spacing: S", ", Clip denoised: 1", ", Init noise: FILE", ", Step noise: FILE" before the seed when used.
+   A grid says "classes: a (i), b (j), ..." and "..., Seed: 0, Images: N, Grid: RxC, Size: ...";
+   --decode says "Decoded from: FILE, Image: i, Size: ...".
    Grid labels (--rows-per-class, or --labels): each row's class names in white 5x9 bitmap text (tools/font.h),
    scaled by 1 + size/64, in a black margin left of the make_grid grid; the grid itself is unchanged.
    Exit status: 0 ok, 2 bad input (arguments, model file, .npy files), 1 I/O or any other failure. */
