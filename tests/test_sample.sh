@@ -90,6 +90,9 @@ run -m "$M" --class 1,7 --sampler ddim --steps 10 --init-noise $F/e2e_init.npy -
 latent_vs "$T/lat_ddim.npy" ddim10_out "--sampler ddim --steps 10"
 run -m "$M" --class 1,7 --sampler dpm++2m --steps 10 --init-noise $F/e2e_init.npy --save-latent "$T/lat_dpm.npy" -o "$T/dpm.png" -q
 latent_vs "$T/lat_dpm.npy" dpmpp2m10_out "--sampler dpm++2m --steps 10"
+w=$($S -m "$M" --class 1 --sampler dpm++2m --steps 10 --step-noise $F/e2e_step_noise10.npy -n 2 -o "$T/w.png" -q 2>&1)
+case "$w" in *"warning: --step-noise is not used: dpm++2m draws no noise"*) ok "--step-noise with dpm++2m: a warning that it is unused" ;;
+    *) nok "--step-noise with dpm++2m: no warning: $w" ;; esac
 run -m "$M" --class 1,7 --spacing 10 --no-cfg --init-noise $F/e2e_init.npy --step-noise $F/e2e_step_noise10.npy \
     --save-latent "$T/lat_nocfg.npy" -o "$T/nocfg.png" -q
 latent_vs "$T/lat_nocfg.npy" ddpm10_nocfg_out "--no-cfg"

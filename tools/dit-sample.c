@@ -396,6 +396,9 @@ int main(int argc, char **argv)
     if (!steps_given && p.sampler == DIT_SAMPLER_DPMPP_2M) p.steps = 25;
     if (p.no_cfg && cfg_given && p.cfg_scale != 1.0f) die(2, "--no-cfg samples without guidance: drop --cfg-scale");
     if (p.no_cfg) p.cfg_scale = 1.0f;
+    if (step_path && (p.sampler == DIT_SAMPLER_DPMPP_2M || (p.sampler == DIT_SAMPLER_DDIM && p.eta == 0)))
+        fprintf(stderr, "dit-sample: warning: --step-noise is not used: %s%s draws no noise\n",
+                dit_sampler_name(p.sampler), p.sampler == DIT_SAMPLER_DDIM ? " with eta 0" : "");
     if (labelled == 1 && !grid) die(2, "--labels applies to --grid and --rows-per-class only");
     if (labelled == 1 && decode_path) die(2, "--labels: --decode has no classes to label the rows with");
     if (labelled < 0) labelled = rows_per_class && !decode_path;
