@@ -1,6 +1,6 @@
 #!/bin/sh
 # make sample: the bundled Fashion-MNIST DiT, one row per class, DPM-Solver++(2M) 10 steps with CFG 4 (as good
-# as DDIM-25 or DDPM-250 here, README "Quality") -> samples/fashion.png
+# as DDIM-50 or DDPM-250 here, README "Quality") -> samples/fashion.png
 set -e
 mkdir -p samples
 model=models/dit-fashion-f32.gguf
