@@ -190,7 +190,6 @@ struct dit_cuda {
     int dequant_ahead;   // quantized weights: the next GEMM's dequantized on `side` (DIT_CUDA_AHEAD=0: off)
     int autotune;        // time the heuristic's candidates on a plan's first run (DIT_CUDA_TUNE=0: off, 2: verbose)
     int tune_min_steps;  // ... once this context's samples reach this many steps (DIT_CUDA_TUNE unset: 500, set: 0)
-    int sample_K;        // steps of the sample being run (0 outside dit_cuda_sample)
     long steps_run;      // steps of the samples finished on this context
     double ms_phase[4];  // last sample, host ms: setup, first step, capture, the other steps (dit_cuda_info)
     int tune_now;        // set while the per-step network runs: only its GEMMs are worth tuning

@@ -542,10 +542,11 @@ static int precompute_modulation(dit_cuda *c, int R, int B) {
 
 // ---------------------------------------------------------------- the network
 // lat (n_img, C, L, L) -> c->fout (B*T, p*p*oc); modulation rows from the device state
+// K: steps of the sample this network run belongs to (0 for a lone forward), for the autotuning rule
 static int run_network_ops(dit_cuda *c, int B, int n_img);
-static int run_network(dit_cuda *c, int B, int n_img) {
+static int run_network(dit_cuda *c, int B, int n_img, int K) {
     c->prof_layer = -1;
-    c->tune_now = c->steps_run + c->sample_K >= c->tune_min_steps;   // GEMMs run here get tuned
+    c->tune_now = c->steps_run + K >= c->tune_min_steps;   // GEMMs run here get tuned
     int rc = run_network_ops(c, B, n_img);
     c->tune_now = 0;
     return rc;
@@ -621,7 +622,7 @@ int dit_cuda_forward(dit_model *m, const float *x, const float *t, const int *y,
     CUDA_CHECK(cudaMemcpyAsync(c->lat, x, (size_t)B * lat * 4, cudaMemcpyHostToDevice, st));
     TRY(dit_op_state_set(c->state, 0, 0, 1, st));
     TRY(precompute_modulation(c, B, B));
-    TRY(run_network(c, B, B));
+    TRY(run_network(c, B, B, 0));
     OP(c, "unpatchify", dit_op_unpatchify(c->fout, c->lat_out, B, c->oc, c->L, c->p, st));
     CUDA_CHECK(cudaMemcpyAsync(out, c->lat_out, (size_t)B * c->oc * c->L * c->L * 4, cudaMemcpyDeviceToHost, st));
     CUDA_CHECK(cudaStreamSynchronize(st));
@@ -697,7 +698,7 @@ static int prepare_chunk(dit_cuda *c, const sample_job *j, int i0, int n) {
 }
 
 static int run_step(dit_cuda *c, const sample_job *j) {
-    TRY(run_network(c, j->B, j->N));
+    TRY(run_network(c, j->B, j->N, j->K));
     c->prof_layer = c->depth + 1;
     OP(c, "sampler_step",
        dit_op_sampler_step(&j->sa, c->fout, c->lat, c->x0prev, c->coef, j->noise, c->state, c->stream));
@@ -863,10 +864,7 @@ int dit_cuda_sample_ctx(dit_cuda *c, const dit_sample_params *p, const dit_sched
     const double t0 = 1e3 * host_seconds();
     TRY(sample_setup(c, p, s, &j));
     c->ms_phase[0] = 1e3 * host_seconds() - t0;
-    c->sample_K = j.K;   // for the autotuning rule (run_network), during this loop only
-    const int rc = sample_loop(c, &j, p);
-    c->sample_K = 0;
-    TRY(rc);
+    TRY(sample_loop(c, &j, p));
     c->steps_run += j.K;
     dit_cuda_state st;
     CUDA_CHECK(cudaMemcpy(&st, c->state, sizeof(st), cudaMemcpyDeviceToHost));

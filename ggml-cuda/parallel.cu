@@ -91,6 +91,24 @@ static void *abort_main(void *comm) {
     return NULL;
 }
 
+// Take every communicator of this process out of the ranks' slots, children first, under the mutex (nobody
+// starts a new call on one after this; freeing them comes after the lock: an abort may block). With
+// `skip_busy`, a rank inside an NCCL call keeps its communicators, counted in *later. Returns how many.
+static int take_comms(dit_par *g, int skip_busy, ncclComm_t *todo, int *later) {
+    int n = 0;
+    pthread_mutex_lock(&g->mu);
+    for (int i = 0; i < g->n_local; i++) {
+        dit_par_rank *pr = g->ctx[i] ? g->ctx[i]->pr : NULL;
+        if (!pr || !(pr->world_comm || pr->img_comm || pr->seq_comm)) continue;
+        if (skip_busy && g->in_nccl[i]) { (*later)++; continue; }
+        ncclComm_t *slot[3] = { &pr->seq_comm, &pr->img_comm, &pr->world_comm };
+        for (int k = 0; k < 3; k++)
+            if (*slot[k]) todo[n++] = *slot[k], *slot[k] = NULL;
+    }
+    pthread_mutex_unlock(&g->mu);
+    return n;
+}
+
 // Abort every communicator of this process. After a fault (`fault` = 1) each abort gets its own thread:
 // ncclCommAbort first raises the abort flag its kernels poll, then may block until every graph that
 // captured the communicator is destroyed (NCCL's commDestroySync); sequential aborts would leave the later
@@ -103,17 +121,8 @@ static void *abort_main(void *comm) {
 // Returns how many ranks were left for later.
 static int abort_all(dit_par *g, int fault, int force) {
     ncclComm_t todo[3 * PAR_MAX];
-    int n = 0, later = 0;
-    pthread_mutex_lock(&g->mu);   // taken out under the lock; aborted after it (an abort may block)
-    for (int i = 0; i < g->n_local; i++) {
-        dit_par_rank *pr = g->ctx[i] ? g->ctx[i]->pr : NULL;
-        if (!pr || !(pr->world_comm || pr->img_comm || pr->seq_comm)) continue;
-        if (fault && g->in_nccl[i] && !force) { later++; continue; }
-        ncclComm_t *slot[3] = { &pr->seq_comm, &pr->img_comm, &pr->world_comm };   // children first
-        for (int k = 0; k < 3; k++)
-            if (*slot[k]) todo[n++] = *slot[k], *slot[k] = NULL;   // nobody starts a new call on it
-    }
-    pthread_mutex_unlock(&g->mu);
+    int later = 0;
+    const int n = take_comms(g, fault && !force, todo, &later);
     for (int k = 0; k < n; k++) {   // the watchdog, or group_free after joining it: never both at once
         if (!fault || pthread_create(&g->aborter[g->n_aborters], NULL, abort_main, todo[k]) != 0) ncclCommAbort(todo[k]);
         else g->n_aborters++;
@@ -129,16 +138,8 @@ static int abort_all(dit_par *g, int fault, int force) {
 // wait for its peers' own (later) teardown.
 static void close_all(dit_par *g) {
     ncclComm_t todo[3 * PAR_MAX];
-    int n = 0, state[3 * PAR_MAX];   // 1 finalizing, 2 quiescent, 0 to abort
-    pthread_mutex_lock(&g->mu);
-    for (int i = 0; i < g->n_local; i++) {
-        dit_par_rank *pr = g->ctx[i] ? g->ctx[i]->pr : NULL;
-        if (!pr) continue;
-        ncclComm_t *slot[3] = { &pr->seq_comm, &pr->img_comm, &pr->world_comm };   // children first
-        for (int k = 0; k < 3; k++)
-            if (*slot[k]) todo[n++] = *slot[k], *slot[k] = NULL;
-    }
-    pthread_mutex_unlock(&g->mu);
+    int later = 0, state[3 * PAR_MAX];   // 1 finalizing, 2 quiescent, 0 to abort
+    const int n = take_comms(g, 0, todo, &later);
     for (int k = 0; k < n; k++) {
         const ncclResult_t r = ncclCommFinalize(todo[k]);
         state[k] = r == ncclSuccess || r == ncclInProgress;

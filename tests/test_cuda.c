@@ -954,6 +954,19 @@ static void test_parallel(void)
 
 /* The auto plan and the explicit ones on DiT-XL/2 shapes (16 heads; 256 or 1024 tokens) and on the
    Fashion-MNIST shape (3 heads, 49 tokens): pure arithmetic, runs without a GPU. */
+/* the plan for a model of side L (patch 4 for 28, else 2) with `heads` heads on `gpus` GPUs; nccl: as without
+   peer access (DIT_PAR_P2P=0), else peer access assumed */
+static int plan_for(int L, int heads, dit_par_params *pp, int gpus, int nccl, int got[4], char *why, size_t len)
+{
+    dit_model m;
+    memset(&m, 0, sizeof m);
+    m.cfg.input_size = L; m.cfg.patch = L == 28 ? 4 : 2; m.cfg.heads = heads; m.cfg.hidden = 64 * heads;
+    setenv("DIT_PAR_P2P", nccl ? "0" : "1", 1);
+    const int rc = dit_par_plan(&m, pp, gpus, got, why, len);
+    unsetenv("DIT_PAR_P2P");
+    return rc;
+}
+
 static void test_parallel_plans(void)
 {
     static const struct {
@@ -983,21 +996,16 @@ static void test_parallel_plans(void)
         { 32, 16, 2, 8, 8, DIT_PAR_DATA | DIT_PAR_SEQ, 0, { 2, 1, 4, DIT_SEQ_ULYSSES }, 0 },
     };
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
-        dit_model m;
-        memset(&m, 0, sizeof m);
-        m.cfg.input_size = c[i].L; m.cfg.patch = c[i].L == 28 ? 4 : 2; m.cfg.heads = c[i].heads;
-        m.cfg.hidden = 64 * c[i].heads;
         dit_par_params pp;
         memset(&pp, 0, sizeof pp);
         pp.strategy = c[i].strategy; pp.seq_mode = c[i].seq_mode; pp.n_images = c[i].n; pp.world = c[i].world;
         int got[4] = { 0, 0, 0, 0 };
         char why[400] = "";
-        setenv("DIT_PAR_P2P", c[i].nccl ? "0" : "1", 1);
-        const int rc = dit_par_plan(&m, &pp, c[i].gpus, got, why, sizeof why);
-        unsetenv("DIT_PAR_P2P");
+        const int rc = plan_for(c[i].L, c[i].heads, &pp, c[i].gpus, c[i].nccl, got, why, sizeof why);
+        const int g = c[i].L / (c[i].L == 28 ? 4 : 2);
         if (c[i].want[0] < 0)
-            ok(rc != DIT_OK, "plan %zu (%d GPUs, %d tokens, %d heads): refused: %s", i, c[i].gpus,
-               (c[i].L / m.cfg.patch) * (c[i].L / m.cfg.patch), c[i].heads, rc ? dit_last_error() : "accepted");
+            ok(rc != DIT_OK, "plan %zu (%d GPUs, %d tokens, %d heads): refused: %s", i, c[i].gpus, g * g,
+               c[i].heads, rc ? dit_last_error() : "accepted");
         else
             ok(rc == DIT_OK && !memcmp(got, c[i].want, sizeof got), "plan %zu: data %d cfg %d seq %d mode %d (want %d %d %d %d): %s",
                i, got[0], got[1], got[2], got[3], c[i].want[0], c[i].want[1], c[i].want[2], c[i].want[3],
@@ -1009,17 +1017,12 @@ static void test_parallel_plans(void)
         { 32, DIT_PAR_CFG, { -1 } },
     };
     for (size_t i = 0; i < sizeof nc / sizeof nc[0]; i++) {
-        dit_model m;
-        memset(&m, 0, sizeof m);
-        m.cfg.input_size = nc[i].L; m.cfg.patch = 2; m.cfg.heads = 16; m.cfg.hidden = 1152;
         dit_par_params pp;
         memset(&pp, 0, sizeof pp);
         pp.strategy = nc[i].strategy; pp.n_images = 1; pp.no_cfg = 1;
         int got[4] = { 0, 0, 0, 0 };
         char why[400] = "";
-        setenv("DIT_PAR_P2P", "1", 1);
-        const int rc = dit_par_plan(&m, &pp, 2, got, why, sizeof why);
-        unsetenv("DIT_PAR_P2P");
+        const int rc = plan_for(nc[i].L, 16, &pp, 2, 0, got, why, sizeof why);
         if (nc[i].want[0] < 0) ok(rc != DIT_OK, "no CFG batch, --parallel cfg: refused: %s", rc ? dit_last_error() : why);
         else ok(rc == DIT_OK && !memcmp(got, nc[i].want, sizeof got), "no CFG batch, %d tokens on 2 GPUs: data %d cfg %d "
                 "seq %d mode %d: %s", (nc[i].L / 2) * (nc[i].L / 2), got[0], got[1], got[2], got[3], rc ? dit_last_error() : why);
