@@ -14,6 +14,7 @@
 #include <cuda_bf16.h>
 #include <cublasLt.h>
 #include <nccl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stddef.h>
 #include <time.h>
@@ -312,6 +313,12 @@ int dit_op_gemm_raw(struct dit_cuda *c, int type, int y_type, int transa, int tr
                     int64_t k, const void *A, int64_t lda, int64_t sa, const void *Bm, int64_t ldb, int64_t sb,
                     void *Cm, int64_t ldc, int64_t sc, int batch, float alpha, cudaStream_t st);
 int dit_gemm_probe_gelu(struct dit_cuda *c, int *is_tanh);
+// cuBLASLt's first query for each pair of operand and output types a sample uses, made on threads while the
+// caller does something else (the weight upload); join before the first GEMM
+typedef struct { struct dit_cuda *c; int ab, y, started; pthread_t th; } dit_gemm_warm_job;
+typedef struct { dit_gemm_warm_job job[3]; } dit_gemm_warm;
+void dit_gemm_warm_start(struct dit_cuda *c, dit_gemm_warm *w);
+void dit_gemm_warm_join(dit_gemm_warm *w);
 int dit_gemm_time(struct dit_cuda *c, int ab, int y_type, int epi, int64_t M, int64_t N, int64_t K, const void *W,
                   const void *X, void *Y, const void *bias, int reps, float *us);
 void dit_gemm_free_plans(struct dit_cuda *c);

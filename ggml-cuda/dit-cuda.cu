@@ -206,6 +206,24 @@ static int upload_dit(dit_cuda *c, const dit_model *m, wpass *w) {
     return DIT_OK;
 }
 
+// the weights to one device buffer: the first pass sums the sizes, the second copies
+static int upload_weights(dit_cuda *c, dit_model *m) {
+    wpass w = { c, NULL, 0, 1 };
+    TRY(upload_dit(c, m, &w));
+    c->wbytes = w.used;
+    cudaError_t e = cudaMalloc((void **)&c->wbuf, c->wbytes);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return dit_set_error(DIT_ERR_DEVICE, "cuda: cannot allocate %.1f MB for the weights: %s", c->wbytes / 1e6,
+                             cudaGetErrorString(e));
+    }
+    wpass w2 = { c, c->wbuf, 0, 0 };
+    TRY(upload_dit(c, m, &w2));
+    c->wused = w2.used;
+    CUDA_CHECK(cudaDeviceSynchronize());   // the uploads are complete before any stream reads them
+    return DIT_OK;
+}
+
 // GEMM operand type: bf16 when the file's big weights are bf16 (and none is f16), else f16
 static int pick_compute_type(const dit_model *m) {
     int nf16 = 0, nbf16 = 0;
@@ -344,19 +362,11 @@ static int init_impl(dit_cuda *c, dit_model *m, int device) {
     c->blocks = (dit_cuda_block *)calloc((size_t)c->depth, sizeof(dit_cuda_block));
     if (!c->blocks) return dit_set_error(DIT_ERR_NOMEM, "cuda: out of host memory");
 
-    wpass w = { c, NULL, 0, 1 };
-    TRY(upload_dit(c, m, &w));
-    c->wbytes = w.used;
-    cudaError_t e = cudaMalloc((void **)&c->wbuf, c->wbytes);
-    if (e != cudaSuccess) {
-        cudaGetLastError();
-        return dit_set_error(DIT_ERR_DEVICE, "cuda: cannot allocate %.1f MB for the weights: %s", c->wbytes / 1e6,
-                             cudaGetErrorString(e));
-    }
-    wpass w2 = { c, c->wbuf, 0, 0 };
-    TRY(upload_dit(c, m, &w2));
-    c->wused = w2.used;
-    CUDA_CHECK(cudaDeviceSynchronize());   // the uploads are complete before any stream reads them
+    dit_gemm_warm warm;
+    dit_gemm_warm_start(c, &warm);   // cuBLASLt's first queries on threads, beside the upload
+    const int rc = upload_weights(c, m);
+    dit_gemm_warm_join(&warm);
+    TRY(rc);
 
     // cuBLASLt's GELU epilogue must be the tanh form (§1.8) to be used for fc1
     int is_tanh = 0;

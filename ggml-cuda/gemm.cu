@@ -297,6 +297,54 @@ int dit_op_gemm_raw(dit_cuda *c, int type, int y_type, int transa, int transb, i
     return gemm_run(c, p, A, Bm, Cm, NULL, alpha, 0.0f, st);
 }
 
+// ---------------------------------------------------------------- warm-up
+// cuBLASLt loads what it needs for a pair of operand and output types at the first heuristic query (or
+// algorithm check) for that pair: 60-120 ms a pair on an H100, ~0.3 s for the three a sample uses (fp32
+// timestep MLP, ct -> fp32 modulation and final layer, ct -> ct block GEMMs), paid inside the first step. The
+// three queries run side by side on threads (0.14 s) and beside the weight upload (0.21 s): 0.25 s for both
+// instead of ~0.5 (tests/kernels/lt_first.cu). The handle may be shared: nothing here changes its settings.
+static void *warm_main(void *arg) {
+    const dit_gemm_warm_job *j = (const dit_gemm_warm_job *)arg;
+    const cudaDataType_t ab = cuda_dtype(j->ab), yt = cuda_dtype(j->y);
+    const int64_t m = 256, n = 64, k = 256;
+    const cublasOperation_t ta = CUBLAS_OP_T;
+    const cublasLtEpilogue_t e = CUBLASLT_EPILOGUE_BIAS;
+    const int32_t bt = (int32_t)yt;   // as plan_find: the bias in the output type
+    cublasLtMatmulDesc_t d = NULL;
+    cublasLtMatrixLayout_t la = NULL, lb = NULL, lc = NULL;
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res[DIT_GEMM_CANDIDATES];
+    int nres = 0;
+    // failures do not matter here: the real query reports them
+    if (cudaSetDevice(j->c->device) == cudaSuccess && cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F) == 0 &&
+        cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)) == 0 &&
+        cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &e, sizeof(e)) == 0 &&
+        cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof(bt)) == 0 &&
+        cublasLtMatrixLayoutCreate(&la, ab, k, m, k) == 0 && cublasLtMatrixLayoutCreate(&lb, ab, k, n, k) == 0 &&
+        cublasLtMatrixLayoutCreate(&lc, yt, m, n, m) == 0 && cublasLtMatmulPreferenceCreate(&pref) == 0)
+        cublasLtMatmulAlgoGetHeuristic(j->c->lt, d, la, lb, lc, lc, pref, DIT_GEMM_CANDIDATES, res, &nres);
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (d) cublasLtMatmulDescDestroy(d);
+    return NULL;
+}
+
+void dit_gemm_warm_start(dit_cuda *c, dit_gemm_warm *w) {
+    const int pairs[3][2] = { { c->ct, c->ct }, { c->ct, DIT_TYPE_F32 }, { DIT_TYPE_F32, DIT_TYPE_F32 } };
+    for (int i = 0; i < 3; i++) {
+        dit_gemm_warm_job *j = &w->job[i];
+        j->c = c; j->ab = pairs[i][0]; j->y = pairs[i][1];
+        j->started = pthread_create(&j->th, NULL, warm_main, j) == 0;   // no thread: the first step pays
+    }
+}
+
+void dit_gemm_warm_join(dit_gemm_warm *w) {
+    for (int i = 0; i < 3; i++)
+        if (w->job[i].started) pthread_join(w->job[i].th, NULL);
+}
+
 // cuBLASLt documents its GELU epilogue only as "GELU". Probe it: y = GELU(x + b) for x on a grid in
 // [-6, 6] through a (ct x ct -> f32) GEMM with an identity operand, compared with the tanh form
 // 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3))) and with the erf form. They differ by up to 4.7e-4
