@@ -316,7 +316,8 @@ int dit_gemm_probe_gelu(struct dit_cuda *c, int *is_tanh);
 // cuBLASLt's first query for each pair of operand and output types a sample uses, made on threads while the
 // caller does something else (the weight upload); join before the first GEMM
 typedef struct { struct dit_cuda *c; int ab, y, started; pthread_t th; } dit_gemm_warm_job;
-typedef struct { dit_gemm_warm_job job[3]; } dit_gemm_warm;
+#define DIT_GEMM_WARM 2   // pairs of types: ct -> ct, ct -> fp32
+typedef struct { dit_gemm_warm_job job[DIT_GEMM_WARM]; } dit_gemm_warm;
 void dit_gemm_warm_start(struct dit_cuda *c, dit_gemm_warm *w);
 void dit_gemm_warm_join(dit_gemm_warm *w);
 int dit_gemm_time(struct dit_cuda *c, int ab, int y_type, int epi, int64_t M, int64_t N, int64_t K, const void *W,
@@ -405,12 +406,17 @@ int dit_op_conv_direct(const float *x, const float *w, const float *b, float *y,
                        int k, int y_nhwc, cudaStream_t st);
 int dit_op_softmax_rows(const float *x, void *out, int ct, int64_t rows, int cols, float scale, cudaStream_t st);
 
-// weight upload passes (dit-cuda.cu): the first pass (dry) only sums the sizes
+// weight upload passes (dit-cuda.cu): the first pass (dry) only sums the sizes; the second copies, through
+// two pinned staging buffers where it has them (pin[0] != NULL), else by pageable cudaMemcpy
 typedef struct {
     struct dit_cuda *c;
     char *buf;
     size_t used;
     int dry;
+    char *pin[2];          // staging: copies from pin[cur] queued on c->stream, done[i] after pin[i]'s last
+    cudaEvent_t done[2];
+    int cur;
+    size_t fill;           // bytes of pin[cur] in use
 } dit_wpass;
 enum { WP_CT = 0, WP_F32 = 1, WP_CT_ONLY = 2 };   // ct or raw ggml blocks / fp32 / ct, never blocks
 int dit_wp_f32(dit_wpass *w, const dit_tensor *t, float **out);

@@ -136,8 +136,9 @@ int dit_cuda_test_attention(const float *qkv, int B, int T, int H, int hd, int c
    x (n, C, L, L) in/out; p->step_noise (K, n, C, L, L) or Philox from p->seed */
 int dit_cuda_test_sampler(dit_model *m, const dit_sample_params *p, const dit_schedule *s, int i,
                           const float *model_out, float *x);
-/* GEMM y = x W^T + b (+ tanh-GELU when gelu) with fp16 operands: x (M, K), W (N, K), y (M, N) */
-int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, int N, int K, int gelu,
+/* linear layer y = x W^T + b (+ tanh-GELU when gelu) with `type` operands (DIT_TYPE_F16: cuBLASLt; DIT_TYPE_F32,
+   no GELU: the timestep MLP's kernel): x (M, K), W (N, K), y (M, N) */
+int dit_cuda_test_linear(const float *x, const float *w, const float *b, int M, int N, int K, int type, int gelu,
                          float *y);
 /* VAE 3x3 conv, padding 1, ct (DIT_TYPE_F16 or BF16) operands, channels-last: y (H*W, cout) (+)= conv(in) + b,
    where in is x (H/2^up * W/2^up, cin) nearest-upsampled by 2^up and, with ab (2 cin), SiLU(x * ab[c] +

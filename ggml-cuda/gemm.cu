@@ -1,5 +1,6 @@
-// gemm.cu - every matrix product goes through cuBLASLt: fp16/bf16 operands, fp32 accumulation
-// (CUBLAS_COMPUTE_32F), fp32 scale; fp32 layers (timestep MLP) run pure fp32 (no TF32).
+// gemm.cu - every matrix product of fp16/bf16 operands goes through cuBLASLt: fp32 accumulation
+// (CUBLAS_COMPUTE_32F), fp32 scale. The fp32 layers (the timestep MLP, ~100 rows a chunk of steps) run
+// pure fp32 on a small kernel of our own (linear_f32_kernel: cuBLASLt's fp32 kernels cost ~0.1 s to start).
 //
 // Row-major PyTorch Linear y (M, N) = x (M, K) W^T, W (N, K), is the column-major product
 // y^T (N x M) = op_T(W: K x N) * (x^T: K x M), the "TN" layout cuBLASLt is fastest at. The bias
@@ -245,9 +246,48 @@ int dit_gemm_join(dit_cuda *c, cudaStream_t st) {
 }
 
 // y = x W^T (+ b, + GELU per epi) + beta y, for dit_op_linear / _next / _acc below
+// y (M, N) = x (M, K) W^T (+ b), all fp32 (no TF32): a warp per output column and LF_ROWS rows, its lanes
+// striding over k (W's row and the x rows read coalesced), then a shuffle sum. For the timestep MLP only:
+// M is ~100 rows once per chunk of steps, microseconds either way; cuBLASLt would add its fp32 start-up.
+#define LF_ROWS 8
+#define LF_WARPS 8
+static __global__ void linear_f32_kernel(const float *__restrict__ x, const float *__restrict__ w,
+                                         const float *__restrict__ b, float *__restrict__ y, int M, int N, int K) {
+    const int n = blockIdx.x * LF_WARPS + threadIdx.x / WARP, lane = threadIdx.x % WARP, m0 = blockIdx.y * LF_ROWS;
+    if (n >= N) return;
+    const float *wr = w + (int64_t)n * K;
+    float acc[LF_ROWS] = {};
+    for (int k = lane; k < K; k += WARP) {
+        const float wk = wr[k];
+#pragma unroll
+        for (int r = 0; r < LF_ROWS; r++)
+            if (m0 + r < M) acc[r] = fmaf(x[(int64_t)(m0 + r) * K + k], wk, acc[r]);
+    }
+#pragma unroll
+    for (int r = 0; r < LF_ROWS; r++) {
+        float v = acc[r];
+        for (int o = WARP / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        if (lane == 0 && m0 + r < M) y[(int64_t)(m0 + r) * N + n] = v + (b ? b[n] : 0.0f);
+    }
+}
+
+static int linear_f32(const dit_cuda_lin *w, const float *x, int64_t M, float *y, int epi, cudaStream_t st) {
+    if (M <= 0) return DIT_OK;
+    const dim3 grid(cdiv(w->n_out, LF_WARPS), cdiv(M, LF_ROWS));
+    linear_f32_kernel<<<grid, LF_WARPS * WARP, 0, st>>>(x, (const float *)w->w, epi == EPI_BIAS ? w->b : NULL, y, (int)M,
+                                                        (int)w->n_out, (int)w->n_in);
+    CUDA_CHECK(cudaGetLastError());
+    return DIT_OK;
+}
+
 static int linear(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M, void *y,
                   int y_type, int epi, float beta, cudaStream_t st) {
     const void *W = w->w;
+    if (w->type == DIT_TYPE_F32) {
+        if (y_type != DIT_TYPE_F32 || beta != 0.0f || epi == EPI_GELU_BIAS)
+            return dit_set_error(DIT_ERR_UNSUPPORTED, "cuda: an fp32 linear layer supports y = x W^T + b only");
+        return linear_f32(w, (const float *)x, M, (float *)y, w->b ? epi : EPI_NONE, st);
+    }
     int ab = w->type;
     if (is_quantized(w)) {   // quantized: dequantized into a scratch buffer (ct), then an ordinary ct GEMM
         TRY(quantized_weight(c, w, next, st, &W));
@@ -299,10 +339,10 @@ int dit_op_gemm_raw(dit_cuda *c, int type, int y_type, int transa, int transb, i
 
 // ---------------------------------------------------------------- warm-up
 // cuBLASLt loads what it needs for a pair of operand and output types at the first heuristic query (or
-// algorithm check) for that pair: 60-120 ms a pair on an H100, ~0.3 s for the three a sample uses (fp32
-// timestep MLP, ct -> fp32 modulation and final layer, ct -> ct block GEMMs), paid inside the first step. The
-// three queries run side by side on threads (0.14 s) and beside the weight upload (0.21 s): 0.25 s for both
-// instead of ~0.5 (tests/kernels/lt_first.cu). The handle may be shared: nothing here changes its settings.
+// algorithm check) for that pair: 60-120 ms a pair on an H100, paid inside the first step for the pairs a
+// sample uses: ct -> fp32 (modulation, final layer) and ct -> ct (the block GEMMs). Made on threads beside
+// the weight upload instead (tests/kernels/lt_first.cu: three pairs took 293 ms in a row, 140 ms side by
+// side, and 252-262 ms together with a 216 ms upload). The handle may be shared: nothing here changes it.
 static void *warm_main(void *arg) {
     const dit_gemm_warm_job *j = (const dit_gemm_warm_job *)arg;
     const cudaDataType_t ab = cuda_dtype(j->ab), yt = cuda_dtype(j->y);
@@ -332,8 +372,8 @@ static void *warm_main(void *arg) {
 }
 
 void dit_gemm_warm_start(dit_cuda *c, dit_gemm_warm *w) {
-    const int pairs[3][2] = { { c->ct, c->ct }, { c->ct, DIT_TYPE_F32 }, { DIT_TYPE_F32, DIT_TYPE_F32 } };
-    for (int i = 0; i < 3; i++) {
+    const int pairs[DIT_GEMM_WARM][2] = { { c->ct, c->ct }, { c->ct, DIT_TYPE_F32 } };
+    for (int i = 0; i < DIT_GEMM_WARM; i++) {
         dit_gemm_warm_job *j = &w->job[i];
         j->c = c; j->ab = pairs[i][0]; j->y = pairs[i][1];
         j->started = pthread_create(&j->th, NULL, warm_main, j) == 0;   // no thread: the first step pays
@@ -341,7 +381,7 @@ void dit_gemm_warm_start(dit_cuda *c, dit_gemm_warm *w) {
 }
 
 void dit_gemm_warm_join(dit_gemm_warm *w) {
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < DIT_GEMM_WARM; i++)
         if (w->job[i].started) pthread_join(w->job[i].th, NULL);
 }
 

@@ -153,7 +153,7 @@ static void test_linear(void)
     for (int i = 0; i < N * K; i++) w[i] = f16r(frand(0.2f));
     for (int i = 0; i < N; i++) b[i] = frand(1.0f);
     for (int gelu = 0; gelu < 2; gelu++) {
-        int rc = dit_cuda_test_linear(x, w, b, M, N, K, gelu, y);
+        int rc = dit_cuda_test_linear(x, w, b, M, N, K, DIT_TYPE_F16, gelu, y);
         double worst = 0;
         for (int i = 0; i < M; i++)
             for (int j = 0; j < N; j++) {
@@ -169,6 +169,23 @@ static void test_linear(void)
         ok(rc == DIT_OK && worst <= 2e-3, "cuBLASLt fp16 GEMM + bias%s == double reference (max err / sum|x w| %.3g)",
            gelu ? " + tanh-GELU" : "", worst);
     }
+    /* the fp32 kernel (timestep MLP): each output is ~K/32 fmas per lane, 5 shuffle adds and the bias, so its
+       error is at most ~(K/32 + 7) 2^-24 sum|x w| (1e-6 here); 2e-6 allows twice that */
+    for (int i = 0; i < M * K; i++) x[i] = frand(2.0f);
+    for (int i = 0; i < N * K; i++) w[i] = frand(0.2f);
+    int rc = dit_cuda_test_linear(x, w, b, M, N, K, DIT_TYPE_F32, 0, y);
+    double worst = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = b[j], mag = fabs(b[j]);
+            for (int k = 0; k < K; k++) {
+                s += (double)x[i * K + k] * w[j * K + k];
+                mag += fabs((double)x[i * K + k] * w[j * K + k]);
+            }
+            const double e = fabs(y[i * N + j] - s) / mag;
+            if (!(e <= worst)) worst = e;
+        }
+    ok(rc == DIT_OK && worst <= 2e-6, "fp32 linear kernel + bias == double reference (max err / sum|x w| %.3g)", worst);
     free(x); free(w); free(b); free(y);
 }
 
