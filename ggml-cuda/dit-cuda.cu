@@ -123,7 +123,9 @@ static void copy_host(char *dst, const char *src, size_t n) {
 
 // Pageable cudaMemcpy moved 1.45 GB in 190-220 ms on the H100 host (its driver stages through pinned memory on
 // one thread); two pinned 8 MB buffers, one filled by copy_host while the other's DMA runs, are ~2x faster
-// (tests/kernels/lt_first.cu upload). Without pinned memory the pass falls back to pageable copies.
+// (tests/kernels/lt_first.cu upload). Without pinned memory the pass falls back to pageable copies. The VAE's
+// pass stays pageable: vae.cu permutes each 3x3 weight on the legacy stream right after its copy, which a copy
+// queued on c->stream (non-blocking) would race.
 #define WP_STAGE (8u << 20)
 static void wp_stage_begin(wpass *w) {
     for (int i = 0; i < 2; i++)
