@@ -862,10 +862,26 @@ static int rank_setup(rank_job *j) {
     const par_plan *pl = j->pl;
     const int multi = j->pp->world > 1;
     const int device = multi ? j->pp->device : j->i, rank = multi ? j->pp->rank : j->i;
-    TRY(dit_cuda_ctx_create(j->m, device, &g->ctx[j->i]));   // the device is current on this thread from here
-    dit_cuda *c = g->ctx[j->i];
-    dit_par_rank *pr = (dit_par_rank *)calloc(1, sizeof(dit_par_rank));
-    if (!pr) return dit_set_error(DIT_ERR_NOMEM, "out of host memory");
+    // NCCL's init (0.5-0.6 s for 2 GPUs of one process, H200) works in the background (non-blocking) while this
+    // thread uploads the weights (~0.25 s); it needs only the device's context. Until published below the
+    // communicator is this thread's alone: abort_all cannot see it, so a failure here aborts it
+    if (g->abort_flag) return dit_set_error(DIT_ERR_DEVICE, "nccl: rank %d stopped: another rank failed", rank);
+    CUDA_CHECK(cudaSetDevice(device));   // the device is current on this thread from here
+    CUDA_CHECK(cudaFree(0));             // its context
+    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+    cfg.blocking = 0;      // init can wait for a peer that never comes: poll it
+    ncclComm_t comm = NULL;
+    const ncclResult_t r = ncclCommInitRankConfig(&comm, pl->world, j->id, rank, &cfg);
+    dit_cuda *c = NULL;
+    dit_par_rank *pr = NULL;
+    int rc = dit_cuda_ctx_create(j->m, device, &g->ctx[j->i]);
+    if (rc == DIT_OK && !(pr = (dit_par_rank *)calloc(1, sizeof(dit_par_rank))))
+        rc = dit_set_error(DIT_ERR_NOMEM, "out of host memory");
+    if (rc != DIT_OK) {
+        if (comm) ncclCommAbort(comm);
+        return rc;
+    }
+    c = g->ctx[j->i];
     c->pr = pr;
     pr->group = g; pr->local = j->i; pr->rank = rank; pr->world = pl->world; pr->stall_step = -1;
     pr->dd = pl->dd; pr->cf = pl->cf; pr->S = pl->S; pr->seq_mode = pl->seq_mode;
@@ -875,11 +891,6 @@ static int rank_setup(rank_job *j) {
 
     g->beat[j->i] = now_s();
     g->active[j->i] = 1;   // from here on the watchdog times us out
-    ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
-    cfg.blocking = 0;      // init can wait for a peer that never comes: poll it
-    ncclComm_t comm = NULL;
-    ncclResult_t r;
-    NCCL_CALL(c, r, ncclCommInitRankConfig(&comm, pl->world, j->id, rank, &cfg));
     if (comm) TRY(publish(c, &pr->world_comm, comm));   // before the wait: a stuck init must be abortable
     TRY(settle(c, comm, r, "ncclCommInitRank"));
     const int G = pl->cf * pl->S;
