@@ -128,6 +128,8 @@ static void copy_host(char *dst, const char *src, size_t n) {
 // queued on c->stream (non-blocking) would race.
 #define WP_STAGE (8u << 20)
 static void wp_stage_begin(wpass *w) {
+    const char *ev = getenv("DIT_CUDA_UPLOAD");   // "pageable": the fallback, for comparisons
+    if (ev && !strcmp(ev, "pageable")) return;
     for (int i = 0; i < 2; i++)
         if (cudaHostAlloc((void **)&w->pin[i], WP_STAGE, cudaHostAllocDefault) != cudaSuccess ||
             cudaEventCreateWithFlags(&w->done[i], cudaEventDisableTiming) != cudaSuccess) {

@@ -777,6 +777,26 @@ static void test_random_models(void)
             free(a);
             free(b);
         }
+        if (i == 1) {   /* the weights through pinned staging buffers (default) == pageable copies, bitwise */
+            dit_sample_params p = dit_sample_params_default();
+            int lab[1] = { 207 };
+            p.n = 1; p.labels = lab; p.steps = 4; p.seed = 5; p.backend = DIT_BACKEND_CUDA;
+            const size_t nl = dit_latent_floats(&r->m);
+            float *a = malloc(nl * 4), *b = malloc(nl * 4);
+            setenv("DIT_CUDA_TUNE", "0", 1);
+            dit_cuda_free(&r->m);
+            const int r1 = dit_sample(&r->m, &p, a);
+            dit_cuda_free(&r->m);
+            setenv("DIT_CUDA_UPLOAD", "pageable", 1);
+            const int r2 = dit_sample(&r->m, &p, b);
+            unsetenv("DIT_CUDA_UPLOAD");
+            unsetenv("DIT_CUDA_TUNE");
+            dit_cuda_free(&r->m);
+            ok(!r1 && !r2 && memcmp(a, b, nl * 4) == 0, "random %s: weights uploaded staged == pageable, bitwise%s%s",
+               cases[i].name, r1 || r2 ? ": " : "", r1 || r2 ? dit_last_error() : "");
+            free(a);
+            free(b);
+        }
         free(x);
         rmodel_free(r);
     }
