@@ -2415,7 +2415,7 @@ static int sample_cpu(dit_model *m, const dit_sample_params *p, const dit_schedu
     /* x_T: init_noise, else Philox step 0 of image n */
     for (int n = 0; n < N; n++) {
         if (p->init_noise) memcpy(x + n * CLL, p->init_noise + n * CLL, CLL * sizeof(float));
-        else dit_randn(p->seed, (uint32_t)n, 0, x + n * CLL, CLL);
+        else dit_randn(p->seed, p->first_image + (uint32_t)n, 0, x + n * CLL, CLL);
         yy[n] = p->labels[n];
         yy[N + n] = cf->num_classes;
     }
@@ -2433,7 +2433,7 @@ static int sample_cpu(dit_model *m, const dit_sample_params *p, const dit_schedu
             const float *nz = noise;
             if (need_noise) {
                 if (p->step_noise) nz = p->step_noise + ((size_t)i * N + n) * CLL;
-                else dit_randn(p->seed, (uint32_t)n, (uint32_t)(i + 1), noise, CLL);
+                else dit_randn(p->seed, p->first_image + (uint32_t)n, (uint32_t)(i + 1), noise, CLL);
             }
             sampler_step(m, p, s, k, x, mo, n, nz, x0_prev);
         }

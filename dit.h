@@ -313,6 +313,8 @@ typedef struct {
     int clip_denoised;       /* 0, as sample.py */
     uint64_t seed;
     int n;                   /* images */
+    uint32_t first_image;    /* 0; their Philox noise streams are first_image .. first_image+n-1 of the seed, so a
+                                large job sampled in batches (first_image = images before) gets the same noise */
     const int *labels;       /* n labels */
     int threads;             /* CPU threads, <= 0: all */
     int backend;             /* DIT_BACKEND_* */

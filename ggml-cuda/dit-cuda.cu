@@ -825,7 +825,7 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
     a->cfg_scale = p->cfg_scale; a->eta = p->eta; a->seed = p->seed;
     a->clip = p->clip_denoised;
     a->learn_sigma = c->oc >= 2 * c->C;
-    a->img0 = j->img0; a->rows = j->B;
+    a->img0 = (int)p->first_image + j->img0; a->rows = j->B;   // the Philox stream of its first image
     int n_real = p->n - j->img0;   // images of this slice that are not padding
     n_real = n_real < 0 ? 0 : n_real > j->N ? j->N : n_real;
 
@@ -864,7 +864,7 @@ static int sample_setup(dit_cuda *c, const dit_sample_params *p, const dit_sched
             CUDA_CHECK(cudaMemcpyAsync(c->lat, p->init_noise + (size_t)j->img0 * lat, (size_t)n_real * lat * 4,
                                        cudaMemcpyHostToDevice, st));
     } else {
-        OP(c, "init_noise", dit_op_randn(p->seed, j->img0, j->N, 0, c->lat, (int64_t)lat, st));
+        OP(c, "init_noise", dit_op_randn(p->seed, (int)p->first_image + j->img0, j->N, 0, c->lat, (int64_t)lat, st));
     }
     TRY(dit_op_state_set(c->state, 0, 0, 1, st));
     j->noise = p->step_noise ? c->noise : NULL;

@@ -777,6 +777,25 @@ static void test_random_models(void)
             free(a);
             free(b);
         }
+        if (i == 1) {   /* batches: 3 images at once == 2 images (first_image 0) then 1 (first_image 2). The GEMMs see
+                           other row counts, so cuBLASLt may sum in another order (~1e-3 per forward, grown over the
+                           steps: 2e-2 x max|ref| as the multi-GPU checks); a wrong noise stream is an O(1) error */
+            dit_sample_params p = dit_sample_params_default();
+            int lab[3] = { 207, 1, 999 };
+            p.n = 3; p.labels = lab; p.steps = 4; p.seed = 11; p.backend = DIT_BACKEND_CUDA;
+            const size_t nl = dit_latent_floats(&r->m);
+            float *a = malloc(3 * nl * 4), *b = malloc(3 * nl * 4);
+            int rc = dit_sample(&r->m, &p, a);
+            p.n = 2;
+            if (!rc) rc = dit_sample(&r->m, &p, b);
+            p.n = 1; p.labels = lab + 2; p.first_image = 2;
+            if (!rc) rc = dit_sample(&r->m, &p, b + 2 * nl);
+            if (rc) ok(0, "random %s: batches: %s", cases[i].name, dit_last_error());
+            else check_close("random DiT-XL width: DDPM 4 steps, 3 images at once == batches of 2 and 1 (first_image 2)",
+                             b, a, 3 * nl, 2e-2);
+            free(a);
+            free(b);
+        }
         if (i == 1) {   /* the weights through pinned staging buffers (default) == pageable copies, bitwise */
             dit_sample_params p = dit_sample_params_default();
             int lab[1] = { 207 };

@@ -86,6 +86,19 @@ run -m "$M" --class 1,7 --spacing 10 --init-noise $F/e2e_init.npy --step-noise $
     --save-latent "$T/lat.npy" -o "$T/e2e.png" -q
 checks "DDPM-10 with --init-noise/--step-noise runs (exit $rc)" '[ $rc -eq 0 ] && [ -f "$T/lat.npy" ] && [ -f "$T/e2e_001.png" ]'
 latent_vs "$T/lat.npy" ddpm10_out "--save-latent"
+# batches: one image per dit_sample call takes its slice of --init-noise and its column of --step-noise (K, n, ...)
+run -m "$M" --class 1,7 --spacing 10 --init-noise $F/e2e_init.npy --step-noise $F/e2e_step_noise10.npy \
+    --save-latent "$T/lat_b1.npy" -o "$T/b1.png" -q --batch 1
+latent_vs "$T/lat_b1.npy" ddpm10_out "--batch 1 with --init-noise/--step-noise (each batch its slice and column)"
+# batches with Philox noise: image i keeps stream (seed, i), and the CPU's rows do not interact: bitwise (a GPU's
+# GEMMs may sum differently at another row count: test_cuda compares batches there)
+run -m "$M" -n 5 -s 3 --sampler ddpm --steps 4 --save-latent "$T/lat_n5.npy" -o "$T/n5.png" -q --backend cpu
+run -m "$M" -n 5 -s 3 --sampler ddpm --steps 4 --save-latent "$T/lat_n5b.npy" -o "$T/n5b.png" -q --backend cpu --batch 2
+checks "CPU: -n 5 --batch 2 == -n 5: latents and the 5 PNGs, bitwise (exit $rc)" 'cmp -s "$T/lat_n5.npy" "$T/lat_n5b.npy" &&
+    cmp -s "$T/n5.png" "$T/n5b.png" && cmp -s "$T/n5_004.png" "$T/n5b_004.png" && [ ! -e "$T/n5b_005.png" ]'
+expect_error 2 "batch" -m "$M" --batch 0 -o "$T/x.png"
+run -m "$M" --class all -n 11 --steps 2 --sampler ddim --grid -o "$T/all.png" -q --backend cpu
+check "--class all: labels 0..9, then 0 again (PNG text)" grep -aq 'classes: tench, Tinca tinca (0), goldfish (1), .*ostrich (9), tench, Tinca tinca (0)$' "$T/all.png"
 run -m "$M" --class 1,7 --sampler ddim --steps 10 --init-noise $F/e2e_init.npy --save-latent "$T/lat_ddim.npy" -o "$T/ddim.png" -q
 latent_vs "$T/lat_ddim.npy" ddim10_out "--sampler ddim --steps 10"
 run -m "$M" --class 1,7 --sampler dpm++2m --steps 10 --init-noise $F/e2e_init.npy --save-latent "$T/lat_dpm.npy" -o "$T/dpm.png" -q

@@ -6,7 +6,9 @@
    Defaults follow the official sample.py: 250 DDPM steps, classifier-free guidance 4.0 on the first
    cfg_channels eps channels, clip_denoised off, seed 0, and its eight labels for a 1000-class model.
    Noise: image i of a run uses the Philox stream (seed, i) (dit.h dit_randn), so an image is reproduced by
-   the same seed, labels and any -n larger than i (bit for bit: batch rows do not interact).
+   the same seed, labels and any -n larger than i (on the CPU bit for bit: batch rows do not interact; on a
+   GPU within the GEMMs' summation order). -n images run in batches of --batch (dit_sample_params.first_image
+   keeps each image's stream), each batch decoded and written before the next.
    PNG text: a tEXt chunk "parameters" right after IHDR, A1111 / sd.cpp style. One image:
      class: golden retriever (207)
      Steps: 250, Sampler: ddpm, CFG scale: 4.0, Seed: 0, Image: 3, Size: 256x256, Model: DiT-XL-2-256, Version: dit.c
@@ -36,10 +38,12 @@ static const char *usage_text =
     "Generates class-conditional images with a DiT (sample.py semantics) and writes PNGs.\n"
     "\n"
     "  -m, --model FILE        DiT GGUF (with a VAE for latent models; made by dit-convert)\n"
-    "  -c, --class C[,C...]    class index or name (case-insensitive, unique prefix); repeatable;\n"
+    "  -c, --class C[,C...]    class index or name (case-insensitive, unique prefix), or 'all'; repeatable;\n"
     "                          labels cycle over the images (default: sample.py's 207,360,387,974,88,\n"
     "                          979,417,279 for 1000 classes, else 0,1,2,...)\n"
     "  -n, --count N           images (default: the number of classes given, or 8)\n"
+    "      --batch B           images sampled at once (default 32 per GPU, as sample_ddp.py): any -n runs in\n"
+    "                          bounded memory, each batch's PNGs written when it ends; same noise per image\n"
     "  -s, --seed S            noise seed, 0..2^64-1 (default 0); image i uses stream (S, i)\n"
     "      --steps K           sampler steps (default 250, dpm++2m 25); spacing \"K\", DDIM \"ddimK\",\n"
     "                          dpm++2m \"linspaceK\" (diffusers' DPMSolverMultistepScheduler timesteps)\n"
@@ -113,12 +117,22 @@ static double now(void)
 
 typedef struct {
     double t0;
+    int batch, n_batches;   /* steps of batch b count after those of batches 0..b-1 */
+    int open;               /* a bar is on the line: end it before other output */
 } progress_state;
+
+static void progress_break(progress_state *ps)
+{
+    if (ps->open) fprintf(stderr, "\n");
+    ps->open = 0;
+}
 
 static void progress(int step, int steps, void *user)
 {
     progress_state *ps = user;
     if (quiet) return;
+    step += ps->batch * steps;
+    steps *= ps->n_batches;
     double dt = now() - ps->t0, rate = dt > 0 ? step / dt : 0;
     char bar[51];
     int pos = (int)((int64_t)50 * step / steps);
@@ -127,6 +141,7 @@ static void progress(int step, int steps, void *user)
     if (rate >= 1 || rate == 0) fprintf(stderr, "\r  |%s| %d/%d - %.2f it/s\033[K", bar, step, steps, rate);
     else fprintf(stderr, "\r  |%s| %d/%d - %.2f s/it\033[K", bar, step, steps, 1 / rate);
     if (step == steps) fprintf(stderr, "\n");
+    ps->open = step != steps;
     fflush(stderr);
 }
 
@@ -314,6 +329,7 @@ int main(int argc, char **argv)
     const char *decode_path = NULL, *spacing = NULL, *class_args[256], *profile = NULL;
     int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1, labelled = -1;
     int gpus = 1, strategy = DIT_PAR_AUTO, seq_mode = DIT_SEQ_AUTO, rank = 0, steps_given = 0, cfg_given = 0;
+    int batch = 0, world = 1;   /* images per dit_sample call (0: 32 per GPU); GPUs sampling together */
     double nccl_timeout = 60;
     dit_sample_params p = dit_sample_params_default();
     for (int i = 1; i < argc; i++) {
@@ -327,6 +343,7 @@ int main(int argc, char **argv)
             if (n_class_args == 256) die(2, "too many --class options");
             class_args[n_class_args++] = VAL();
         } else if (!strcmp(a, "-n") || !strcmp(a, "--count")) n = (int)parse_int(a, VAL(), 1, 100000);
+        else if (!strcmp(a, "--batch")) batch = (int)parse_int(a, VAL(), 1, 100000);
         else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
             const char *v = VAL();
             char *end;
@@ -441,6 +458,13 @@ int main(int argc, char **argv)
                 while (isspace((unsigned char)*tok)) tok++;
                 for (char *e = tok + strlen(tok); e > tok && isspace((unsigned char)e[-1]);) *--e = 0;
                 if (!*tok) continue;
+                if (!strcasecmp(tok, "all")) {   /* every class in order (class-balanced sets, e.g. for FID) */
+                    for (int c = 0; c < cf->num_classes; c++) {
+                        if (n_labels == cf->num_classes + 1024) die(2, "too many classes");
+                        labels[n_labels++] = c;
+                    }
+                    continue;
+                }
                 if (n_labels == cf->num_classes + 1024) die(2, "too many classes");
                 int y = dit_class_from_name(m, tok);
                 if (y < 0) die(2, "--class: %s", dit_last_error());
@@ -482,10 +506,15 @@ int main(int argc, char **argv)
         if (save_latent) probe_output(save_latent);
     }
 #ifdef DIT_CUDA
+    world = multi ? pp.world : gpus;
+#endif
+    if (decode_path || batch > n) batch = n;
+    else if (batch <= 0) batch = 32 * world < n ? 32 * world : n;   /* 32 per GPU, as sample_ddp.py */
+#ifdef DIT_CUDA
     if (use_cuda) {
         t0 = now();
         if (gpus > 1 || multi) {
-            pp.gpus = gpus; pp.strategy = strategy; pp.seq_mode = seq_mode; pp.n_images = n; pp.timeout_s = nccl_timeout;
+            pp.gpus = gpus; pp.strategy = strategy; pp.seq_mode = seq_mode; pp.n_images = batch; pp.timeout_s = nccl_timeout;
             pp.no_cfg = p.no_cfg;
             char plan[512];
             if (dit_cuda_init_parallel(m, &pp, plan, sizeof plan)) die_lib();
@@ -503,64 +532,23 @@ int main(int argc, char **argv)
     if (profile && dit_cuda_profile_begin(m)) die_lib();
 #endif
     dit_schedule sched;
+    float *init = NULL, *step_all = NULL;
     if (!decode_path) {
         if (!spacing) dit_sampler_spacing(p.sampler, p.steps, spacing_buf, sizeof spacing_buf);
         if (dit_schedule_init(&sched, spacing ? spacing : spacing_buf)) die(2, "%s", dit_last_error());
         int64_t ishape[4] = { n, C, L, L }, sshape[5] = { sched.K, n, C, L, L };
-        float *init = init_path ? read_npy(init_path, 4, ishape, "--init-noise") : NULL;
-        float *steps = step_path ? read_npy(step_path, 5, sshape, "--step-noise") : NULL;
-        p.n = n;
-        p.labels = y;
-        p.init_noise = init;
-        p.step_noise = steps;
-        progress_state ps = { now() };
-        p.progress = progress;
-        p.progress_user = &ps;
-        if (!(lat = malloc(CLL * n * sizeof(float)))) die(1, "out of memory");
-        t0 = now();
-        if (dit_sample(m, &p, lat)) {
-            if (!quiet) fprintf(stderr, "\n");
-            die_lib();
-        }
-        t_sample = now() - t0;
-#ifdef DIT_CUDA
-        dit_cuda_info ci;
-        if (verbose && use_cuda && !dit_cuda_get_info(m, &ci))
-            fprintf(stderr, "sample phases (GPU 0, host): setup %.0f ms, first step %.0f ms (adaLN, plans, tuning, "
-                    "kernel loading), graph capture %.0f ms, other steps %.0f ms\n", ci.ms_setup, ci.ms_first_step,
-                    ci.ms_capture, ci.ms_steps);
-#endif
-        if (verbose)
-            fprintf(stderr, "sample: %d images, %d steps (%s, %s%s, CFG %.2f): %.2f s, %.3f s/step\n", n, sched.K,
-                    dit_sampler_name(p.sampler), spacing ? "spacing " : "", spacing ? spacing : spacing_buf,
-                    p.cfg_scale, t_sample, t_sample / sched.K);
-        free(init);
-        free(steps);
-        if (save_latent && rank == 0) {
-            int64_t sh[4] = { n, C, L, L };
-            if (dit_npy_write(save_latent, 4, sh, lat)) die_lib();
-        }
+        init = init_path ? read_npy(init_path, 4, ishape, "--init-noise") : NULL;
+        step_all = step_path ? read_npy(step_path, 5, sshape, "--step-noise") : NULL;
     }
 
-#ifdef DIT_CUDA
-    if (profile && dit_cuda_profile_end(m, rank == 0 ? profile : NULL, verbose ? stderr : NULL)) die_lib();   /* all ranks run op by op; rank 0 writes */
-    if (profile && verbose) fprintf(stderr, "wrote profile %s\n", profile);
-#endif
-
-    if (rank != 0) {   /* multi-process: rank 0 decodes and writes */
-        free(lat), free(y), free(labels);
-        dit_model_free(m);
-        return 0;
-    }
-
-    /* ---- decode + write */
+    /* ---- PNG text: A1111 / sd.cpp style "key: value" pairs */
     float *imgs = malloc(IMG * (grid ? n : 1) * sizeof(float));
     if (!imgs) die(1, "out of memory");
     char common[1024], cname[160], num[2][32], *text = malloc(4096 + 64 * (size_t)n);
     if (!text) die(1, "out of memory");
     if (decode_path) {
         snprintf(common, sizeof common, "Decoded from: %s", decode_path);
-    } else {   /* A1111 / sd.cpp style "key: value" pairs */
+    } else {
         const int ddim = p.sampler == DIT_SAMPLER_DDIM;
         append(common, sizeof common, 1, "Steps: %d, Sampler: %s", sched.K, dit_sampler_name(p.sampler));
         if (ddim && p.eta != 0) append(common, sizeof common, 0, ", Eta: %s", fmt_num(num[0], p.eta));
@@ -572,30 +560,93 @@ int main(int argc, char **argv)
         if (step_path) append(common, sizeof common, 0, ", Step noise: %s", step_path);
         append(common, sizeof common, 0, ", Seed: %llu", (unsigned long long)p.seed);
     }
-    for (int i = 0; i < n; i++) {
-        t0 = now();
-        float *img = imgs + (grid ? i : 0) * IMG;
-        int rc;
+
+    /* ---- sample in batches of `batch` images (bounded memory for any -n; image i keeps Philox stream i),
+       then decode and write each batch's images (rank 0) */
+    const int decode = rank == 0;   /* multi-process: rank 0 decodes and writes */
+    const int n_batches = (n + batch - 1) / batch;
+    float *step_b = step_all && n_batches > 1 ? malloc((size_t)sched.K * batch * CLL * sizeof(float)) : NULL;
+    if (!decode_path && !(lat = malloc(CLL * (save_latent ? n : batch) * sizeof(float)))) die(1, "out of memory");
+    if (step_all && n_batches > 1 && !step_b) die(1, "out of memory");
+    progress_state ps = { now(), 0, decode_path ? 1 : n_batches, 0 };
+    for (int i0 = 0; i0 < n; i0 += batch) {
+        const int nb = n - i0 < batch ? n - i0 : batch;
+        float *lb = decode_path || save_latent ? lat + i0 * CLL : lat;   /* this batch's latents */
+        if (!decode_path) {
+            p.n = nb;
+            p.labels = y + i0;
+            p.first_image = (uint32_t)i0;
+            p.init_noise = init ? init + i0 * CLL : NULL;
+            p.step_noise = step_all;
+            if (step_b) {   /* (K, n, C, L, L) -> this batch's (K, nb, C, L, L) */
+                for (int k = 0; k < sched.K; k++)
+                    memcpy(step_b + (size_t)k * nb * CLL, step_all + ((size_t)k * n + i0) * CLL, nb * CLL * sizeof(float));
+                p.step_noise = step_b;
+            }
+            p.progress = progress;
+            p.progress_user = &ps;
+            ps.batch = i0 / batch;
+            t0 = now();
+            if (dit_sample(m, &p, lb)) {
+                if (!quiet) fprintf(stderr, "\n");
+                die_lib();
+            }
+            t_sample += now() - t0;
 #ifdef DIT_CUDA
-        rc = use_cuda && cf->has_vae ? dit_cuda_decode(m, lat + i * CLL, 1, img) : dit_decode(m, lat + i * CLL, 1, img, p.threads);
-#else
-        rc = dit_decode(m, lat + i * CLL, 1, img, p.threads);
+            dit_cuda_info ci;
+            if (verbose && i0 == 0 && use_cuda && !dit_cuda_get_info(m, &ci))
+                progress_break(&ps), fprintf(stderr, "sample phases (GPU 0, host%s): setup %.0f ms, first step %.0f ms (adaLN, plans, "
+                        "tuning, kernel loading), graph capture %.0f ms, other steps %.0f ms\n",
+                        n_batches > 1 ? ", first batch" : "", ci.ms_setup, ci.ms_first_step, ci.ms_capture, ci.ms_steps);
 #endif
-        if (rc) die_lib();
-        t_decode += now() - t0;
-        if (grid) continue;
-        t0 = now();
-        char *path = image_path(out, i);
-        if (decode_path)
-            snprintf(text, 4096, "%s, Image: %d, Size: %dx%d, Model: %s, Version: dit.c", common, i, S, S, m->name);
-        else
-            snprintf(text, 4096, "class: %s\n%s, Image: %d, Size: %dx%d, Model: %s, Version: dit.c",
-                     class_name(m, y[i], cname, sizeof cname), common, i, S, S, m->name);
-        if (dit_png_write(path, img, IC, S, S, metadata ? text : NULL)) die_lib();
-        if (verbose) fprintf(stderr, "wrote %s\n", path);
-        free(path);
-        t_write += now() - t0;
+        }
+        for (int i = i0; decode && i < i0 + nb; i++) {
+            t0 = now();
+            float *img = imgs + (grid ? i : 0) * IMG;
+            const float *li = lb + (size_t)(i - i0) * CLL;
+            int rc;
+#ifdef DIT_CUDA
+            rc = use_cuda && cf->has_vae ? dit_cuda_decode(m, li, 1, img) : dit_decode(m, li, 1, img, p.threads);
+#else
+            rc = dit_decode(m, li, 1, img, p.threads);
+#endif
+            if (rc) die_lib();
+            t_decode += now() - t0;
+            if (grid) continue;
+            t0 = now();
+            char *path = image_path(out, i);
+            if (decode_path)
+                snprintf(text, 4096, "%s, Image: %d, Size: %dx%d, Model: %s, Version: dit.c", common, i, S, S, m->name);
+            else
+                snprintf(text, 4096, "class: %s\n%s, Image: %d, Size: %dx%d, Model: %s, Version: dit.c",
+                         class_name(m, y[i], cname, sizeof cname), common, i, S, S, m->name);
+            if (dit_png_write(path, img, IC, S, S, metadata ? text : NULL)) die_lib();
+            if (verbose) progress_break(&ps), fprintf(stderr, "wrote %s\n", path);
+            free(path);
+            t_write += now() - t0;
+        }
     }
+    if (!decode_path && verbose)
+        fprintf(stderr, "sample: %d images in %d batch%s, %d steps (%s, %s%s, CFG %.2f): %.2f s, %.3f s/step\n", n,
+                n_batches, n_batches > 1 ? "es" : "", sched.K, dit_sampler_name(p.sampler), spacing ? "spacing " : "",
+                spacing ? spacing : spacing_buf, p.cfg_scale, t_sample, t_sample / sched.K / n_batches);
+    free(init);
+    free(step_all);
+    free(step_b);
+    if (save_latent && rank == 0) {
+        int64_t sh[4] = { n, C, L, L };
+        if (dit_npy_write(save_latent, 4, sh, lat)) die_lib();
+    }
+#ifdef DIT_CUDA
+    if (profile && dit_cuda_profile_end(m, rank == 0 ? profile : NULL, verbose ? stderr : NULL)) die_lib();   /* all ranks run op by op; rank 0 writes */
+    if (profile && verbose) fprintf(stderr, "wrote profile %s\n", profile);
+#endif
+    if (rank != 0) {
+        free(text), free(imgs), free(lat), free(y), free(labels);
+        dit_model_free(m);
+        return 0;
+    }
+
     if (grid) {
         t0 = now();
         int *row = malloc(sizeof(int) * n), *col = malloc(sizeof(int) * n), rows = 0, cols = 0;
