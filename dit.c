@@ -2734,6 +2734,24 @@ int dit_decode(dit_model *m, const float *latents, int n, float *images, int thr
 #pragma GCC diagnostic ignored "-Wunused-function"
 #pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 #pragma GCC diagnostic ignored "-Wsign-compare"
+/* zlib's deflate (level 6, its default) for the PNG data instead of stb's own: a 256 px RGB image in 6.8
+   instead of 12.5 ms, and 28 % smaller (measured on a noisy test image) */
+#ifndef DIT_PNG_ZLIB_LEVEL
+#define DIT_PNG_ZLIB_LEVEL 6
+#endif
+static unsigned char *png_zlib_compress(unsigned char *data, int len, int *out_len, int quality)
+{
+    (void)quality;
+    uLongf n = compressBound((uLong)len);
+    unsigned char *out = malloc(n);
+    if (!out || compress2(out, &n, data, (uLong)len, DIT_PNG_ZLIB_LEVEL) != Z_OK) {
+        free(out);
+        return NULL;   /* stb then fails the write: dit_png_write reports it */
+    }
+    *out_len = (int)n;
+    return out;
+}
+#define STBIW_ZLIB_COMPRESS png_zlib_compress
 #define STB_IMAGE_WRITE_STATIC
 #define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb_image_write.h>
