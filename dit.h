@@ -348,6 +348,14 @@ int dit_png_write(const char *path, const float *img, int C, int H, int W, const
 int dit_npy_read(const char *path, int *ndim, int64_t shape[8], float **data);
 int dit_npy_read_f64(const char *path, int *ndim, int64_t shape[8], double **data);
 int dit_npy_write(const char *path, int ndim, const int64_t *shape, const float *data);
+/* .npz for ADM's FID/IS evaluation suite, as the official sample_ddp.py writes: member arr_0, uint8
+   (n, H, W, C) with the PNGs' pixels. open, then n x add(img (C, H, W) in [-1, 1]), then close (ZIP64,
+   atomic: nothing at path until close succeeds; abort discards). */
+typedef struct { dit_atomic_file a; int64_t n, done; int C, H, W; uint64_t size; uint32_t crc; unsigned char *px; } dit_npz;
+int dit_npz_open(dit_npz *z, const char *path, int n, int C, int H, int W);
+int dit_npz_add(dit_npz *z, const float *img);
+int dit_npz_close(dit_npz *z);
+void dit_npz_abort(dit_npz *z);
 
 #ifdef __cplusplus
 }

@@ -97,6 +97,25 @@ run -m "$M" -n 5 -s 3 --sampler ddpm --steps 4 --save-latent "$T/lat_n5b.npy" -o
 checks "CPU: -n 5 --batch 2 == -n 5: latents and the 5 PNGs, bitwise (exit $rc)" 'cmp -s "$T/lat_n5.npy" "$T/lat_n5b.npy" &&
     cmp -s "$T/n5.png" "$T/n5b.png" && cmp -s "$T/n5_004.png" "$T/n5b_004.png" && [ ! -e "$T/n5b_005.png" ]'
 expect_error 2 "batch" -m "$M" --batch 0 -o "$T/x.png"
+# --npz (sample_ddp.py's file for ADM's FID suite): a valid ZIP (CRC checked), arr_0 uint8 (N, H, W, C) equal to
+# the PNG pixel rule applied to the images (the pixel-space model's final latents), across batches
+run -m "$T/px.gguf" -n 5 --steps 3 --sampler ddim --npz "$T/s.npz" --save-latent "$T/pl.npy" -o "$T/p.png" -q --batch 2
+if [ $HAVE_NP = 1 ] && [ $rc -eq 0 ]; then
+    r=$($PY -c "
+import numpy as np, zipfile
+z = zipfile.ZipFile('$T/s.npz'); assert z.testzip() is None and z.namelist() == ['arr_0.npy']
+a = np.load('$T/s.npz')['arr_0']; x = np.load('$T/pl.npy')
+v = ((np.clip(np.nan_to_num(x, nan=-1.0), -1, 1) + np.float32(1)) / np.float32(2)) * np.float32(255) + np.float32(0.5)
+want = np.clip(v, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
+print('ok' if a.dtype == np.uint8 and a.shape == want.shape and (a == want).all() else 'bad %s %s' % (a.shape, want.shape))" 2>&1)
+    case "$r" in ok) ok "--npz: valid ZIP, arr_0 (5, H, W, C) uint8 == the images' pixels, 3 batches" ;; *) nok "--npz: $r" ;; esac
+else
+    check "--npz runs (exit $rc)" [ $rc -eq 0 ]
+fi
+mkdir "$T/only" && (cd "$T/only" && "$OLDPWD/$S" -m "$T/px.gguf" -n 2 --steps 2 --npz s.npz -q >/dev/null 2>&1)
+check "--npz without -o: the .npz and no PNG" [ "$(ls "$T/only")" = s.npz ]
+expect_error 2 "--grid needs -o" -m "$T/px.gguf" -n 2 --steps 2 --npz "$T/g.npz" --grid
+expect_error 1 "no-dir/x.npz: cannot create output file" -m "$T/px.gguf" -n 2 --steps 2 --npz "$T/no-dir/x.npz"
 run -m "$M" --class all -n 11 --steps 2 --sampler ddim --grid -o "$T/all.png" -q --backend cpu
 check "--class all: labels 0..9, then 0 again (PNG text)" grep -aq 'classes: tench, Tinca tinca (0), goldfish (1), .*ostrich (9), tench, Tinca tinca (0)$' "$T/all.png"
 run -m "$M" --class 1,7 --sampler ddim --steps 10 --init-noise $F/e2e_init.npy --save-latent "$T/lat_ddim.npy" -o "$T/ddim.png" -q

@@ -25,6 +25,7 @@
 #include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,6 +78,8 @@ static const char *usage_text =
     "      --init-noise F.npy  initial latents x_T, float32 (N, C, L, L), instead of Philox\n"
     "      --step-noise F.npy  per-step noise, float32 (K, N, C, L, L); entry i is used by loop step i\n"
     "      --save-latent F.npy write the final latents (N, C, L, L) (before the VAE)\n"
+    "      --npz F.npz         also write all images as uint8 (N, H, W, C) 'arr_0', as sample_ddp.py for ADM's\n"
+    "                          FID suite (ZIP64, streamed); without -o no PNGs are written\n"
     "      --profile F.json    CUDA: per-op GPU times as a Chrome trace (chrome://tracing, Perfetto);\n"
     "                          with -v also a summary table (ops run one by one, no CUDA graph)\n"
     "      --decode F.npy      no sampling: decode these latents (N, C, L, L) and write the PNGs\n"
@@ -88,9 +91,20 @@ static const char *usage_text =
 
 static int verbose, quiet;
 
+/* --npz streams into a temporary file for the whole run: an error or a Ctrl-C removes it */
+static dit_npz *npz_open;
+static char npz_tmp[4096];
+static void npz_on_signal(int sig)
+{
+    unlink(npz_tmp);   /* async-signal-safe */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
 static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die(int code, const char *fmt, ...)
 {
+    if (npz_open) dit_npz_abort(npz_open);
     va_list ap;
     va_start(ap, fmt);
     fprintf(stderr, "dit-sample: error: ");
@@ -358,7 +372,7 @@ static void write_pngs(const char *out, const float *imgs, size_t IMG, int i0, i
 
 int main(int argc, char **argv)
 {
-    const char *model = NULL, *out = "sample.png", *init_path = NULL, *step_path = NULL, *save_latent = NULL;
+    const char *model = NULL, *out = NULL, *init_path = NULL, *step_path = NULL, *save_latent = NULL, *npz = NULL;
     const char *decode_path = NULL, *spacing = NULL, *class_args[256], *profile = NULL;
     int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1, labelled = -1;
     int gpus = 1, strategy = DIT_PAR_AUTO, seq_mode = DIT_SEQ_AUTO, rank = 0, steps_given = 0, cfg_given = 0;
@@ -433,6 +447,7 @@ int main(int argc, char **argv)
         } else if (!strcmp(a, "--init-noise")) init_path = VAL();
         else if (!strcmp(a, "--step-noise")) step_path = VAL();
         else if (!strcmp(a, "--save-latent")) save_latent = VAL();
+        else if (!strcmp(a, "--npz")) npz = VAL();
         else if (!strcmp(a, "--profile")) profile = VAL();
         else if (!strcmp(a, "--decode")) decode_path = VAL();
         else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) quiet = 1;
@@ -441,6 +456,8 @@ int main(int argc, char **argv)
 #undef VAL
     }
     if (!model) die(2, "no model given (-m MODEL.gguf; see --help)");
+    if (!out && !npz) out = "sample.png";   /* --npz alone writes no PNGs */
+    if (grid && !out) die(2, "--grid needs -o (with --npz alone no PNG is written)");
     if (p.eta < 0) die(2, "--eta must be >= 0");
     if (p.eta != 0 && p.sampler != DIT_SAMPLER_DDIM) die(2, "--eta applies to --sampler ddim only");
     if (!steps_given && p.sampler == DIT_SAMPLER_DPMPP_2M) p.steps = 25;
@@ -535,8 +552,9 @@ int main(int argc, char **argv)
     (void)strategy, (void)seq_mode, (void)nccl_timeout;
 #endif
     if (rank == 0) {
-        probe_output(out);
+        if (out) probe_output(out);
         if (save_latent) probe_output(save_latent);
+        if (npz) probe_output(npz);
     }
 #ifdef DIT_CUDA
     world = multi ? pp.world : gpus;
@@ -602,6 +620,14 @@ int main(int argc, char **argv)
     if (!decode_path && !(lat = malloc(CLL * (save_latent ? n : batch) * sizeof(float)))) die(1, "out of memory");
     if (step_all && n_batches > 1 && !step_b) die(1, "out of memory");
     progress_state ps = { now(), 0, decode_path ? 1 : n_batches, 0 };
+    dit_npz zf;
+    if (npz && decode) {
+        if (dit_npz_open(&zf, npz, n, IC, S, S)) die_lib();
+        npz_open = &zf;
+        snprintf(npz_tmp, sizeof npz_tmp, "%s", zf.a.tmp);
+        signal(SIGINT, npz_on_signal);
+        signal(SIGTERM, npz_on_signal);
+    }
     for (int i0 = 0; i0 < n; i0 += batch) {
         const int nb = n - i0 < batch ? n - i0 : batch;
         float *lb = decode_path || save_latent ? lat + i0 * CLL : lat;   /* this batch's latents */
@@ -648,7 +674,11 @@ int main(int argc, char **argv)
                 if (rc) die_lib();
             }
             t_decode += now() - t0;
-            if (grid) continue;
+            t0 = now();
+            for (int i = g0; npz_open && i < g0 + k; i++)
+                if (dit_npz_add(&zf, imgs + (grid ? i : i - g0) * IMG)) die_lib();
+            t_write += now() - t0;
+            if (grid || !out) continue;
             t0 = now();
             write_pngs(out, imgs, IMG, g0, k, IC, S, common, decode_path ? NULL : y, m, metadata, p.threads);
             for (int i = g0; verbose && i < g0 + k; i++) {
@@ -658,6 +688,13 @@ int main(int argc, char **argv)
             }
             t_write += now() - t0;
         }
+    }
+    if (npz_open) {
+        signal(SIGINT, SIG_DFL);
+        signal(SIGTERM, SIG_DFL);
+        npz_open = NULL;
+        if (dit_npz_close(&zf)) die_lib();
+        if (verbose) fprintf(stderr, "wrote %s (%d images)\n", npz, n);
     }
     if (!decode_path && verbose)
         fprintf(stderr, "sample: %d images in %d batch%s, %d steps (%s, %s%s, CFG %.2f): %.2f s, %.3f s/step\n", n,
