@@ -127,31 +127,36 @@ static void copy_host(char *dst, const char *src, size_t n) {
 // pass stays pageable: vae.cu permutes each 3x3 weight on the legacy stream right after its copy, which a copy
 // queued on c->stream (non-blocking) would race.
 #define WP_STAGE (8u << 20)
-static void wp_stage_begin(wpass *w) {
-    const char *ev = getenv("DIT_CUDA_UPLOAD");   // "pageable": the fallback, for comparisons
-    if (ev && !strcmp(ev, "pageable")) return;
-    for (int i = 0; i < 2; i++)
-        if (cudaHostAlloc((void **)&w->pin[i], WP_STAGE, cudaHostAllocDefault) != cudaSuccess ||
-            cudaEventCreateWithFlags(&w->done[i], cudaEventDisableTiming) != cudaSuccess) {
-            cudaGetLastError();
-            w->pin[i] = NULL;
-        }
-    if (!w->pin[0] || !w->pin[1] || !w->done[0] || !w->done[1]) {
-        for (int i = 0; i < 2; i++) {
-            if (w->pin[i]) cudaFreeHost(w->pin[i]);
-            if (w->done[i]) cudaEventDestroy(w->done[i]);
-            w->pin[i] = NULL; w->done[i] = NULL;
-        }
-    }
-}
-static int wp_stage_end(wpass *w) {
-    cudaError_t e = w->pin[0] ? cudaStreamSynchronize(w->c->stream) : cudaSuccess;   // before the buffers go
+static void wp_stage_free(wpass *w) {
     for (int i = 0; i < 2; i++) {
         if (w->pin[i]) cudaFreeHost(w->pin[i]);
         if (w->done[i]) cudaEventDestroy(w->done[i]);
         w->pin[i] = NULL; w->done[i] = NULL;
     }
-    CUDA_CHECK(e);
+}
+static void wp_stage_begin(wpass *w) {
+    const char *ev = getenv("DIT_CUDA_UPLOAD");   // "pageable": the fallback, for comparisons
+    if (ev && !strcmp(ev, "pageable")) return;
+    int ok = 1;
+    for (int i = 0; i < 2 && ok; i++) {
+        char *p = NULL;
+        cudaEvent_t e = NULL;
+        ok = cudaHostAlloc((void **)&p, WP_STAGE, cudaHostAllocDefault) == cudaSuccess;
+        if (ok) w->pin[i] = p;
+        ok = ok && cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess;
+        if (ok) w->done[i] = e;
+    }
+    if (!ok) {   // no pinned memory (a container limit, say): pageable copies
+        cudaGetLastError();
+        wp_stage_free(w);
+    }
+}
+// waits for the queued copies and frees the buffers; after a failed pass (`report` 0) quietly, so that the
+// pass's own error message stays the one reported
+static int wp_stage_end(wpass *w, int report) {
+    cudaError_t e = w->pin[0] ? cudaStreamSynchronize(w->c->stream) : cudaSuccess;   // before the buffers go
+    wp_stage_free(w);
+    if (report) CUDA_CHECK(e);
     return DIT_OK;
 }
 
@@ -282,7 +287,7 @@ static int upload_weights(dit_cuda *c, dit_model *m) {
     wpass w2 = { c, c->wbuf, 0, 0 };
     wp_stage_begin(&w2);
     const int rc = upload_dit(c, m, &w2);
-    TRY(wp_stage_end(&w2));
+    TRY(wp_stage_end(&w2, rc == DIT_OK));
     TRY(rc);
     c->wused = w2.used;
     CUDA_CHECK(cudaDeviceSynchronize());   // the uploads are complete before any stream reads them

@@ -245,7 +245,6 @@ int dit_gemm_join(dit_cuda *c, cudaStream_t st) {
     return DIT_OK;
 }
 
-// y = x W^T (+ b, + GELU per epi) + beta y, for dit_op_linear / _next / _acc below
 // y (M, N) = x (M, K) W^T (+ b), all fp32 (no TF32): a warp per output column and LF_ROWS rows, its lanes
 // striding over k (W's row and the x rows read coalesced), then a shuffle sum. For the timestep MLP only:
 // M is ~100 rows once per chunk of steps, microseconds either way; cuBLASLt would add its fp32 start-up.
@@ -280,6 +279,7 @@ static int linear_f32(const dit_cuda_lin *w, const float *x, int64_t M, float *y
     return DIT_OK;
 }
 
+// y = x W^T (+ b, + GELU per epi) + beta y, for dit_op_linear / _next / _acc below
 static int linear(dit_cuda *c, const dit_cuda_lin *w, const dit_cuda_lin *next, const void *x, int64_t M, void *y,
                   int y_type, int epi, float beta, cudaStream_t st) {
     const void *W = w->w;

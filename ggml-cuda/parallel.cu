@@ -872,7 +872,6 @@ static int rank_setup(rank_job *j) {
     cfg.blocking = 0;      // init can wait for a peer that never comes: poll it
     ncclComm_t comm = NULL;
     const ncclResult_t r = ncclCommInitRankConfig(&comm, pl->world, j->id, rank, &cfg);
-    dit_cuda *c = NULL;
     dit_par_rank *pr = NULL;
     int rc = dit_cuda_ctx_create(j->m, device, &g->ctx[j->i]);
     if (rc == DIT_OK && !(pr = (dit_par_rank *)calloc(1, sizeof(dit_par_rank))))
@@ -881,7 +880,7 @@ static int rank_setup(rank_job *j) {
         if (comm) ncclCommAbort(comm);
         return rc;
     }
-    c = g->ctx[j->i];
+    dit_cuda *c = g->ctx[j->i];
     c->pr = pr;
     pr->group = g; pr->local = j->i; pr->rank = rank; pr->world = pl->world; pr->stall_step = -1;
     pr->dd = pl->dd; pr->cf = pl->cf; pr->S = pl->S; pr->seq_mode = pl->seq_mode;
