@@ -145,35 +145,9 @@ static void test_dequant(void)
     free(w); free(ref); free(got); free(q);
 }
 
-static void test_linear(void)
+/* max over the outputs of |y - (x W^T + b, GELU)| / (|b| + sum |x w|), in double; NaN propagates */
+static double linear_err(const float *x, const float *w, const float *b, const float *y, int M, int N, int K, int gelu)
 {
-    const int M = 77, N = 136, K = 264;
-    float *x = malloc(M * K * 4), *w = malloc(N * K * 4), *b = malloc(N * 4), *y = malloc(M * N * 4);
-    for (int i = 0; i < M * K; i++) x[i] = f16r(frand(2.0f));
-    for (int i = 0; i < N * K; i++) w[i] = f16r(frand(0.2f));
-    for (int i = 0; i < N; i++) b[i] = frand(1.0f);
-    for (int gelu = 0; gelu < 2; gelu++) {
-        int rc = dit_cuda_test_linear(x, w, b, M, N, K, DIT_TYPE_F16, gelu, y);
-        double worst = 0;
-        for (int i = 0; i < M; i++)
-            for (int j = 0; j < N; j++) {
-                double s = b[j], mag = fabs(b[j]);
-                for (int k = 0; k < K; k++) {
-                    s += (double)x[i * K + k] * w[j * K + k];
-                    mag += fabs((double)x[i * K + k] * w[j * K + k]);
-                }
-                if (gelu) s = 0.5 * s * (1.0 + tanh(0.7978845608028654 * (s + 0.044715 * s * s * s)));
-                const double e = fabs(y[i * N + j] - s) / mag;
-                if (!(e <= worst)) worst = e;   /* NaN propagates */
-            }
-        ok(rc == DIT_OK && worst <= 2e-3, "cuBLASLt fp16 GEMM + bias%s == double reference (max err / sum|x w| %.3g)",
-           gelu ? " + tanh-GELU" : "", worst);
-    }
-    /* the fp32 kernel (timestep MLP): each output is ~K/32 fmas per lane, 5 shuffle adds and the bias, so its
-       error is at most ~(K/32 + 7) 2^-24 sum|x w| (1e-6 here); 2e-6 allows twice that */
-    for (int i = 0; i < M * K; i++) x[i] = frand(2.0f);
-    for (int i = 0; i < N * K; i++) w[i] = frand(0.2f);
-    int rc = dit_cuda_test_linear(x, w, b, M, N, K, DIT_TYPE_F32, 0, y);
     double worst = 0;
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
@@ -182,9 +156,32 @@ static void test_linear(void)
                 s += (double)x[i * K + k] * w[j * K + k];
                 mag += fabs((double)x[i * K + k] * w[j * K + k]);
             }
+            if (gelu) s = 0.5 * s * (1.0 + tanh(0.7978845608028654 * (s + 0.044715 * s * s * s)));
             const double e = fabs(y[i * N + j] - s) / mag;
             if (!(e <= worst)) worst = e;
         }
+    return worst;
+}
+
+static void test_linear(void)
+{
+    const int M = 77, N = 136, K = 264;
+    float *x = malloc(M * K * 4), *w = malloc(N * K * 4), *b = malloc(N * 4), *y = malloc(M * N * 4);
+    for (int i = 0; i < M * K; i++) x[i] = f16r(frand(2.0f));
+    for (int i = 0; i < N * K; i++) w[i] = f16r(frand(0.2f));
+    for (int i = 0; i < N; i++) b[i] = frand(1.0f);
+    for (int gelu = 0; gelu < 2; gelu++) {
+        const int rc = dit_cuda_test_linear(x, w, b, M, N, K, DIT_TYPE_F16, gelu, y);
+        const double worst = linear_err(x, w, b, y, M, N, K, gelu);
+        ok(rc == DIT_OK && worst <= 2e-3, "cuBLASLt fp16 GEMM + bias%s == double reference (max err / sum|x w| %.3g)",
+           gelu ? " + tanh-GELU" : "", worst);
+    }
+    /* the fp32 kernel (timestep MLP): each output is ~K/32 fmas per lane, 5 shuffle adds and the bias, so its
+       error is at most ~(K/32 + 7) 2^-24 sum|x w| (1e-6 here); 2e-6 allows twice that */
+    for (int i = 0; i < M * K; i++) x[i] = frand(2.0f);
+    for (int i = 0; i < N * K; i++) w[i] = frand(0.2f);
+    const int rc = dit_cuda_test_linear(x, w, b, M, N, K, DIT_TYPE_F32, 0, y);
+    const double worst = linear_err(x, w, b, y, M, N, K, 0);
     ok(rc == DIT_OK && worst <= 2e-6, "fp32 linear kernel + bias == double reference (max err / sum|x w| %.3g)", worst);
     free(x); free(w); free(b); free(y);
 }
@@ -729,6 +726,28 @@ static void rmodel_free(rmodel *r)
     free(r);
 }
 
+/* p sampled on a fresh GPU context twice, the second time with env name=value: bitwise equal (GEMM
+   autotuning off, so that both contexts pick the same algorithms) */
+static void same_with_env(dit_model *m, dit_sample_params p, const char *name, const char *value, const char *what)
+{
+    const size_t nl = dit_latent_floats(m) * p.n;
+    float *a = malloc(nl * 4), *b = malloc(nl * 4);
+    p.backend = DIT_BACKEND_CUDA;
+    setenv("DIT_CUDA_TUNE", "0", 1);
+    dit_cuda_free(m);
+    const int r1 = dit_sample(m, &p, a);
+    dit_cuda_free(m);
+    setenv(name, value, 1);
+    const int r2 = dit_sample(m, &p, b);
+    unsetenv(name);
+    unsetenv("DIT_CUDA_TUNE");
+    dit_cuda_free(m);
+    ok(!r1 && !r2 && memcmp(a, b, nl * 4) == 0, "%s, bitwise%s%s", what, r1 || r2 ? ": " : "",
+       r1 || r2 ? dit_last_error() : "");
+    free(a);
+    free(b);
+}
+
 static void test_random_models(void)
 {
     /* DiT-B width (hd 64) and DiT-XL width (hd 72), T = 256 (256 px), 2 blocks; f16 and q8_0 weights */
@@ -758,24 +777,9 @@ static void test_random_models(void)
             snprintf(what, sizeof what, "random %s: DDPM 10 steps, graph, weights dequantized ahead: GPU == CPU",
                      cases[i].name);
             sample_vs(&r->m, what, p, NULL, 5e-2);
-            /* ahead == in line, bitwise: the same kernels on the same data, on two streams (GEMM
-               autotuning off, so that both inits pick the same algorithms) */
-            const size_t nl = dit_latent_floats(&r->m);
-            float *a = malloc(nl * 4), *b = malloc(nl * 4);
-            p.backend = DIT_BACKEND_CUDA;
-            setenv("DIT_CUDA_TUNE", "0", 1);
-            dit_cuda_free(&r->m);
-            const int r1 = dit_sample(&r->m, &p, a);
-            dit_cuda_free(&r->m);
-            setenv("DIT_CUDA_AHEAD", "0", 1);
-            const int r2 = dit_sample(&r->m, &p, b);
-            unsetenv("DIT_CUDA_AHEAD");
-            unsetenv("DIT_CUDA_TUNE");
-            dit_cuda_free(&r->m);
-            ok(!r1 && !r2 && memcmp(a, b, nl * 4) == 0, "random %s: weights dequantized ahead == in line, bitwise%s%s",
-               cases[i].name, r1 || r2 ? ": " : "", r1 || r2 ? dit_last_error() : "");
-            free(a);
-            free(b);
+            /* ahead == in line, bitwise: the same kernels on the same data, on two streams */
+            snprintf(what, sizeof what, "random %s: weights dequantized ahead == in line", cases[i].name);
+            same_with_env(&r->m, p, "DIT_CUDA_AHEAD", "0", what);
         }
         if (i == 1) {   /* batches: 3 images at once == 2 images (first_image 0) then 1 (first_image 2). The GEMMs see
                            other row counts, so cuBLASLt may sum in another order (~1e-3 per forward, grown over the
@@ -796,25 +800,12 @@ static void test_random_models(void)
             free(a);
             free(b);
         }
-        if (i == 1) {   /* the weights through pinned staging buffers (default) == pageable copies, bitwise */
+        if (i == 1) {   /* the weights through pinned staging buffers (default) == pageable copies */
             dit_sample_params p = dit_sample_params_default();
             int lab[1] = { 207 };
-            p.n = 1; p.labels = lab; p.steps = 4; p.seed = 5; p.backend = DIT_BACKEND_CUDA;
-            const size_t nl = dit_latent_floats(&r->m);
-            float *a = malloc(nl * 4), *b = malloc(nl * 4);
-            setenv("DIT_CUDA_TUNE", "0", 1);
-            dit_cuda_free(&r->m);
-            const int r1 = dit_sample(&r->m, &p, a);
-            dit_cuda_free(&r->m);
-            setenv("DIT_CUDA_UPLOAD", "pageable", 1);
-            const int r2 = dit_sample(&r->m, &p, b);
-            unsetenv("DIT_CUDA_UPLOAD");
-            unsetenv("DIT_CUDA_TUNE");
-            dit_cuda_free(&r->m);
-            ok(!r1 && !r2 && memcmp(a, b, nl * 4) == 0, "random %s: weights uploaded staged == pageable, bitwise%s%s",
-               cases[i].name, r1 || r2 ? ": " : "", r1 || r2 ? dit_last_error() : "");
-            free(a);
-            free(b);
+            p.n = 1; p.labels = lab; p.steps = 4; p.seed = 5;
+            snprintf(what, sizeof what, "random %s: weights uploaded staged == pageable", cases[i].name);
+            same_with_env(&r->m, p, "DIT_CUDA_UPLOAD", "pageable", what);
         }
         free(x);
         rmodel_free(r);
