@@ -288,6 +288,8 @@ int dit_par_wait(struct dit_cuda *c, cudaEvent_t e);                     // poll
 void dit_par_set_eager(struct dit_cuda *c, int on);                     // every GPU of c->group
 void dit_par_beat(struct dit_cuda *c);                                   // long host work: still alive
 int dit_par_sample(struct dit_cuda *c, const dit_sample_params *p, const dit_schedule *s, float *out);
+// n images decoded on every GPU of this process, a contiguous share each (one thread per GPU)
+int dit_par_decode(struct dit_cuda *c, dit_model *m, const float *latents, int n, float *images);
 void dit_par_destroy(struct dit_cuda *c);     // c->group: the other contexts, the threads' state
 void dit_par_rank_free(struct dit_cuda *c);   // c->pr: its communicators
 

@@ -961,6 +961,7 @@ int dit_cuda_decode(dit_model *m, const float *latents, int n, float *images) {
     if (!m->cuda) TRY(dit_cuda_init(m, 0));   // first use: upload to GPU 0
     dit_cuda *c = m->cuda;
     CUDA_CHECK(cudaSetDevice(c->device));
+    if (c->group && n > 1) return dit_par_decode(c, m, latents, n, images);   // every GPU of this process
     return dit_vae_decode_cuda(c, m, latents, n, images);
 }
 

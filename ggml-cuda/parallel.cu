@@ -14,6 +14,7 @@
 // The exchanges are captured in the step's CUDA graph (NCCL supports capture). Waits poll with a
 // watchdog: no progress for timeout_s, a failed rank or an NCCL async error aborts every communicator.
 #include "common.cuh"
+#include "vae.cuh"
 
 #include <errno.h>
 #include <netdb.h>
@@ -532,6 +533,52 @@ int dit_par_gather_output(dit_cuda *c, int B, cudaStream_t st) {
        all_gather(c, c->fout_loc, dst, n, ncclFloat, pr->img_comm, st, "all-gather of the output"));
     // (cf, S, B, Tl, .) -> (cf, B, S, Tl, .) = rows [cond; uncond] x all tokens
     if (pr->S > 1) OP(c, "gather_unpack", dit_op_swap12(c->fgath, c->fout, pr->cf, pr->S, B, (int64_t)c->Tl * c->pp_oc * 4, st));
+    return DIT_OK;
+}
+
+// ---------------------------------------------------------------- decode on every GPU of the process
+// The VAE runs per image; with the images of a batch split over the GPUs (each context uploads the VAE on
+// its first decode) a data-parallel run's decode no longer waits on GPU 0 alone. After a fault, GPU 0 only.
+typedef struct {
+    dit_cuda *c;
+    dit_model *m;
+    const float *lat;
+    float *img;
+    int n, rc;
+    char err[600];
+} decode_job;
+
+static void *decode_main(void *arg) {
+    decode_job *j = (decode_job *)arg;
+    j->rc = cudaSetDevice(j->c->device) == cudaSuccess
+                ? dit_vae_decode_cuda(j->c, j->m, j->lat, j->n, j->img)
+                : dit_set_error(DIT_ERR_DEVICE, "cuda: decode: cannot select GPU %d", j->c->device);
+    if (j->rc) snprintf(j->err, sizeof j->err, "%s", dit_last_error());
+    return NULL;
+}
+
+int dit_par_decode(dit_cuda *c, dit_model *m, const float *latents, int n, float *images) {
+    dit_par *g = c->group;
+    const int G = !g || g->abort_flag ? 1 : g->n_local < n ? g->n_local : n;
+    if (G <= 1) return dit_vae_decode_cuda(c, m, latents, n, images);
+    const size_t nz = dit_latent_floats(m), nimg = dit_image_floats(m);
+    decode_job jobs[PAR_MAX];
+    pthread_t th[PAR_MAX];
+    int started[PAR_MAX] = { 0 };
+    for (int i = 0, o = 0; i < G; i++) {
+        const int k = n / G + (i < n % G);
+        decode_job *j = &jobs[i];
+        memset(j, 0, sizeof(*j));
+        j->c = g->ctx[i]; j->m = m; j->lat = latents + (size_t)o * nz; j->img = images + (size_t)o * nimg; j->n = k;
+        o += k;
+        started[i] = pthread_create(&th[i], NULL, decode_main, j) == 0;
+        if (!started[i]) decode_main(j);   // no thread: in this one
+    }
+    for (int i = 0; i < G; i++)
+        if (started[i]) pthread_join(th[i], NULL);
+    for (int i = 0; i < G; i++)
+        if (jobs[i].rc) return dit_set_error(jobs[i].rc, "%s", jobs[i].err);
+    CUDA_CHECK(cudaSetDevice(c->device));   // this thread's device as before
     return DIT_OK;
 }
 

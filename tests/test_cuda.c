@@ -912,6 +912,24 @@ static void par_grow(dit_model *m, dit_sample_params p, const par_case *pc)
     free(ref[1]);
 }
 
+/* 5 latents decoded by a 2-GPU group (a share per GPU, dit_par_decode) == by one GPU. The same kernels on the
+   same GPU model: bitwise expected; 1e-3 x max|ref| would allow another cuBLASLt algorithm (fp16 operands) */
+static void par_decode(dit_model *m)
+{
+    const int n = 5;
+    const size_t nz = dit_latent_floats(m), ni = dit_image_floats(m);
+    float *z = malloc(n * nz * 4), *ref = malloc(n * ni * 4), *got = malloc(n * ni * 4);
+    for (size_t i = 0; i < n * nz; i++) z[i] = frand(1.0f);
+    static const par_case data2 = { "data", 2, DIT_PAR_DATA, 0 };
+    dit_cuda_free(m);
+    int rc = dit_cuda_init(m, 0) || dit_cuda_decode(m, z, n, ref);
+    if (!rc) rc = par_init(m, &data2, 2, 0, 60, NULL, 0) || dit_cuda_decode(m, z, n, got);
+    if (rc) ok(0, "decode on 2 GPUs: %s", dit_last_error());
+    else check_close("dit_s fixture: 5 latents decoded on 2 GPUs (3 + 2) == on 1 GPU", got, ref, n * ni, 1e-3);
+    dit_cuda_free(m);
+    free(z); free(ref); free(got);
+}
+
 static void test_parallel(void)
 {
     const int G = dit_cuda_available();
@@ -996,6 +1014,7 @@ static void test_parallel(void)
     int fl[2] = { 1, 7 };
     p.labels = fl; p.n = 2;
     par_cases(m, "dit_s fixture", p, small, (int)(sizeof small / sizeof small[0]));
+    par_decode(m);
     dit_model_free(m);
 }
 

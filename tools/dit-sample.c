@@ -662,17 +662,15 @@ int main(int argc, char **argv)
         for (int g0 = i0; decode && g0 < i0 + nb; g0 += PNG_GROUP) {   /* decode a group, then write it */
             const int k = i0 + nb - g0 < PNG_GROUP ? i0 + nb - g0 : PNG_GROUP;
             t0 = now();
-            for (int i = g0; i < g0 + k; i++) {
-                float *img = imgs + (grid ? i : i - g0) * IMG;
-                const float *li = lb + (size_t)(i - i0) * CLL;
-                int rc;
+            float *img = imgs + (grid ? g0 : 0) * IMG;   /* k images (on several GPUs a share each) */
+            const float *li = lb + (size_t)(g0 - i0) * CLL;
+            int rc;
 #ifdef DIT_CUDA
-                rc = use_cuda && cf->has_vae ? dit_cuda_decode(m, li, 1, img) : dit_decode(m, li, 1, img, p.threads);
+            rc = use_cuda && cf->has_vae ? dit_cuda_decode(m, li, k, img) : dit_decode(m, li, k, img, p.threads);
 #else
-                rc = dit_decode(m, li, 1, img, p.threads);
+            rc = dit_decode(m, li, k, img, p.threads);
 #endif
-                if (rc) die_lib();
-            }
+            if (rc) die_lib();
             t_decode += now() - t0;
             t0 = now();
             for (int i = g0; npz_open && i < g0 + k; i++)
