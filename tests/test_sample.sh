@@ -97,6 +97,10 @@ run -m "$M" -n 5 -s 3 --sampler ddpm --steps 4 --save-latent "$T/lat_n5b.npy" -o
 checks "CPU: -n 5 --batch 2 == -n 5: latents and the 5 PNGs, bitwise (exit $rc)" 'cmp -s "$T/lat_n5.npy" "$T/lat_n5b.npy" &&
     cmp -s "$T/n5.png" "$T/n5b.png" && cmp -s "$T/n5_004.png" "$T/n5b_004.png" && [ ! -e "$T/n5b_005.png" ]'
 expect_error 2 "batch" -m "$M" --batch 0 -o "$T/x.png"
+# --first-image: images 3 and 4 of the job alone == those of the whole run (names, labels, noise; CPU: bitwise)
+run -m "$M" -n 2 -s 3 --sampler ddpm --steps 4 -o "$T/n5s.png" -q --backend cpu --first-image 3
+checks "--first-image 3 -n 2 == images 3 and 4 of -n 5: the same PNG files, bitwise (exit $rc)" '[ $rc -eq 0 ] &&
+    [ ! -e "$T/n5s.png" ] && cmp -s "$T/n5_003.png" "$T/n5s_003.png" && cmp -s "$T/n5_004.png" "$T/n5s_004.png"'
 # --npz (sample_ddp.py's file for ADM's FID suite): a valid ZIP (CRC checked), arr_0 uint8 (N, H, W, C) equal to
 # the PNG pixel rule applied to the images (the pixel-space model's final latents), across batches
 run -m "$T/px.gguf" -n 5 --steps 3 --sampler ddim --npz "$T/s.npz" --save-latent "$T/pl.npy" -o "$T/p.png" -q --batch 2

@@ -46,6 +46,8 @@ static const char *usage_text =
     "  -n, --count N           images (default: the number of classes given, or 8)\n"
     "      --batch B           images sampled at once (default 32 per GPU, as sample_ddp.py): any -n runs in\n"
     "                          bounded memory, each batch's PNGs written when it ends; same noise per image\n"
+    "      --first-image F     make images F .. F+n-1 of the job (noise, labels and PNG numbers as one run of\n"
+    "                          F+n images): split a large set over machines or resume one\n"
     "  -s, --seed S            noise seed, 0..2^64-1 (default 0); image i uses stream (S, i)\n"
     "      --steps K           sampler steps (default 250, dpm++2m 25); spacing \"K\", DDIM \"ddimK\",\n"
     "                          dpm++2m \"linspaceK\" (diffusers' DPMSolverMultistepScheduler timesteps)\n"
@@ -128,7 +130,7 @@ static double now(void)
     return tv.tv_sec + tv.tv_usec * 1e-6;
 }
 
-/* ==== Progress bar: "\r  |=====>     | 17/250 - 12.3 it/s", 50 characters, newline at the end ==== */
+/* ==== Progress bar: "\r  |=====>     | 17/250 - 12.3 it/s - ETA 0:19", 50 characters, newline at the end ==== */
 
 typedef struct {
     double t0;
@@ -153,8 +155,15 @@ static void progress(int step, int steps, void *user)
     int pos = (int)((int64_t)50 * step / steps);
     for (int i = 0; i < 50; i++) bar[i] = i < pos ? '=' : i == pos ? '>' : ' ';
     bar[50] = 0;
-    if (rate >= 1 || rate == 0) fprintf(stderr, "\r  |%s| %d/%d - %.2f it/s\033[K", bar, step, steps, rate);
-    else fprintf(stderr, "\r  |%s| %d/%d - %.2f s/it\033[K", bar, step, steps, 1 / rate);
+    char eta[32] = "";   /* long jobs: the time left at the rate so far */
+    const double left = rate > 0 ? (steps - step) / rate : 0;
+    if (left >= 10) {
+        const long t = (long)(left + 0.5);
+        if (t >= 3600) snprintf(eta, sizeof eta, " - ETA %ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+        else snprintf(eta, sizeof eta, " - ETA %ld:%02ld", t / 60, t % 60);
+    }
+    if (rate >= 1 || rate == 0) fprintf(stderr, "\r  |%s| %d/%d - %.2f it/s%s\033[K", bar, step, steps, rate, eta);
+    else fprintf(stderr, "\r  |%s| %d/%d - %.2f s/it%s\033[K", bar, step, steps, 1 / rate, eta);
     if (step == steps) fprintf(stderr, "\n");
     ps->open = step != steps;
     fflush(stderr);
@@ -342,21 +351,21 @@ static float parse_float(const char *opt, const char *s)
    `threads` threads (0: all): zlib's deflate is most of the time (~7 ms per 256 px image, 50,000 images ~6
    minutes on one core). The first failure (lowest image) ends the program, as a serial loop would. */
 #define PNG_GROUP 32
-static void write_pngs(const char *out, const float *imgs, size_t IMG, int i0, int k, int IC, int S,
+static void write_pngs(const char *out, const float *imgs, size_t IMG, int i0, int k, int first, int IC, int S,
                        const char *common, const int *y, const dit_model *m, int metadata, int threads)
 {
     int bad = -1, code = 0;
     char msg[1024] = "";
 #pragma omp parallel for schedule(dynamic) num_threads(threads > 0 ? threads : omp_get_max_threads())
     for (int j = 0; j < k; j++) {
-        const int i = i0 + j;
+        const int i = i0 + j, gi = first + i;   /* gi: the image's number in the whole job (--first-image) */
         char text[4096], cname[160];
-        char *path = image_path(out, i);
+        char *path = image_path(out, gi);
         if (!y)
-            snprintf(text, sizeof text, "%s, Image: %d, Size: %dx%d, Model: %s, Version: dit.c", common, i, S, S, m->name);
+            snprintf(text, sizeof text, "%s, Image: %d, Size: %dx%d, Model: %s, Version: dit.c", common, gi, S, S, m->name);
         else
             snprintf(text, sizeof text, "class: %s\n%s, Image: %d, Size: %dx%d, Model: %s, Version: dit.c",
-                     class_name(m, y[i], cname, sizeof cname), common, i, S, S, m->name);
+                     class_name(m, y[i], cname, sizeof cname), common, gi, S, S, m->name);
         if (dit_png_write(path, imgs + (size_t)j * IMG, IC, S, S, metadata ? text : NULL)) {
 #pragma omp critical
             if (bad < 0 || i < bad) {
@@ -377,6 +386,7 @@ int main(int argc, char **argv)
     int n_class_args = 0, n = 0, grid = 0, nrow = 8, rows_per_class = 0, metadata = 1, labelled = -1;
     int gpus = 1, strategy = DIT_PAR_AUTO, seq_mode = DIT_SEQ_AUTO, rank = 0, steps_given = 0, cfg_given = 0;
     int batch = 0, world = 1;   /* images per dit_sample call (0: 32 per GPU); GPUs sampling together */
+    int first = 0;              /* --first-image: this run makes images first .. first+n-1 of the job */
     double nccl_timeout = 60;
     dit_sample_params p = dit_sample_params_default();
     for (int i = 1; i < argc; i++) {
@@ -391,6 +401,7 @@ int main(int argc, char **argv)
             class_args[n_class_args++] = VAL();
         } else if (!strcmp(a, "-n") || !strcmp(a, "--count")) n = (int)parse_int(a, VAL(), 1, 100000);
         else if (!strcmp(a, "--batch")) batch = (int)parse_int(a, VAL(), 1, 100000);
+        else if (!strcmp(a, "--first-image")) first = (int)parse_int(a, VAL(), 0, 1000000000);
         else if (!strcmp(a, "-s") || !strcmp(a, "--seed")) {
             const char *v = VAL();
             char *end;
@@ -468,6 +479,7 @@ int main(int argc, char **argv)
                 dit_sampler_name(p.sampler), p.sampler == DIT_SAMPLER_DDIM ? " with eta 0" : "");
     if (labelled == 1 && !grid) die(2, "--labels applies to --grid and --rows-per-class only");
     if (labelled == 1 && decode_path) die(2, "--labels: --decode has no classes to label the rows with");
+    if (first && decode_path) die(2, "--first-image: --decode samples nothing");
     if (labelled < 0) labelled = rows_per_class && !decode_path;
     p.spacing = spacing;
     int backend_req = p.backend;
@@ -525,13 +537,13 @@ int main(int argc, char **argv)
         if (n_class_args && !n_labels) die(2, "--class: no class given");
         if (!n_labels) {   /* sample.py's labels for ImageNet models, else the first classes */
             static const int imagenet[8] = { 207, 360, 387, 974, 88, 979, 417, 279 };
-            int k = n ? n : 8;
+            int k = n ? first + n : 8;   /* as one run of first + n images */
             for (int i = 0; i < k && i < 8; i++) labels[n_labels++] = cf->num_classes == 1000 ? imagenet[i] : i % cf->num_classes;
         }
         if (!n) n = n_labels;
     }
     int *y = malloc(sizeof(int) * n);
-    for (int i = 0; i < n; i++) y[i] = labels ? labels[i % n_labels] : -1;
+    for (int i = 0; i < n; i++) y[i] = labels ? labels[(first + i) % n_labels] : -1;
 
     /* ---- GPUs: one, several in this process, or one rank of several processes */
     char spacing_buf[32];
@@ -634,7 +646,7 @@ int main(int argc, char **argv)
         if (!decode_path) {
             p.n = nb;
             p.labels = y + i0;
-            p.first_image = (uint32_t)i0;
+            p.first_image = (uint32_t)(first + i0);
             p.init_noise = init ? init + i0 * CLL : NULL;
             p.step_noise = step_all;
             if (step_b) {   /* (K, n, C, L, L) -> this batch's (K, nb, C, L, L) */
@@ -678,9 +690,9 @@ int main(int argc, char **argv)
             t_write += now() - t0;
             if (grid || !out) continue;
             t0 = now();
-            write_pngs(out, imgs, IMG, g0, k, IC, S, common, decode_path ? NULL : y, m, metadata, p.threads);
+            write_pngs(out, imgs, IMG, g0, k, first, IC, S, common, decode_path ? NULL : y, m, metadata, p.threads);
             for (int i = g0; verbose && i < g0 + k; i++) {
-                char *path = image_path(out, i);
+                char *path = image_path(out, first + i);
                 progress_break(&ps), fprintf(stderr, "wrote %s\n", path);
                 free(path);
             }
