@@ -347,6 +347,36 @@ static float parse_float(const char *opt, const char *s)
     return v;
 }
 
+/* --class lists -> labels (indices, names, 'all'); none given: sample.py's eight for an ImageNet model, else
+   the first classes, `want` of them at most (the default list of a run of `want` images) */
+static int *parse_classes(const dit_model *m, const char **args, int n_args, int want, int *n_labels)
+{
+    const int nc = m->cfg.num_classes, cap = nc + 1024;
+    int *labels = malloc(sizeof(int) * cap), k = 0;
+    if (!labels) die(1, "out of memory");
+    for (int i = 0; i < n_args; i++) {
+        char *list = strdup(args[i]), *save = NULL;
+        for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            while (isspace((unsigned char)*tok)) tok++;
+            for (char *e = tok + strlen(tok); e > tok && isspace((unsigned char)e[-1]);) *--e = 0;
+            if (!*tok) continue;
+            const int all = !strcasecmp(tok, "all");   /* every class in order (class-balanced sets, e.g. for FID) */
+            for (int c = 0; c < (all ? nc : 1); c++) {
+                if (k == cap) die(2, "too many classes");
+                const int y = all ? c : dit_class_from_name(m, tok);
+                if (y < 0) die(2, "--class: %s", dit_last_error());
+                labels[k++] = y;
+            }
+        }
+        free(list);
+    }
+    if (n_args && !k) die(2, "--class: no class given");
+    static const int imagenet[8] = { 207, 360, 387, 974, 88, 979, 417, 279 };
+    for (int i = 0; !n_args && i < want && i < 8; i++) labels[k++] = nc == 1000 ? imagenet[i] : i % nc;
+    *n_labels = k;
+    return labels;
+}
+
 /* PNGs of images i0 .. i0+k-1 (pixels at imgs, IMG floats each; y: labels, NULL for --decode), written on
    `threads` threads (0: all): zlib's deflate is most of the time (~7 ms per 256 px image, 50,000 images ~6
    minutes on one core). The first failure (lowest image) ends the program, as a serial loop would. */
@@ -377,6 +407,64 @@ static void write_pngs(const char *out, const float *imgs, size_t IMG, int i0, i
         free(path);
     }
     if (bad >= 0) die(code == DIT_ERR_INPUT || code == DIT_ERR_UNSUPPORTED ? 2 : 1, "%s", msg);
+}
+
+/* all n images (imgs, CHW each) as one make_grid PNG: nrow per row, or one row per class (rows_per_class, in
+   order of first appearance), with the rows' class names in a left margin (labelled); y NULL: --decode */
+static void write_grid(const char *out, const float *imgs, int n, int IC, int S, const int *y, int rows_per_class,
+                       int nrow, int labelled, const char *common, const dit_model *m, int metadata)
+{
+    int *row = malloc(sizeof(int) * n), *col = malloc(sizeof(int) * n), rows = 0, cols = 0;
+    char *text = malloc(4096 + 64 * (size_t)n), cname[160];
+    if (!row || !col || !text) die(1, "out of memory");
+    if (rows_per_class && y) {   /* one row per distinct class, in order of first appearance */
+        int *order = malloc(sizeof(int) * n), n_order = 0;
+        for (int i = 0; i < n; i++) {
+            int r = 0;
+            while (r < n_order && order[r] != y[i]) r++;
+            if (r == n_order) order[n_order++] = y[i];
+            int c = 0;
+            for (int j = 0; j < i; j++) c += y[j] == y[i];
+            row[i] = r;
+            col[i] = c;
+            if (c + 1 > cols) cols = c + 1;
+        }
+        rows = n_order;
+        free(order);
+    } else {
+        cols = n < nrow ? n : nrow;
+        rows = (n + cols - 1) / cols;
+        for (int i = 0; i < n; i++) row[i] = i / cols, col[i] = i % cols;
+    }
+    /* labels: text FONT_H * scale px high (9 px for 28 px images: 1/3 of the row; 45 px for 256 px ones) */
+    const int scale = 1 + S / 64;
+    char (*lab)[LABEL_MAX + 1] = labelled ? malloc(sizeof *lab * rows) : NULL;
+    size_t longest = 0;
+    if (labelled && !lab) die(1, "out of memory");
+    for (int r = 0; labelled && r < rows; r++) {
+        row_label(m, y, row, n, r, lab[r]);
+        if (strlen(lab[r]) > longest) longest = strlen(lab[r]);
+    }
+    const int margin = labelled ? scale * (2 + (FONT_W + 1) * (int)longest) : 0;
+    int GH, GW;
+    float *g = make_grid(imgs, n, IC, S, S, row, col, rows, cols, margin, &GH, &GW);
+    for (int r = 0; labelled && r < rows; r++)   /* capitals centred on the row's images */
+        draw_text(g, IC, GH, GW, 2 * scale, r * (S + GRID_PAD) + GRID_PAD + (S - FONT_CAP * scale) / 2, scale, lab[r]);
+    const size_t cap = 4096 + 64 * (size_t)n;
+    size_t k = 0;
+    if (!y) {
+        snprintf(text, cap, "%s, Images: %d, Grid: %dx%d, Size: %dx%d, Model: %s, Version: dit.c", common, n, rows, cols,
+                 S, S, m->name);
+    } else {
+        k = snprintf(text, cap, "classes:");
+        for (int i = 0; i < n; i++)
+            k += snprintf(text + k, cap - k, "%s %s", i ? "," : "", class_name(m, y[i], cname, sizeof cname));
+        snprintf(text + k, cap - k, "\n%s, Images: %d, Grid: %dx%d, Size: %dx%d, Model: %s, Version: dit.c", common, n,
+                 rows, cols, S, S, m->name);
+    }
+    if (dit_png_write(out, g, IC, GH, GW, metadata ? text : NULL)) die_lib();
+    if (verbose) fprintf(stderr, "wrote %s (%dx%d grid, %dx%d px)\n", out, rows, cols, GW, GH);
+    free(g), free(row), free(col), free(lab), free(text);
 }
 
 int main(int argc, char **argv)
@@ -513,33 +601,7 @@ int main(int argc, char **argv)
         n = (int)sh[0];
         check_finite(decode_path, lat, CLL * n);
     } else {
-        labels = malloc(sizeof(int) * (cf->num_classes + 1024));
-        for (int i = 0; i < n_class_args; i++) {
-            char *list = strdup(class_args[i]), *save = NULL;
-            for (char *tok = strtok_r(list, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-                while (isspace((unsigned char)*tok)) tok++;
-                for (char *e = tok + strlen(tok); e > tok && isspace((unsigned char)e[-1]);) *--e = 0;
-                if (!*tok) continue;
-                if (!strcasecmp(tok, "all")) {   /* every class in order (class-balanced sets, e.g. for FID) */
-                    for (int c = 0; c < cf->num_classes; c++) {
-                        if (n_labels == cf->num_classes + 1024) die(2, "too many classes");
-                        labels[n_labels++] = c;
-                    }
-                    continue;
-                }
-                if (n_labels == cf->num_classes + 1024) die(2, "too many classes");
-                int y = dit_class_from_name(m, tok);
-                if (y < 0) die(2, "--class: %s", dit_last_error());
-                labels[n_labels++] = y;
-            }
-            free(list);
-        }
-        if (n_class_args && !n_labels) die(2, "--class: no class given");
-        if (!n_labels) {   /* sample.py's labels for ImageNet models, else the first classes */
-            static const int imagenet[8] = { 207, 360, 387, 974, 88, 979, 417, 279 };
-            int k = n ? first + n : 8;   /* as one run of first + n images */
-            for (int i = 0; i < k && i < 8; i++) labels[n_labels++] = cf->num_classes == 1000 ? imagenet[i] : i % cf->num_classes;
-        }
+        labels = parse_classes(m, class_args, n_class_args, n ? first + n : 8, &n_labels);
         if (!n) n = n_labels;
     }
     int *y = malloc(sizeof(int) * n);
@@ -607,8 +669,7 @@ int main(int argc, char **argv)
     /* ---- PNG text: A1111 / sd.cpp style "key: value" pairs */
     float *imgs = malloc(IMG * (grid ? n : n < PNG_GROUP ? n : PNG_GROUP) * sizeof(float));
     if (!imgs) die(1, "out of memory");
-    char common[1024], cname[160], num[2][32], *text = malloc(4096 + 64 * (size_t)n);
-    if (!text) die(1, "out of memory");
+    char common[1024], num[2][32];
     if (decode_path) {
         snprintf(common, sizeof common, "Decoded from: %s", decode_path);
     } else {
@@ -722,67 +783,20 @@ int main(int argc, char **argv)
     if (profile && verbose) fprintf(stderr, "wrote profile %s\n", profile);
 #endif
     if (rank != 0) {
-        free(text), free(imgs), free(lat), free(y), free(labels);
+        free(imgs), free(lat), free(y), free(labels);
         dit_model_free(m);
         return 0;
     }
 
     if (grid) {
         t0 = now();
-        int *row = malloc(sizeof(int) * n), *col = malloc(sizeof(int) * n), rows = 0, cols = 0;
-        if (rows_per_class && !decode_path) {   /* one row per distinct class, in order of first appearance */
-            int *order = malloc(sizeof(int) * n), n_order = 0;
-            for (int i = 0; i < n; i++) {
-                int r = 0;
-                while (r < n_order && order[r] != y[i]) r++;
-                if (r == n_order) order[n_order++] = y[i];
-                int c = 0;
-                for (int j = 0; j < i; j++) c += y[j] == y[i];
-                row[i] = r;
-                col[i] = c;
-                if (c + 1 > cols) cols = c + 1;
-            }
-            rows = n_order;
-            free(order);
-        } else {
-            cols = n < nrow ? n : nrow;
-            rows = (n + cols - 1) / cols;
-            for (int i = 0; i < n; i++) row[i] = i / cols, col[i] = i % cols;
-        }
-        /* labels: text FONT_H * scale px high (9 px for 28 px images: 1/3 of the row; 45 px for 256 px ones) */
-        const int scale = 1 + S / 64;
-        char (*lab)[LABEL_MAX + 1] = labelled ? malloc(sizeof *lab * rows) : NULL;
-        size_t longest = 0;
-        if (labelled && !lab) die(1, "out of memory");
-        for (int r = 0; labelled && r < rows; r++) {
-            row_label(m, y, row, n, r, lab[r]);
-            if (strlen(lab[r]) > longest) longest = strlen(lab[r]);
-        }
-        const int margin = labelled ? scale * (2 + (FONT_W + 1) * (int)longest) : 0;
-        int GH, GW;
-        float *g = make_grid(imgs, n, IC, S, S, row, col, rows, cols, margin, &GH, &GW);
-        for (int r = 0; labelled && r < rows; r++)   /* capitals centred on the row's images */
-            draw_text(g, IC, GH, GW, 2 * scale, r * (S + GRID_PAD) + GRID_PAD + (S - FONT_CAP * scale) / 2, scale, lab[r]);
-        size_t k = 0;
-        if (decode_path) {
-            snprintf(text, 4096, "%s, Images: %d, Grid: %dx%d, Size: %dx%d, Model: %s, Version: dit.c", common, n, rows, cols,
-                     S, S, m->name);
-        } else {
-            k = snprintf(text, 4096 + 64 * (size_t)n, "classes:");
-            for (int i = 0; i < n; i++)
-                k += snprintf(text + k, 4096 + 64 * (size_t)n - k, "%s %s", i ? "," : "", class_name(m, y[i], cname, sizeof cname));
-            snprintf(text + k, 4096 + 64 * (size_t)n - k, "\n%s, Images: %d, Grid: %dx%d, Size: %dx%d, Model: %s, Version: dit.c",
-                     common, n, rows, cols, S, S, m->name);
-        }
-        if (dit_png_write(out, g, IC, GH, GW, metadata ? text : NULL)) die_lib();
-        if (verbose) fprintf(stderr, "wrote %s (%dx%d grid, %dx%d px)\n", out, rows, cols, GW, GH);
-        free(g), free(row), free(col), free(lab);
+        write_grid(out, imgs, n, IC, S, decode_path ? NULL : y, rows_per_class, nrow, labelled, common, m, metadata);
         t_write += now() - t0;
     }
     if (verbose)
         fprintf(stderr, "timings: load %.2f s, sample %.2f s, decode %.2f s, write %.2f s\n", t_load, t_sample, t_decode,
                 t_write);
-    free(text), free(imgs), free(lat), free(y), free(labels);
+    free(imgs), free(lat), free(y), free(labels);
     dit_model_free(m);
     return 0;
 }
