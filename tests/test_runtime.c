@@ -655,6 +655,21 @@ static void test_vae_png(dit_model *m)
     free(buf), free(z), free(ref), free(img);
     rc = dit_png_write(tpath("no-such-dir/x.png"), (float[3]){ 0, 0, 0 }, 3, 1, 1, NULL);
     ok(rc == DIT_ERR_IO, "PNG into a missing directory: I/O error: %s", dit_last_error());
+
+    /* .npz: closed before its n images, or given one too many, is an error and leaves no file */
+    dit_npz nz;
+    const float pix[3] = { -1, 0, 1 };
+    rc = dit_npz_open(&nz, tpath("short.npz"), 2, 3, 1, 1);
+    if (!rc) rc = dit_npz_add(&nz, pix);
+    const int rc_close = rc ? rc : dit_npz_close(&nz);
+    ok(!rc && rc_close == DIT_ERR_INPUT && access(tpath("short.npz"), F_OK) != 0,
+       ".npz closed after 1 of 2 images: error, no file: %s", dit_last_error());
+    rc = dit_npz_open(&nz, tpath("full.npz"), 1, 3, 1, 1);
+    int rc_add = rc;
+    if (!rc && !(rc_add = dit_npz_add(&nz, pix))) rc_add = dit_npz_add(&nz, pix);
+    if (!rc) dit_npz_abort(&nz);
+    ok(!rc && rc_add == DIT_ERR_INPUT && access(tpath("full.npz"), F_OK) != 0,
+       ".npz given a second image of 1: error; aborted: no file");
 }
 
 static void test_classes(dit_model *m)
