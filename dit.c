@@ -1122,7 +1122,7 @@ static void put_le(unsigned char *p, uint64_t v, int bytes)
     for (int i = 0; i < bytes; i++) p[i] = (unsigned char)(v >> (8 * i));
 }
 
-static unsigned char pixel_u8(float x);   /* the PNG writer's float -> byte (below) */
+static void image_u8(const float *img, int C, int64_t HW, unsigned char *px);   /* the PNG writer's (below) */
 #define NPZ_NAME "arr_0.npy"
 #define NPZ_LOCAL (30 + 9 + 20)   /* local header, name, zip64 extra (sizes) */
 
@@ -1170,8 +1170,7 @@ int dit_npz_add(dit_npz *z, const float *img)
 {
     if (!z->a.f || z->done == z->n) return dit_set_error(DIT_ERR_INPUT, "dit_npz_add: file not open or full");
     const int64_t HW = (int64_t)z->H * z->W;
-    for (int c = 0; c < z->C; c++)   /* CHW float -> HWC bytes, as the PNGs */
-        for (int64_t i = 0; i < HW; i++) z->px[i * z->C + c] = pixel_u8(img[c * HW + i]);
+    image_u8(img, z->C, HW, z->px);   /* as the PNGs */
     fwrite(z->px, 1, (size_t)(HW * z->C), z->a.f);
     z->crc = crc32(z->crc, z->px, (uInt)(HW * z->C));
     z->done++;
@@ -2924,6 +2923,13 @@ static unsigned char pixel_u8(float x)
     return (unsigned char)u;
 }
 
+/* CHW float image in [-1, 1] -> HWC bytes (PNG and .npz pixels) */
+static void image_u8(const float *img, int C, int64_t HW, unsigned char *px)
+{
+    for (int c = 0; c < C; c++)
+        for (int64_t i = 0; i < HW; i++) px[i * C + c] = pixel_u8(img[c * HW + i]);
+}
+
 static void put_be32(unsigned char *p, uint32_t v)
 {
     p[0] = (unsigned char)(v >> 24);
@@ -2938,8 +2944,7 @@ int dit_png_write(const char *path, const float *img, int C, int H, int W, const
         return dit_set_error(DIT_ERR_INPUT, "dit_png_write: bad image (C=%d, %dx%d)", C, H, W);
     unsigned char *px = malloc((size_t)H * W * C);
     if (!px) return dit_set_error(DIT_ERR_NOMEM, "out of memory (PNG %dx%d)", W, H);
-    for (int c = 0; c < C; c++)   /* CHW float -> HWC bytes */
-        for (int64_t i = 0; i < (int64_t)H * W; i++) px[i * C + c] = pixel_u8(img[(int64_t)c * H * W + i]);
+    image_u8(img, C, (int64_t)H * W, px);
     png_buf b = { 0 };
     int ok = stbi_write_png_to_func(png_buf_write, &b, W, H, C, px, W * C);
     free(px);

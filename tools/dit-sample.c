@@ -117,10 +117,10 @@ static void die(int code, const char *fmt, ...)
 }
 
 /* library error -> one line, exit 2 for bad input / unsupported requests, 1 for the rest */
+static int exit_status(int code) { return code == DIT_ERR_INPUT || code == DIT_ERR_UNSUPPORTED ? 2 : 1; }
 static void die_lib(void)
 {
-    int c = dit_last_error_code();
-    die(c == DIT_ERR_INPUT || c == DIT_ERR_UNSUPPORTED ? 2 : 1, "%s", dit_last_error());
+    die(exit_status(dit_last_error_code()), "%s", dit_last_error());
 }
 
 static double now(void)
@@ -406,7 +406,7 @@ static void write_pngs(const char *out, const float *imgs, size_t IMG, int i0, i
         }
         free(path);
     }
-    if (bad >= 0) die(code == DIT_ERR_INPUT || code == DIT_ERR_UNSUPPORTED ? 2 : 1, "%s", msg);
+    if (bad >= 0) die(exit_status(code), "%s", msg);
 }
 
 /* all n images (imgs, CHW each) as one make_grid PNG: nrow per row, or one row per class (rows_per_class, in
@@ -666,9 +666,9 @@ int main(int argc, char **argv)
         step_all = step_path ? read_npy(step_path, 5, sshape, "--step-noise") : NULL;
     }
 
-    /* ---- PNG text: A1111 / sd.cpp style "key: value" pairs */
     float *imgs = malloc(IMG * (grid ? n : n < PNG_GROUP ? n : PNG_GROUP) * sizeof(float));
     if (!imgs) die(1, "out of memory");
+    /* ---- PNG text: A1111 / sd.cpp style "key: value" pairs */
     char common[1024], num[2][32];
     if (decode_path) {
         snprintf(common, sizeof common, "Decoded from: %s", decode_path);
